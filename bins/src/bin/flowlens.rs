@@ -1,0 +1,35 @@
+//! `flowlens`: collector, demo, simulator, decoder and conntrack tools in one binary.
+
+use clap::{Parser, Subcommand};
+use flowlens_bins::{conntrack_cmd, decode};
+
+#[derive(Debug, Parser)]
+#[command(name = "flowlens", version, about = "Network flow visibility for Kubernetes, for any CNI")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Decode IPFIX from a pcap/pcapng capture or a raw IPFIX stream into JSON lines.
+    Decode(decode::DecodeArgs),
+    /// Read the live Linux conntrack table (needs CAP_NET_ADMIN).
+    #[command(subcommand)]
+    Conntrack(conntrack_cmd::ConntrackCmd),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Cmd::Decode(a) => decode::run(a),
+        Cmd::Conntrack(c) => c.run(),
+    };
+    match res {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("flowlens: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! The pieces behind the flowlens binaries. Each subcommand of `flowlens` lives in its own module
+//! so the command-line binary stays a thin dispatcher.
+
+pub mod conntrack_cmd;
+pub mod decode;

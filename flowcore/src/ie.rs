@@ -1,0 +1,1 @@
+//! Information-element registry (filled in below).

@@ -1,0 +1,13 @@
+//! flowlens core: everything that decides, nothing that waits.
+//!
+//! This crate is sans-IO (see `DESIGN.md`): no sockets, files, threads, clocks or unseeded
+//! randomness. Time enters as a [`model::Timestamp`] argument; outputs are polled. The agent,
+//! the aggregator, the collector and the simulator all drive the same code.
+//!
+//! - [`model`]: shared value types (timestamps, flow keys, conntrack entries).
+//! - [`ie`]: the information-element registry, single source of truth for IE names and types.
+//! - [`ipfix`]: the IPFIX (RFC 7011) message encoder, decoder and stream framing.
+
+pub mod ie;
+pub mod ipfix;
+pub mod model;

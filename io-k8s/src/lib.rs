@@ -1,0 +1,1 @@
+//! Kubernetes informers feeding flowcore's metadata index.

@@ -1,0 +1,1 @@
+//! Deterministic cluster simulator driving the flowcore state machines in virtual time.
