@@ -7,7 +7,13 @@
 //! - [`model`]: shared value types (timestamps, flow keys, conntrack entries).
 //! - [`ie`]: the information-element registry, single source of truth for IE names and types.
 //! - [`ipfix`]: the IPFIX (RFC 7011) message encoder, decoder and stream framing.
+//! - [`metadata`]: the Kubernetes metadata index (Pods, Nodes, Services, policies) by IP and time.
+//! - [`policy`]: Kubernetes NetworkPolicy evaluation for a flow.
+//! - [`exporter`]: the per-Node connection store and export state machine.
 
+pub mod exporter;
 pub mod ie;
 pub mod ipfix;
+pub mod metadata;
 pub mod model;
+pub mod policy;

@@ -6,3 +6,6 @@ mod time;
 
 pub use conntrack::{ConntrackEntry, ConntrackStatus, Counters, TcpState, Tuple};
 pub use time::Timestamp;
+
+mod record;
+pub use record::*;

@@ -1,1 +1,0 @@
-//! Information-element registry (filled in below).

@@ -1,0 +1,1 @@
+//! Flow records (being written).
