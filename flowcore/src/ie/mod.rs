@@ -190,9 +190,16 @@ impl Registry {
     }
 
     fn build() -> Registry {
-        let mut all: Vec<InfoElement> = Vec::with_capacity(table::IANA.len() * 2 + table::ANTREA.len());
+        let mut all: Vec<InfoElement> =
+            Vec::with_capacity(table::IANA.len() * 2 + table::ANTREA.len());
         let mut push = |name, pen, id, data_type: DataType| {
-            all.push(InfoElement { name, pen, id, data_type, len: data_type.default_len() })
+            all.push(InfoElement {
+                name,
+                pen,
+                id,
+                data_type,
+                len: data_type.default_len(),
+            })
         };
         for &(id, name, ty) in table::IANA {
             push(name, PEN_IANA, id, ty);
@@ -208,9 +215,17 @@ impl Registry {
         for &(id, name, ty) in table::ANTREA {
             push(name, PEN_ANTREA, id, ty);
         }
-        let by_id = all.iter().enumerate().map(|(i, e)| (e.ie_id(), i)).collect();
+        let by_id = all
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.ie_id(), i))
+            .collect();
         let by_name = all.iter().enumerate().map(|(i, e)| (e.name, i)).collect();
-        Registry { all, by_id, by_name }
+        Registry {
+            all,
+            by_id,
+            by_name,
+        }
     }
 
     pub fn lookup(&self, id: IeId) -> Option<&InfoElement> {
@@ -289,7 +304,12 @@ mod tests {
             ("destinationServicePort", PEN_ANTREA, 108, Unsigned16),
             ("tcpState", PEN_ANTREA, 136, String),
             ("flowType", PEN_ANTREA, 137, Unsigned8),
-            ("reverseOctetDeltaCountFromDestinationNode", PEN_ANTREA, 135, Unsigned64),
+            (
+                "reverseOctetDeltaCountFromDestinationNode",
+                PEN_ANTREA,
+                135,
+                Unsigned64,
+            ),
             ("originalExporterIPv4Address", 0, 403, Ipv4Address),
             ("originalObservationDomainId", 0, 405, Unsigned32),
             ("throughput", PEN_ANTREA, 145, Unsigned64),
@@ -303,8 +323,14 @@ mod tests {
 
     #[test]
     fn non_reversible_elements_have_no_reverse() {
-        assert!(lookup(IeId::new(PEN_REVERSE, 149)).is_none(), "observationDomainId");
-        assert!(lookup(IeId::new(PEN_REVERSE, 210)).is_none(), "paddingOctets");
+        assert!(
+            lookup(IeId::new(PEN_REVERSE, 149)).is_none(),
+            "observationDomainId"
+        );
+        assert!(
+            lookup(IeId::new(PEN_REVERSE, 210)).is_none(),
+            "paddingOctets"
+        );
         assert!(by_name("reverseFlowStartMilliseconds").is_some());
     }
 }

@@ -261,9 +261,17 @@ pub(super) static ANTREA: &[(u16, &str, DataType)] = &[
     (129, "octetTotalCountFromDestinationNode", Unsigned64),
     (130, "packetDeltaCountFromDestinationNode", Unsigned64),
     (131, "octetDeltaCountFromDestinationNode", Unsigned64),
-    (132, "reversePacketTotalCountFromDestinationNode", Unsigned64),
+    (
+        132,
+        "reversePacketTotalCountFromDestinationNode",
+        Unsigned64,
+    ),
     (133, "reverseOctetTotalCountFromDestinationNode", Unsigned64),
-    (134, "reversePacketDeltaCountFromDestinationNode", Unsigned64),
+    (
+        134,
+        "reversePacketDeltaCountFromDestinationNode",
+        Unsigned64,
+    ),
     (135, "reverseOctetDeltaCountFromDestinationNode", Unsigned64),
     (136, "tcpState", String),
     (137, "flowType", Unsigned8),
@@ -287,7 +295,7 @@ pub(super) static ANTREA: &[(u16, &str, DataType)] = &[
 /// IANA elements that RFC 5103 §6.1 lists as non-reversible (identifiers of the process, the
 /// template or the record, and padding): they get no PEN 29305 twin.
 pub(super) static NON_REVERSIBLE: &[u16] = &[
-    40, 41, 42, 130, 131, 137, 138, 141, 142, 143, 144, 145, 148, 149, 173, 210, 211, 212, 213, 214, 215,
-    216, 217, 239, 291, 292, 293, 300, 302, 303, 304, 305, 306, 307, 308, 309, 310, 311, 339, 340, 341, 342,
-    343, 344, 345, 346, 403, 404, 405,
+    40, 41, 42, 130, 131, 137, 138, 141, 142, 143, 144, 145, 148, 149, 173, 210, 211, 212, 213,
+    214, 215, 216, 217, 239, 291, 292, 293, 300, 302, 303, 304, 305, 306, 307, 308, 309, 310, 311,
+    339, 340, 341, 342, 343, 344, 345, 346, 403, 404, 405,
 ];

@@ -1,0 +1,427 @@
+//! The collecting side: one [`Decoder`] per transport session (a TCP/TLS connection, or a UDP
+//! exporter address). It keeps template state per observation domain (RFC 7011 §8), counts
+//! sequence gaps (§3.1: the sequence number counts data records), and hands every data record
+//! to a callback as a borrowed view — no allocation per record.
+//!
+//! Invariants: a template is only used for data sets of its own domain; a withdrawn, replaced or
+//! expired template is never used again; every bound (domains, templates per domain, fields per
+//! template) holds whatever the peer sends; malformed input is an error naming what and where.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::model::Timestamp;
+
+use super::error::DecodeError;
+use super::template::{FieldSpec, Template, TemplateId, TemplateRecord, parse_template_record};
+use super::value::FieldValue;
+use super::{
+    HEADER_LEN, MIN_DATA_SET_ID, OPTIONS_TEMPLATE_SET_ID, ObservationDomainId, SET_HEADER_LEN,
+    TEMPLATE_SET_ID, VERSION,
+};
+
+/// Bounds and template lifetime for one session.
+#[derive(Clone, Debug)]
+pub struct DecoderConfig {
+    pub max_domains: usize,
+    pub max_templates_per_domain: usize,
+    pub max_fields_per_template: usize,
+    /// For UDP: templates not refreshed within this time expire (RFC 7011 §8.4 suggests 3× the
+    /// exporter's refresh interval). `None` for TCP/TLS, where templates live as long as the
+    /// session.
+    pub template_lifetime: Option<Duration>,
+}
+
+impl Default for DecoderConfig {
+    fn default() -> Self {
+        DecoderConfig {
+            max_domains: 1024,
+            max_templates_per_domain: 4096,
+            max_fields_per_template: 1024,
+            template_lifetime: None,
+        }
+    }
+}
+
+/// What the decoder has seen; every drop has a counter here.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DecoderStats {
+    pub messages: u64,
+    pub templates: u64,
+    pub options_templates: u64,
+    pub template_withdrawals: u64,
+    pub data_records: u64,
+    pub options_records: u64,
+    /// Data sets skipped because their template is unknown (never sent, withdrawn or expired).
+    pub sets_without_template: u64,
+    /// Bytes of those sets.
+    pub bytes_without_template: u64,
+    /// Sets with ids 4–255 (reserved), skipped.
+    pub reserved_sets: u64,
+    /// Messages whose sequence number was not the one expected.
+    pub sequence_gaps: u64,
+    /// Data records the sequence numbers say were sent but never arrived.
+    pub records_missing: u64,
+    pub templates_expired: u64,
+}
+
+/// The message header (RFC 7011 §3.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MessageHeader {
+    pub length: u16,
+    /// Seconds since the Unix epoch, as the exporter stamped the message.
+    pub export_time: u32,
+    pub sequence: u32,
+    pub domain: ObservationDomainId,
+}
+
+impl MessageHeader {
+    /// Parses and checks the 16-byte header against the buffer it came in.
+    pub fn parse(msg: &[u8]) -> Result<MessageHeader, DecodeError> {
+        if msg.len() < HEADER_LEN {
+            return Err(DecodeError::Truncated {
+                what: "message header",
+                offset: 0,
+                need: HEADER_LEN,
+                have: msg.len(),
+            });
+        }
+        let version = u16::from_be_bytes([msg[0], msg[1]]);
+        if version != VERSION {
+            return Err(DecodeError::BadVersion { found: version });
+        }
+        let length = u16::from_be_bytes([msg[2], msg[3]]);
+        if (length as usize) < HEADER_LEN || length as usize != msg.len() {
+            return Err(DecodeError::BadMessageLength {
+                header: length,
+                actual: msg.len(),
+            });
+        }
+        Ok(MessageHeader {
+            length,
+            export_time: u32::from_be_bytes([msg[4], msg[5], msg[6], msg[7]]),
+            sequence: u32::from_be_bytes([msg[8], msg[9], msg[10], msg[11]]),
+            domain: u32::from_be_bytes([msg[12], msg[13], msg[14], msg[15]]),
+        })
+    }
+}
+
+/// One data record: its template and its bytes, borrowed from the message.
+#[derive(Clone, Copy, Debug)]
+pub struct DataRecord<'a> {
+    pub header: &'a MessageHeader,
+    pub template: &'a Template,
+    pub data: &'a [u8],
+}
+
+/// One field of a data record.
+#[derive(Clone, Copy, Debug)]
+pub struct Field<'a> {
+    pub spec: &'a FieldSpec,
+    pub raw: &'a [u8],
+}
+
+impl<'a> Field<'a> {
+    #[inline]
+    pub fn value(&self) -> FieldValue<'a> {
+        FieldValue::decode(self.spec, self.raw)
+    }
+}
+
+impl<'a> DataRecord<'a> {
+    pub fn template_id(&self) -> TemplateId {
+        self.template.id
+    }
+
+    pub fn is_options(&self) -> bool {
+        self.template.is_options()
+    }
+
+    /// Fields in template order.
+    pub fn fields(&self) -> FieldIter<'a> {
+        FieldIter {
+            specs: self.template.fields.iter(),
+            data: self.data,
+        }
+    }
+
+    /// Field `i`: direct for fixed-length templates, a walk otherwise.
+    #[inline]
+    pub fn field(&self, i: usize) -> Option<Field<'a>> {
+        let spec = self.template.fields.get(i)?;
+        if let Some(&off) = self.template.offsets.get(i) {
+            let off = off as usize;
+            return Some(Field {
+                spec,
+                raw: self.data.get(off..off + spec.len as usize)?,
+            });
+        }
+        self.fields().nth(i)
+    }
+}
+
+/// Iterator over a record's fields.
+pub struct FieldIter<'a> {
+    specs: std::slice::Iter<'a, FieldSpec>,
+    data: &'a [u8],
+}
+
+impl<'a> Iterator for FieldIter<'a> {
+    type Item = Field<'a>;
+
+    #[inline]
+    fn next(&mut self) -> Option<Field<'a>> {
+        let spec = self.specs.next()?;
+        let (len, skip) = field_len(spec, self.data)?;
+        let raw = self.data.get(skip..skip + len)?;
+        self.data = &self.data[skip + len..];
+        Some(Field { spec, raw })
+    }
+}
+
+/// Length of the field at the start of `data` and how many length-prefix bytes precede it
+/// (RFC 7011 §7: one byte, or 255 followed by two bytes).
+#[inline]
+fn field_len(spec: &FieldSpec, data: &[u8]) -> Option<(usize, usize)> {
+    if !spec.is_varlen() {
+        return Some((spec.len as usize, 0));
+    }
+    match *data.first()? {
+        255 => Some((
+            u16::from_be_bytes([*data.get(1)?, *data.get(2)?]) as usize,
+            3,
+        )),
+        n => Some((n as usize, 1)),
+    }
+}
+
+/// Length of the record at the start of `data`, or `None` if it runs past the end.
+#[inline]
+fn record_len(t: &Template, data: &[u8]) -> Option<usize> {
+    if let Some(n) = t.fixed_len() {
+        return (n <= data.len()).then_some(n);
+    }
+    let mut pos = 0;
+    for spec in t.fields.iter() {
+        let (len, skip) = field_len(spec, data.get(pos..)?)?;
+        pos += skip + len;
+        if pos > data.len() {
+            return None;
+        }
+    }
+    Some(pos)
+}
+
+struct TemplateEntry {
+    template: Template,
+    refreshed: Timestamp,
+}
+
+#[derive(Default)]
+struct Domain {
+    templates: HashMap<TemplateId, TemplateEntry>,
+    next_sequence: Option<u32>,
+}
+
+/// Summary of one decoded message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MessageSummary {
+    pub header: MessageHeader,
+    pub data_records: u32,
+    pub templates: u32,
+}
+
+/// Template state and counters for one transport session.
+pub struct Decoder {
+    cfg: DecoderConfig,
+    domains: HashMap<ObservationDomainId, Domain>,
+    stats: DecoderStats,
+}
+
+impl Decoder {
+    pub fn new(cfg: DecoderConfig) -> Decoder {
+        Decoder {
+            cfg,
+            domains: HashMap::new(),
+            stats: DecoderStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> &DecoderStats {
+        &self.stats
+    }
+
+    /// The template `id` of `domain`, if known.
+    pub fn template(&self, domain: ObservationDomainId, id: TemplateId) -> Option<&Template> {
+        self.domains
+            .get(&domain)?
+            .templates
+            .get(&id)
+            .map(|e| &e.template)
+    }
+
+    /// Decodes one whole message (a UDP datagram, or one message out of [`super::StreamDeframer`]),
+    /// applying its templates and calling `on_record` for each data record, in order.
+    ///
+    /// On error, records of the sets before the malformed one have been delivered and templates
+    /// before it applied; the caller decides whether the session survives (over TCP it should not:
+    /// the stream can no longer be trusted).
+    pub fn decode<F>(
+        &mut self,
+        now: Timestamp,
+        msg: &[u8],
+        mut on_record: F,
+    ) -> Result<MessageSummary, DecodeError>
+    where
+        F: FnMut(DataRecord<'_>),
+    {
+        let header = MessageHeader::parse(msg)?;
+        if !self.domains.contains_key(&header.domain) && self.domains.len() >= self.cfg.max_domains
+        {
+            return Err(DecodeError::TooManyDomains {
+                max: self.cfg.max_domains,
+            });
+        }
+        self.stats.messages += 1;
+        let domain = self.domains.entry(header.domain).or_default();
+        let mut summary = MessageSummary {
+            header,
+            data_records: 0,
+            templates: 0,
+        };
+        let mut pos = HEADER_LEN;
+        while pos < msg.len() {
+            let remaining = msg.len() - pos;
+            if remaining < SET_HEADER_LEN {
+                return Err(DecodeError::Truncated {
+                    what: "set header",
+                    offset: pos,
+                    need: SET_HEADER_LEN,
+                    have: remaining,
+                });
+            }
+            let set_id = u16::from_be_bytes([msg[pos], msg[pos + 1]]);
+            let set_len = u16::from_be_bytes([msg[pos + 2], msg[pos + 3]]);
+            if (set_len as usize) < SET_HEADER_LEN || set_len as usize > remaining {
+                return Err(DecodeError::BadSetLength {
+                    set_id,
+                    offset: pos,
+                    length: set_len,
+                    remaining,
+                });
+            }
+            let body = &msg[pos + SET_HEADER_LEN..pos + set_len as usize];
+            let body_off = pos + SET_HEADER_LEN;
+            match set_id {
+                TEMPLATE_SET_ID | OPTIONS_TEMPLATE_SET_ID => {
+                    let options = set_id == OPTIONS_TEMPLATE_SET_ID;
+                    let mut p = 0;
+                    // Anything shorter than a template record header is padding (§3.3.1).
+                    while body.len() - p >= 4 {
+                        let (rec, next) = parse_template_record(
+                            body,
+                            p,
+                            body_off,
+                            options,
+                            self.cfg.max_fields_per_template,
+                        )?;
+                        p = next;
+                        match rec {
+                            TemplateRecord::Define(t) => {
+                                if !domain.templates.contains_key(&t.id)
+                                    && domain.templates.len() >= self.cfg.max_templates_per_domain
+                                {
+                                    return Err(DecodeError::TooManyTemplates {
+                                        domain: header.domain,
+                                        max: self.cfg.max_templates_per_domain,
+                                    });
+                                }
+                                if options {
+                                    self.stats.options_templates += 1;
+                                } else {
+                                    self.stats.templates += 1;
+                                }
+                                summary.templates += 1;
+                                domain.templates.insert(
+                                    t.id,
+                                    TemplateEntry {
+                                        template: t,
+                                        refreshed: now,
+                                    },
+                                );
+                            }
+                            TemplateRecord::Withdraw(id) => {
+                                self.stats.template_withdrawals += 1;
+                                if id == set_id {
+                                    domain
+                                        .templates
+                                        .retain(|_, e| e.template.is_options() != options);
+                                } else {
+                                    domain.templates.remove(&id);
+                                }
+                            }
+                        }
+                    }
+                }
+                id if id >= MIN_DATA_SET_ID => {
+                    let entry = match domain.templates.get(&id) {
+                        Some(e)
+                            if self
+                                .cfg
+                                .template_lifetime
+                                .is_some_and(|l| now.saturating_since(e.refreshed) > l) =>
+                        {
+                            domain.templates.remove(&id);
+                            self.stats.templates_expired += 1;
+                            None
+                        }
+                        e => e,
+                    };
+                    let Some(entry) = entry else {
+                        self.stats.sets_without_template += 1;
+                        self.stats.bytes_without_template += body.len() as u64;
+                        pos += set_len as usize;
+                        continue;
+                    };
+                    let t = &entry.template;
+                    let mut p = 0;
+                    let mut n = 0u32;
+                    // What is left once fewer bytes remain than the smallest record is padding.
+                    while body.len() - p >= t.min_len {
+                        let len = record_len(t, &body[p..]).ok_or(DecodeError::RecordOverrun {
+                            template_id: id,
+                            offset: body_off + p,
+                        })?;
+                        on_record(DataRecord {
+                            header: &header,
+                            template: t,
+                            data: &body[p..p + len],
+                        });
+                        p += len;
+                        n += 1;
+                    }
+                    if t.is_options() {
+                        self.stats.options_records += n as u64;
+                    } else {
+                        self.stats.data_records += n as u64;
+                    }
+                    summary.data_records += n;
+                }
+                _ => self.stats.reserved_sets += 1,
+            }
+            pos += set_len as usize;
+        }
+        if let Some(expected) = domain.next_sequence
+            && expected != header.sequence
+        {
+            self.stats.sequence_gaps += 1;
+            let ahead = header.sequence.wrapping_sub(expected);
+            // Behind (a reordered or duplicated message) is a gap but no loss.
+            if ahead < 1 << 31 {
+                self.stats.records_missing += ahead as u64;
+            }
+        }
+        domain.next_sequence = Some(header.sequence.wrapping_add(summary.data_records));
+        Ok(summary)
+    }
+}
