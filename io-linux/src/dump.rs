@@ -64,20 +64,9 @@ pub struct DumpFilter {
 
 impl DumpFilter {
     pub fn matches(&self, e: &ConntrackEntry) -> bool {
-        if let Some(f) = self.family {
-            if e.orig.src.is_ipv4() != (f == Family::V4) {
-                return false;
-            }
-        }
-        if self.zone.is_some_and(|z| z != e.zone) {
-            return false;
-        }
-        if let Some((v, m)) = self.mark {
-            if e.mark & m != v {
-                return false;
-            }
-        }
-        true
+        self.family.is_none_or(|f| e.orig.src.is_ipv4() == (f == Family::V4))
+            && self.zone.is_none_or(|z| z == e.zone)
+            && self.mark.is_none_or(|(v, m)| e.mark & m == v)
     }
 }
 

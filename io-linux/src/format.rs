@@ -1,11 +1,14 @@
 //! Text form of an entry, laid out like `conntrack -L -o extended` so the two can be read side by
-//! side (and compared in tests). Differences: `use=` is not printed (flowlens does not keep the
+//! side (and compared in tests). `delta-time=` appears when timestamps are on, as in conntrack.
+//! Differences: `use=` is not printed (flowlens does not keep the
 //! kernel's reference count), labels print as a hex bitmap, and `id=` only on request (as
 //! conntrack's `-o id`).
 
 use std::fmt;
 
-use flowcore::model::{ConntrackEntry, ConntrackStatus, Tuple};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use flowcore::model::{ConntrackEntry, ConntrackStatus, Timestamp, Tuple};
 
 /// `Display`s an entry as `conntrack -L -o extended` does.
 pub struct Extended<'a> {
@@ -74,6 +77,11 @@ impl fmt::Display for Extended<'_> {
         if e.zone != 0 {
             write!(f, " zone={}", e.zone)?;
         }
+        if let Some(start) = e.start {
+            // As conntrack: seconds since the start, up to the stop for an ended connection.
+            let end = e.stop.unwrap_or_else(now);
+            write!(f, " delta-time={}", end.saturating_since(start).as_secs())?;
+        }
         if e.labels != 0 {
             write!(f, " labels=0x{:x}", e.labels)?;
         }
@@ -82,6 +90,13 @@ impl fmt::Display for Extended<'_> {
         }
         Ok(())
     }
+}
+
+fn now() -> Timestamp {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    Timestamp::from_nanos(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 fn tuple(f: &mut fmt::Formatter<'_>, t: &Tuple) -> fmt::Result {
