@@ -3,3 +3,4 @@
 
 pub mod conntrack_cmd;
 pub mod decode;
+pub mod sample;
