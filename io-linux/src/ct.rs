@@ -238,7 +238,7 @@ fn parse_labels(v: &[u8]) -> u128 {
 }
 
 /// Appends an `IPCTNL_MSG_CT_NEW` creating `e` (tuples, timeout, mark, zone, TCP state and the
-/// SEEN_REPLY/ASSURED status bits; the kernel refuses the other status bits on creation).
+/// SEEN_REPLY/ASSURED status bits; other bits are the kernel's to set).
 pub(crate) fn encode_new(m: &mut MsgBuf, e: &ConntrackEntry, seq: u32, flags: u16) {
     let family = if e.orig.src.is_ipv4() {
         libc::AF_INET
@@ -251,7 +251,9 @@ pub(crate) fn encode_new(m: &mut MsgBuf, e: &ConntrackEntry, seq: u32, flags: u1
     m.attr_be32(CTA_TIMEOUT, e.timeout);
     let status = e.status.0 & (ConntrackStatus::SEEN_REPLY | ConntrackStatus::ASSURED);
     if status != 0 {
-        m.attr_be32(CTA_STATUS, status);
+        // The kernel confirms the new entry before applying CTA_STATUS and answers EBUSY to a
+        // status that would clear CONFIRMED, so it has to be part of what we send.
+        m.attr_be32(CTA_STATUS, status | ConntrackStatus::CONFIRMED);
     }
     if e.mark != 0 {
         m.attr_be32(CTA_MARK, e.mark);
@@ -366,7 +368,9 @@ mod tests {
             zone: 3,
             mark: 9,
             timeout: 100,
-            status: ConntrackStatus(ConntrackStatus::SEEN_REPLY | ConntrackStatus::ASSURED),
+            status: ConntrackStatus(
+                ConntrackStatus::SEEN_REPLY | ConntrackStatus::ASSURED | ConntrackStatus::CONFIRMED,
+            ),
             tcp_state: (proto == IPPROTO_TCP).then_some(TcpState::Established),
             ..Default::default()
         }

@@ -64,7 +64,8 @@ pub struct DumpFilter {
 
 impl DumpFilter {
     pub fn matches(&self, e: &ConntrackEntry) -> bool {
-        self.family.is_none_or(|f| e.orig.src.is_ipv4() == (f == Family::V4))
+        self.family
+            .is_none_or(|f| e.orig.src.is_ipv4() == (f == Family::V4))
             && self.zone.is_none_or(|z| z == e.zone)
             && self.mark.is_none_or(|(v, m)| e.mark & m == v)
     }

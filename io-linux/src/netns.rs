@@ -10,6 +10,9 @@ use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use flowcore::model::{ConntrackEntry, ConntrackStatus, TcpState, Tuple};
+
+use crate::dump::ConntrackSocket;
 use crate::error::{Error, Result};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -107,5 +110,58 @@ fn run_ip(args: &[&str], name: &str) -> Result<()> {
                 String::from_utf8_lossy(&out.stderr).trim()
             ),
         })
+    }
+}
+
+/// `n` distinct synthetic entries for filling a table: UDP, or TCP ESTABLISHED/ASSURED when
+/// `tcp`; original tuple `10.<net>.x.y:port → 10.255.0.1:80` with x.y and the port derived
+/// from the index, so up to 2^32 entries are unique per `net`. Timeout 1 hour.
+pub fn synthetic_entries(n: u32, net: u8, tcp: bool) -> impl Iterator<Item = ConntrackEntry> {
+    use std::net::{IpAddr, Ipv4Addr};
+    let dst = IpAddr::V4(Ipv4Addr::new(10, 255, 0, 1));
+    (0..n).map(move |i| {
+        let src = IpAddr::V4(Ipv4Addr::new(10, net, (i >> 8) as u8, i as u8));
+        let sport = 1024u16.wrapping_add((i >> 16) as u16);
+        let proto = if tcp { 6 } else { 17 };
+        ConntrackEntry {
+            orig: Tuple {
+                src,
+                dst,
+                src_port: sport,
+                dst_port: 80,
+                proto,
+            },
+            reply: Tuple {
+                src: dst,
+                dst: src,
+                src_port: 80,
+                dst_port: sport,
+                proto,
+            },
+            timeout: 3600,
+            status: if tcp {
+                ConntrackStatus(ConntrackStatus::SEEN_REPLY | ConntrackStatus::ASSURED)
+            } else {
+                ConntrackStatus(0)
+            },
+            tcp_state: tcp.then_some(TcpState::Established),
+            ..Default::default()
+        }
+    })
+}
+
+/// A fresh namespace with a ctnetlink socket in it, its table filled with `n` synthetic
+/// entries (see [`synthetic_entries`]). The namespace goes away when this is dropped.
+pub struct FilledNs {
+    pub sock: ConntrackSocket,
+    pub ns: NetNs,
+}
+
+impl FilledNs {
+    pub fn create(prefix: &str, n: u32, tcp: bool) -> Result<FilledNs> {
+        let ns = NetNs::create(prefix)?;
+        let mut sock = ns.run(ConntrackSocket::open)??;
+        sock.create_entries(synthetic_entries(n, 1, tcp))?;
+        Ok(FilledNs { sock, ns })
     }
 }
