@@ -201,15 +201,17 @@ fn record_len(t: &Template, data: &[u8]) -> Option<usize> {
     if let Some(n) = t.fixed_len() {
         return (n <= data.len()).then_some(n);
     }
-    let mut pos = 0;
-    for spec in t.fields.iter() {
-        let (len, skip) = field_len(spec, data.get(pos..)?)?;
-        pos += skip + len;
-        if pos > data.len() {
-            return None;
-        }
+    let (last, runs) = t.varlen_runs.split_last()?;
+    let mut pos = 0usize;
+    for &run in runs {
+        pos += run as usize;
+        pos += match *data.get(pos)? {
+            255 => 3 + u16::from_be_bytes([*data.get(pos + 1)?, *data.get(pos + 2)?]) as usize,
+            n => 1 + n as usize,
+        };
     }
-    Some(pos)
+    pos += *last as usize;
+    (pos <= data.len()).then_some(pos)
 }
 
 struct TemplateEntry {

@@ -304,7 +304,8 @@ impl Encoder {
 
     fn open_message(&mut self) {
         debug_assert!(!self.msg_open && self.buf.is_empty());
-        self.buf.reserve(self.cfg.max_message_size);
+        // No large reserve here: once the previous message's `Bytes` is dropped, growth reclaims
+        // its buffer, so steady state allocates nothing.
         self.buf.put_bytes(0, HEADER_LEN);
         self.msg_open = true;
     }

@@ -3,6 +3,8 @@
 //! aggregator's adds the per-Node counters, throughputs and original-exporter fields. Both come in
 //! an IPv4 and an IPv6 variant (the address IEs differ), each its own template.
 
+use std::sync::OnceLock;
+
 use super::template::FieldSpec;
 
 /// Fields before the addresses, common to both families.
@@ -135,13 +137,16 @@ impl Layout {
         v
     }
 
-    /// Field specifiers at default lengths (strings variable-length).
-    pub fn fields(self) -> Vec<FieldSpec> {
-        self.names()
-            .into_iter()
-            // Every name above is in the registry; the test below keeps it that way.
-            .filter_map(FieldSpec::named)
-            .collect()
+    /// Field specifiers at default lengths (strings variable-length), built once.
+    pub fn fields(self) -> &'static [FieldSpec] {
+        static CACHE: [OnceLock<Vec<FieldSpec>>; 4] = [const { OnceLock::new() }; 4];
+        CACHE[self as usize].get_or_init(|| {
+            self.names()
+                .into_iter()
+                // Every name above is in the registry; the test below keeps it that way.
+                .filter_map(FieldSpec::named)
+                .collect()
+        })
     }
 }
 

@@ -15,6 +15,7 @@
 pub mod decoder;
 pub mod encoder;
 mod error;
+pub mod example;
 pub mod layout;
 pub mod stream;
 pub mod template;

@@ -91,6 +91,10 @@ pub struct Template {
     pub min_len: usize,
     /// Offsets of each field when every field is fixed-length; empty otherwise.
     pub offsets: Box<[u16]>,
+    /// For templates with variable-length fields: the fixed bytes before each variable-length
+    /// field, then the fixed bytes after the last one. Finding a record's end walks these
+    /// instead of every field.
+    pub(crate) varlen_runs: Box<[u32]>,
 }
 
 impl Template {
@@ -141,12 +145,26 @@ impl Template {
         } else {
             Box::default()
         };
+        let mut varlen_runs = Vec::new();
+        if !all_fixed {
+            let mut run = 0u32;
+            for f in &fields {
+                if f.len == VARLEN {
+                    varlen_runs.push(run);
+                    run = 0;
+                } else {
+                    run += f.len as u32;
+                }
+            }
+            varlen_runs.push(run);
+        }
         Ok(Template {
             id,
             fields: fields.into_boxed_slice(),
             scope_count,
             min_len,
             offsets,
+            varlen_runs: varlen_runs.into_boxed_slice(),
         })
     }
 
