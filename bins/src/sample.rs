@@ -16,7 +16,7 @@ use flowcore::ipfix::example::write_example_record;
 fn messages(cfg: EncoderConfig, layouts: &[Layout], n: u64) -> Vec<bytes::Bytes> {
     let mut enc = Encoder::new(cfg).expect("valid encoder config");
     for &l in layouts {
-        enc.add_template(l.template_id(), &l.fields())
+        enc.add_template(l.template_id(), l.fields())
             .expect("layouts are valid templates");
     }
     let now = Timestamp::from_secs(T0);
@@ -79,13 +79,11 @@ pub fn capture() -> Vec<u8> {
         segs.swap(1, 2);
     }
     frames.extend(segs);
-    let mut out = Vec::new();
-    let mut w = PcapWriter::new(&mut out).expect("writing to a Vec");
+    let mut w = PcapWriter::new(Vec::new()).expect("writing to a Vec");
     for (i, f) in frames.iter().enumerate() {
         let ts = Duration::from_millis(T0 * 1000 + 10 * i as u64);
         w.write_packet(&PcapPacket::new(ts, f.len() as u32, f))
             .expect("writing to a Vec");
     }
-    drop(w);
-    out
+    w.into_writer()
 }

@@ -52,7 +52,7 @@ fn example_values(layout: Layout) -> Vec<FieldValue<'static>> {
     let msgs = messages(layout);
     let (tmpl, first) = (&msgs[0], &msgs[1]);
     let dec: &'static mut Decoder = Box::leak(Box::new(Decoder::new(DecoderConfig::default())));
-    dec.decode(NOW, &tmpl, |_| {}).unwrap();
+    dec.decode(NOW, tmpl, |_| {}).unwrap();
     let mut vals = Vec::new();
     dec.decode(NOW, first, |r| {
         if vals.is_empty() {

@@ -118,7 +118,7 @@ pub(crate) fn encoder_with_layouts(max: usize) -> Encoder {
         Layout::AggregatedV4,
         Layout::AggregatedV6,
     ] {
-        enc.add_template(l.template_id(), &l.fields()).unwrap();
+        enc.add_template(l.template_id(), l.fields()).unwrap();
     }
     enc
 }
@@ -294,7 +294,7 @@ fn withdrawal_forgets_the_template() {
 fn udp_templates_refresh_and_expire() {
     let refresh = Duration::from_secs(10);
     let mut enc = Encoder::new(EncoderConfig::datagram(3, 1500, refresh)).unwrap();
-    enc.add_template(256, &Layout::AgentV4.fields()).unwrap();
+    enc.add_template(256, Layout::AgentV4.fields()).unwrap();
     write_flow(&mut enc, T0, Layout::AgentV4, 1).unwrap();
     enc.flush(T0);
     assert_eq!(enc.poll_timeout(), Some(T0 + refresh));

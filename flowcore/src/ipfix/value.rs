@@ -79,11 +79,13 @@ impl<'a> FieldValue<'a> {
             DateTimeMicroseconds if raw.len() == 8 => {
                 // §6.1.9: the 11 least significant fraction bits are not meaningful.
                 let (s, f) = ntp_parts(raw);
-                FieldValue::DateTimeMicros(s * 1_000_000 + ((f & !0x7FF) * 1_000_000 >> 32) as i64)
+                FieldValue::DateTimeMicros(
+                    s * 1_000_000 + (((f & !0x7FF) * 1_000_000) >> 32) as i64,
+                )
             }
             DateTimeNanoseconds if raw.len() == 8 => {
                 let (s, f) = ntp_parts(raw);
-                FieldValue::DateTimeNanos(s * 1_000_000_000 + (f * 1_000_000_000 >> 32) as i64)
+                FieldValue::DateTimeNanos(s * 1_000_000_000 + ((f * 1_000_000_000) >> 32) as i64)
             }
             _ => FieldValue::Octets(raw),
         }
