@@ -4,6 +4,7 @@
 //! randomness. Time enters as a [`model::Timestamp`] argument; outputs are polled. The agent,
 //! the aggregator, the collector and the simulator all drive the same code.
 //!
+//! - [`config`]: typed configuration values (durations in Go syntax, collector addresses).
 //! - [`model`]: shared value types (timestamps, flow keys, conntrack entries).
 //! - [`ie`]: the information-element registry, single source of truth for IE names and types.
 //! - [`ipfix`]: the IPFIX (RFC 7011) message encoder, decoder and stream framing.
@@ -11,6 +12,7 @@
 //! - [`policy`]: Kubernetes NetworkPolicy evaluation for a flow.
 //! - [`exporter`]: the per-Node connection store and export state machine.
 
+pub mod config;
 pub mod exporter;
 pub mod ie;
 pub mod ipfix;

@@ -1,0 +1,1 @@
+//! Configuration values parsed at the edge into typed form (being written).
