@@ -90,7 +90,8 @@ impl ConntrackCmd {
     }
 }
 
-fn checks(enable: bool) -> anyhow::Result<()> {
+/// Runs the start-up checks and reports warnings on `err`.
+fn checks(enable: bool, err: &mut impl Write) -> anyhow::Result<()> {
     let policy = if enable {
         SysctlPolicy::Enable
     } else {
@@ -98,16 +99,25 @@ fn checks(enable: bool) -> anyhow::Result<()> {
     };
     let report = startup_checks(policy)?;
     for w in &report.warnings {
-        eprintln!("flowlens: warning: {w}");
+        writeln!(err, "flowlens: warning: {w}")?;
     }
     for s in &report.enabled_now {
-        eprintln!("flowlens: switched on {s} (connections from now on carry it)");
+        writeln!(
+            err,
+            "flowlens: switched on {s} (connections from now on carry it)"
+        )?;
     }
     Ok(())
 }
 
 fn dump(a: DumpArgs) -> anyhow::Result<()> {
-    checks(a.enable_accounting)?;
+    let out = BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    dump_to(&a, out, &mut std::io::stderr())
+}
+
+/// `dump` with its output streams passed in, so tests can read them.
+fn dump_to(a: &DumpArgs, mut out: impl Write, err: &mut impl Write) -> anyhow::Result<()> {
+    checks(a.enable_accounting, err)?;
     let filter = DumpFilter {
         family: a.family,
         zone: a.zone,
@@ -117,8 +127,6 @@ fn dump(a: DumpArgs) -> anyhow::Result<()> {
     let mut entries = Vec::new();
     // The whole table first: an interrupted dump is an error, never a half-printed table.
     let stats = sock.dump(&filter, &mut entries)?;
-    let out = std::io::stdout().lock();
-    let mut out = BufWriter::with_capacity(1 << 16, out);
     for e in &entries {
         if a.json {
             serde_json::to_writer(&mut out, &entry_json(e))?;
@@ -135,15 +143,22 @@ fn dump(a: DumpArgs) -> anyhow::Result<()> {
         }
     }
     out.flush().context("writing to stdout")?;
-    eprintln!("flowlens: {} flow entries have been shown.", stats.entries);
+    writeln!(
+        err,
+        "flowlens: {} flow entries have been shown.",
+        stats.entries
+    )?;
     if stats.kernel_filter_rejected {
-        eprintln!("flowlens: note: the kernel refused the filter; it was applied in user space");
+        writeln!(
+            err,
+            "flowlens: note: the kernel refused the filter; it was applied in user space"
+        )?;
     }
     Ok(())
 }
 
 fn watch(a: WatchArgs) -> anyhow::Result<()> {
-    checks(false)?;
+    checks(false, &mut std::io::stderr())?;
     let groups = if a.destroy_only {
         EventGroups::DESTROY
     } else {
@@ -236,7 +251,75 @@ fn entry_json(e: &ConntrackEntry) -> Value {
 
 #[cfg(test)]
 mod tests {
+    use io_linux::netns::{NetNs, synthetic_entries};
+
     use super::*;
+
+    fn args(json: bool, zone: Option<u16>) -> DumpArgs {
+        DumpArgs {
+            json,
+            zone,
+            family: None,
+            mark: None,
+            id: false,
+            enable_accounting: false,
+        }
+    }
+
+    /// Root only (skipped otherwise): the command in a fresh namespace with accounting off.
+    #[test]
+    fn dump_prints_table_json_and_accounting_warning() {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let euid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(1));
+        if euid != Some("0") {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let ns = NetNs::create("flcli").unwrap();
+        let (text, json, err) = ns
+            .run(|| {
+                io_linux::set_accounting(false).unwrap();
+                let mut sock = ConntrackSocket::open().unwrap();
+                sock.create_entries(synthetic_entries(3, 2, true)).unwrap();
+                let mut e = synthetic_entries(4, 3, false).last().unwrap();
+                e.zone = 9;
+                sock.create_entries([e]).unwrap();
+                let (mut text, mut json, mut err) = (Vec::new(), Vec::new(), Vec::new());
+                dump_to(&args(false, None), &mut text, &mut err).unwrap();
+                dump_to(&args(true, Some(9)), &mut json, &mut Vec::new()).unwrap();
+                (
+                    String::from_utf8(text).unwrap(),
+                    String::from_utf8(json).unwrap(),
+                    String::from_utf8(err).unwrap(),
+                )
+            })
+            .unwrap();
+        assert_eq!(text.lines().count(), 4, "{text}");
+        assert!(
+            text.contains("ipv4     2 tcp      6 3") && text.contains("ESTABLISHED src=10.2.0.0"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("packets="),
+            "accounting off: no counters\n{text}"
+        );
+        assert!(
+            err.contains("warning: net.netfilter.nf_conntrack_acct is 0"),
+            "{err}"
+        );
+        assert!(err.contains("4 flow entries"), "{err}");
+        let rows: Vec<Value> = json
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0]["zone"], 9);
+        assert_eq!(rows[0]["orig"]["src"], "10.3.0.3");
+        assert_eq!(rows[0]["proto"], "udp");
+    }
 
     #[test]
     fn mark_and_family_arguments() {

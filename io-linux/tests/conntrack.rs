@@ -605,3 +605,56 @@ fn churn_during_dump_gives_a_complete_table_or_a_typed_error() {
         churned.load(Ordering::Relaxed)
     );
 }
+
+#[test]
+fn event_overrun_is_counted_as_lost() {
+    if !root() {
+        return;
+    }
+    let ns = NetNs::create("flt-lost").unwrap();
+    // The smallest receive buffer the kernel allows, and nobody reading: NEW events for
+    // thousands of entries cannot all fit.
+    let mut events = ns
+        .run(|| EventSocket::subscribe(EventGroups::ALL, 0))
+        .unwrap()
+        .unwrap();
+    let mut sock = ns.run(ConntrackSocket::open).unwrap().unwrap();
+    sock.create_entries(synthetic_entries(5_000, 8, false))
+        .unwrap();
+    let mut seen = 0usize;
+    wait_for("ENOBUFS", 100, || {
+        match events
+            .recv(Some(Duration::from_millis(100)), |_| seen += 1)
+            .unwrap()
+        {
+            io_linux::Received::Lost => Some(()),
+            _ => None,
+        }
+    });
+    assert!(events.lost() >= 1);
+    // Read what was queued before the overrun, until the socket is empty.
+    wait_for("the queue to drain", 1000, || {
+        let r = events
+            .recv(Some(Duration::from_millis(50)), |_| seen += 1)
+            .unwrap();
+        (r == io_linux::Received::Timeout).then_some(())
+    });
+    assert!(
+        seen < 5_000,
+        "events were dropped, so fewer than all arrived ({seen})"
+    );
+    // The socket keeps working after an overrun.
+    sock.create_entries(synthetic_entries(1, 9, false)).unwrap();
+    let got = wait_for("an event after the overrun", 100, || {
+        let mut got = None;
+        events
+            .recv(Some(Duration::from_millis(100)), |ev| {
+                if ev.entry.orig.src == "10.9.0.0".parse::<IpAddr>().unwrap() {
+                    got = Some(ev.kind);
+                }
+            })
+            .unwrap();
+        got
+    });
+    assert_eq!(got, EventKind::New);
+}
