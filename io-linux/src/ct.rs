@@ -425,3 +425,47 @@ mod tests {
         assert_eq!(got, e);
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::nl::Msgs;
+
+    proptest! {
+        /// Arbitrary bytes from "the kernel" never panic the parser.
+        #[test]
+        fn arbitrary_payload_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let mut out = ConntrackEntry::default();
+            let _ = parse_entry(&bytes, &mut out);
+            for m in Msgs::new(&bytes).flatten() {
+                let _ = parse_entry(m.payload, &mut out);
+                let _ = m.error_code();
+            }
+        }
+
+        /// A real message with bytes flipped never panics either (structure mostly intact, so
+        /// the nested parsers are reached).
+        #[test]
+        fn corrupted_message_never_panics(flips in proptest::collection::vec((0usize..400, any::<u8>()), 1..8)) {
+            let e = ConntrackEntry {
+                orig: Tuple { src: "fd00::1".parse().unwrap(), dst: "fd00::2".parse().unwrap(), src_port: 1, dst_port: 2, proto: 6 },
+                tcp_state: Some(TcpState::Established),
+                ..Default::default()
+            };
+            let mut m = MsgBuf::default();
+            encode_new(&mut m, &e, 1, 0);
+            let mut b = m.buf.clone();
+            for (i, v) in flips {
+                let n = b.len();
+                b[i % n] = v;
+            }
+            let mut out = ConntrackEntry::default();
+            for m in Msgs::new(&b).flatten() {
+                let _ = parse_entry(m.payload, &mut out);
+            }
+            let _ = parse_entry(b.get(16..).unwrap_or(&[]), &mut out);
+        }
+    }
+}
