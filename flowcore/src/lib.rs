@@ -11,7 +11,9 @@
 //! - [`metadata`]: the Kubernetes metadata index (Pods, Nodes, Services, policies) by IP and time.
 //! - [`policy`]: Kubernetes NetworkPolicy evaluation for a flow.
 //! - [`exporter`]: the per-Node connection store and export state machine.
+//! - [`aggregator`]: correlation of the two Nodes' halves of a flow, and per-Node accounting.
 
+pub mod aggregator;
 pub mod config;
 pub mod exporter;
 pub mod ie;

@@ -4,7 +4,11 @@ use clap::{Parser, Subcommand};
 use flowlens_bins::{conntrack_cmd, decode};
 
 #[derive(Debug, Parser)]
-#[command(name = "flowlens", version, about = "Network flow visibility for Kubernetes, for any CNI")]
+#[command(
+    name = "flowlens",
+    version,
+    about = "Network flow visibility for Kubernetes, for any CNI"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

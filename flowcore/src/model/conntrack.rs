@@ -90,7 +90,9 @@ impl TcpState {
     }
 
     pub fn from_name(s: &str) -> Option<TcpState> {
-        (0..=9).filter_map(TcpState::from_kernel).find(|t| t.name() == s)
+        (0..=9)
+            .filter_map(TcpState::from_kernel)
+            .find(|t| t.name() == s)
     }
 
     /// The connection is over from TCP's point of view: the exporter sends its end-of-flow record.

@@ -1,0 +1,580 @@
+//! The aggregator core: turns the two Node halves of each inter-Node flow into one complete
+//! record, and passes intra-Node and external flows through with the same per-Node accounting.
+//!
+//! Sans-IO in quinn-proto's shape: [`Aggregator::handle_record`] (or `handle_half`) takes input
+//! with `now`, [`Aggregator::poll_record`] yields aggregated records, [`Aggregator::poll_timeout`]
+//! says when [`Aggregator::handle_timeout`] is next due.
+//!
+//! Invariants:
+//! - Per-Node deltas are computed here from the totals each Node reports, against the totals this
+//!   aggregator last exported for that Node: duplicates, re-sends and reordering cannot double
+//!   count, and a stale half (totals or end time behind what that Node already reported) is
+//!   ignored and counted.
+//! - Every flow is exported: correlated as soon as both halves are in; after
+//!   `correlation_timeout` without a partner, exported uncorrelated (counted); evicted flows (store
+//!   full) are exported with flowEndReason 5 (counted). Nothing is dropped silently.
+//! - End of flow is sticky: once a Node reports it, the flow ends when every Node it has heard
+//!   from has ended (or the partner wait is over), and is then forgotten.
+//! - Memory is bounded by `max_flows`; strings are interned.
+
+mod half;
+mod intern;
+mod record;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use crate::ipfix::DataRecord;
+use crate::model::Timestamp;
+
+pub use half::{
+    CorrelationKey, FlowHalf, HalfError, OCTETS, PACKETS, PolicyRef, REV_OCTETS, REV_PACKETS,
+};
+pub use intern::{Interner, Sym};
+pub use record::{AggregatedRecord, NodeCounters, PolicyInfo};
+
+/// flowType values (DESIGN.md).
+pub const FLOW_TYPE_INTRA_NODE: u8 = 1;
+pub const FLOW_TYPE_INTER_NODE: u8 = 2;
+/// flowEndReason values.
+pub const END_IDLE: u8 = 1;
+pub const END_ACTIVE: u8 = 2;
+pub const END_OF_FLOW: u8 = 3;
+pub const END_FORCED: u8 = 4;
+pub const END_LACK_OF_RESOURCES: u8 = 5;
+
+/// Timeouts and bounds, with Antrea's names where they match.
+#[derive(Clone, Debug)]
+pub struct AggregatorConfig {
+    /// `activeFlowRecordTimeout`: a flow with new data is exported at most this often.
+    pub active_timeout: Duration,
+    /// `inactiveFlowRecordTimeout`: a flow without updates for this long gets its last export
+    /// and is forgotten.
+    pub inactive_timeout: Duration,
+    /// How long an inter-Node half waits for its partner before it is exported uncorrelated.
+    pub correlation_timeout: Duration,
+    /// In-flight flows at most; beyond it the stalest is exported (reason 5) and evicted.
+    pub max_flows: usize,
+    /// `clusterId` put in every record.
+    pub cluster_id: String,
+}
+
+impl Default for AggregatorConfig {
+    fn default() -> Self {
+        AggregatorConfig {
+            active_timeout: Duration::from_secs(60),
+            inactive_timeout: Duration::from_secs(90),
+            correlation_timeout: Duration::from_secs(10),
+            max_flows: 1_000_000,
+            cluster_id: String::new(),
+        }
+    }
+}
+
+/// Who sent a half: the exporter's address and observation domain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ExporterId {
+    pub addr: IpAddr,
+    pub domain: u32,
+}
+
+/// Counters a user would alert on.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct AggregatorStats {
+    pub records_in: u64,
+    /// Data records that are not flow records (no 5-tuple).
+    pub records_invalid: u64,
+    /// Halves behind what their Node already reported; ignored.
+    pub records_stale: u64,
+    /// Halves identical to what their Node already reported; nothing to do.
+    pub records_duplicate: u64,
+    pub flows_created: u64,
+    /// Inter-Node flows whose two halves met.
+    pub correlated: u64,
+    /// Inter-Node flows exported without a partner after the correlation timeout.
+    pub uncorrelated: u64,
+    /// A new connection on a 5-tuple still in flight: the old one was ended first.
+    pub reused: u64,
+    /// Flows evicted because the store was full (exported with reason 5).
+    pub evicted: u64,
+    pub records_out: u64,
+    pub flows_in_flight: u64,
+}
+
+/// One Node's view of a flow, and what of it was already exported.
+#[derive(Clone, Copy, Debug)]
+struct Side {
+    start_secs: u32,
+    totals: [u64; 4],
+    exported: [u64; 4],
+    end_secs: u32,
+    exported_end_secs: u32,
+    end_reason: u8,
+    exporter: ExporterId,
+}
+
+impl Side {
+    fn ended(&self) -> bool {
+        matches!(
+            self.end_reason,
+            END_OF_FLOW | END_FORCED | END_LACK_OF_RESOURCES
+        )
+    }
+}
+
+const SOURCE: usize = 0;
+const DESTINATION: usize = 1;
+
+/// What is remembered of a finished flow for `inactive_timeout`, so that a late or duplicated
+/// half cannot start it over and count its bytes again.
+struct Tombstone {
+    start_secs: u32,
+    /// Per side: totals as last exported.
+    exported: [Option<[u64; 4]>; 2],
+    expires: Timestamp,
+}
+
+struct Flow {
+    /// Merged Kubernetes fields (counters in it are unused).
+    meta: FlowHalf,
+    sides: [Option<Side>; 2],
+    created: Timestamp,
+    updated: Timestamp,
+    last_export: Option<Timestamp>,
+    /// Deadline currently in the timer set, and the generation that makes older entries stale.
+    deadline: Timestamp,
+    generation: u32,
+    /// An inter-Node flow still expecting its other half.
+    awaiting_partner: bool,
+    dirty: bool,
+}
+
+impl Flow {
+    fn needs_partner(&self) -> bool {
+        self.meta.flow_type == FLOW_TYPE_INTER_NODE
+    }
+    fn correlated(&self) -> bool {
+        self.sides[SOURCE].is_some() && self.sides[DESTINATION].is_some()
+    }
+    /// Every Node we heard from has ended it, and we are not waiting for another.
+    fn ended(&self) -> bool {
+        let mut any = false;
+        for s in self.sides.iter().flatten() {
+            if !s.ended() {
+                return false;
+            }
+            any = true;
+        }
+        any && !self.awaiting_partner
+    }
+}
+
+/// The aggregation state machine.
+pub struct Aggregator {
+    cfg: AggregatorConfig,
+    strings: Interner,
+    cluster_id: Sym,
+    flows: Vec<Option<Flow>>,
+    free: Vec<u32>,
+    index: HashMap<CorrelationKey, u32>,
+    timers: BTreeSet<(Timestamp, u32, u32)>,
+    out: VecDeque<AggregatedRecord>,
+    tombstones: HashMap<CorrelationKey, Tombstone>,
+    tombstone_order: VecDeque<(Timestamp, CorrelationKey)>,
+    stats: AggregatorStats,
+}
+
+impl Aggregator {
+    pub fn new(cfg: AggregatorConfig) -> Aggregator {
+        let mut strings = Interner::default();
+        let cluster_id = strings.intern(&cfg.cluster_id);
+        Aggregator {
+            cfg,
+            strings,
+            cluster_id,
+            flows: Vec::new(),
+            free: Vec::new(),
+            index: HashMap::new(),
+            timers: BTreeSet::new(),
+            out: VecDeque::new(),
+            tombstones: HashMap::new(),
+            tombstone_order: VecDeque::new(),
+            stats: AggregatorStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> &AggregatorStats {
+        &self.stats
+    }
+
+    pub fn config(&self) -> &AggregatorConfig {
+        &self.cfg
+    }
+
+    /// Interned strings (for callers building halves themselves).
+    pub fn strings(&mut self) -> &mut Interner {
+        &mut self.strings
+    }
+
+    /// Flows in flight.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// An agent's data record, as the collecting process decoded it.
+    pub fn handle_record(
+        &mut self,
+        now: Timestamp,
+        exporter: ExporterId,
+        rec: &DataRecord<'_>,
+    ) -> Result<(), HalfError> {
+        match FlowHalf::from_record(rec, &mut self.strings) {
+            Ok(h) => {
+                self.handle_half(now, exporter, h);
+                Ok(())
+            }
+            Err(e) => {
+                self.stats.records_in += 1;
+                self.stats.records_invalid += 1;
+                Err(e)
+            }
+        }
+    }
+
+    /// An agent's record, already parsed.
+    pub fn handle_half(&mut self, now: Timestamp, exporter: ExporterId, half: FlowHalf) {
+        self.stats.records_in += 1;
+        let side_idx = if half.flow_type == FLOW_TYPE_INTER_NODE && !half.is_from_source_node() {
+            DESTINATION
+        } else {
+            SOURCE
+        };
+        let mut id = self.index.get(&half.key).copied();
+        if let Some(fid) = id {
+            let flow = self.flows[fid as usize]
+                .as_mut()
+                .expect("indexed flows exist");
+            if let Some(side) = &flow.sides[side_idx] {
+                if half.start_secs > side.start_secs {
+                    // The same 5-tuple, a new connection: end the old one before the new begins.
+                    self.stats.reused += 1;
+                    self.finish(fid, now, END_OF_FLOW);
+                    id = None;
+                } else {
+                    let totals = half.totals.unwrap_or_else(|| add(side.totals, half.deltas));
+                    if totals.iter().zip(side.totals).any(|(a, b)| *a < b)
+                        || half.end_secs < side.end_secs
+                    {
+                        self.stats.records_stale += 1;
+                        return;
+                    }
+                    if totals == side.totals
+                        && half.end_secs == side.end_secs
+                        && half.end_reason == side.end_reason
+                    {
+                        self.stats.records_duplicate += 1;
+                        return;
+                    }
+                }
+            }
+        }
+        let fid = match id {
+            Some(fid) => fid,
+            None => {
+                self.expire_tombstones(now);
+                let mut late = None;
+                if let Some(t) = self.tombstones.get(&half.key)
+                    && half.start_secs <= t.start_secs
+                {
+                    // A half of a flow already finished: only what it adds beyond the last export
+                    // counts, and it waits for no partner.
+                    let done = t.exported[side_idx].unwrap_or([0; 4]);
+                    let totals = half.totals.unwrap_or_else(|| add(done, half.deltas));
+                    if totals.iter().zip(done).all(|(a, b)| *a <= b) {
+                        self.stats.records_duplicate += 1;
+                        return;
+                    }
+                    late = Some(t.exported);
+                }
+                let fid = self.create(now, &half);
+                if let Some(exported) = late {
+                    let flow = self.flows[fid as usize].as_mut().expect("just created");
+                    flow.awaiting_partner = false;
+                    for (side, ex) in flow.sides.iter_mut().zip(exported) {
+                        if let Some(ex) = ex {
+                            *side = Some(Side {
+                                start_secs: half.start_secs,
+                                totals: ex,
+                                exported: ex,
+                                end_secs: half.start_secs,
+                                exported_end_secs: half.start_secs,
+                                end_reason: END_OF_FLOW,
+                                exporter,
+                            });
+                        }
+                    }
+                }
+                fid
+            }
+        };
+        let flow = self.flows[fid as usize]
+            .as_mut()
+            .expect("indexed flows exist");
+        let prev = flow.sides[side_idx];
+        let totals = half
+            .totals
+            .unwrap_or_else(|| add(prev.map_or([0; 4], |s| s.totals), half.deltas));
+        flow.sides[side_idx] = Some(Side {
+            start_secs: half.start_secs,
+            totals,
+            exported: prev.map_or([0; 4], |s| s.exported),
+            end_secs: half.end_secs,
+            exported_end_secs: prev.map_or(half.start_secs, |s| s.exported_end_secs),
+            end_reason: half.end_reason,
+            exporter,
+        });
+        if !half.tcp_state.is_empty() {
+            flow.meta.tcp_state = half.tcp_state;
+        }
+        if side_idx == SOURCE {
+            // The source Node saw the Service (DNAT) and the egress policy; its view leads.
+            let mut merged = half.clone();
+            merged.merge_metadata(&flow.meta);
+            merged.tcp_state = flow.meta.tcp_state;
+            flow.meta = merged;
+        } else {
+            flow.meta.merge_metadata(&half);
+        }
+        flow.meta.start_secs = flow
+            .sides
+            .iter()
+            .flatten()
+            .map(|s| s.start_secs)
+            .min()
+            .unwrap_or(half.start_secs);
+        flow.updated = now;
+        flow.dirty = true;
+        if flow.awaiting_partner && flow.correlated() {
+            flow.awaiting_partner = false;
+            self.stats.correlated += 1;
+        }
+        self.reschedule(fid, now);
+        // Whatever is due now (a correlated pair, an ended flow) goes out without waiting.
+        self.handle_timeout(now);
+    }
+
+    fn create(&mut self, now: Timestamp, half: &FlowHalf) -> u32 {
+        if self.index.len() >= self.cfg.max_flows {
+            self.evict(now);
+        }
+        self.stats.flows_created += 1;
+        let flow = Flow {
+            meta: half.clone(),
+            sides: [None, None],
+            created: now,
+            updated: now,
+            last_export: None,
+            deadline: now,
+            generation: 0,
+            awaiting_partner: half.flow_type == FLOW_TYPE_INTER_NODE,
+            dirty: false,
+        };
+        let fid = match self.free.pop() {
+            Some(i) => {
+                self.flows[i as usize] = Some(flow);
+                i
+            }
+            None => {
+                self.flows.push(Some(flow));
+                (self.flows.len() - 1) as u32
+            }
+        };
+        self.index.insert(half.key, fid);
+        self.stats.flows_in_flight = self.index.len() as u64;
+        fid
+    }
+
+    /// Evicts the flow whose deadline is nearest (the one that would be exported next anyway).
+    fn evict(&mut self, now: Timestamp) {
+        while let Some(&(t, fid, generation)) = self.timers.first() {
+            self.timers.remove(&(t, fid, generation));
+            if self
+                .flows
+                .get(fid as usize)
+                .and_then(|f| f.as_ref())
+                .is_some_and(|f| f.generation == generation)
+            {
+                self.stats.evicted += 1;
+                self.finish(fid, now, END_LACK_OF_RESOURCES);
+                return;
+            }
+        }
+    }
+
+    fn reschedule(&mut self, fid: u32, now: Timestamp) {
+        let cfg = &self.cfg;
+        let flow = self.flows[fid as usize]
+            .as_mut()
+            .expect("indexed flows exist");
+        let mut d = flow.updated + cfg.inactive_timeout;
+        if flow.awaiting_partner {
+            d = d.min(flow.created + cfg.correlation_timeout);
+        }
+        if flow.ended() {
+            d = now;
+        } else if flow.dirty {
+            match flow.last_export {
+                None if !flow.awaiting_partner => d = now,
+                None => {}
+                Some(t) => d = d.min(t + cfg.active_timeout),
+            }
+        }
+        self.timers.remove(&(flow.deadline, fid, flow.generation));
+        flow.generation = flow.generation.wrapping_add(1);
+        flow.deadline = d;
+        self.timers.insert((d, fid, flow.generation));
+    }
+
+    /// When `handle_timeout` is next due.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        self.timers.first().map(|&(t, ..)| t)
+    }
+
+    /// Exports what is due at `now`.
+    pub fn handle_timeout(&mut self, now: Timestamp) {
+        while let Some(&(t, fid, generation)) = self.timers.first() {
+            if t > now {
+                break;
+            }
+            self.timers.remove(&(t, fid, generation));
+            let Some(flow) = self.flows.get_mut(fid as usize).and_then(|f| f.as_mut()) else {
+                continue;
+            };
+            if flow.generation != generation {
+                continue;
+            }
+            if flow.awaiting_partner && now >= flow.created + self.cfg.correlation_timeout {
+                flow.awaiting_partner = false;
+                self.stats.uncorrelated += 1;
+            }
+            if flow.ended() {
+                let reason = flow
+                    .sides
+                    .iter()
+                    .flatten()
+                    .map(|s| s.end_reason)
+                    .max()
+                    .unwrap_or(END_OF_FLOW);
+                self.finish(fid, now, reason);
+                continue;
+            }
+            if now >= flow.updated + self.cfg.inactive_timeout {
+                self.finish(fid, now, END_IDLE);
+                continue;
+            }
+            let due = match flow.last_export {
+                None => !flow.awaiting_partner,
+                Some(last) => now >= last + self.cfg.active_timeout,
+            };
+            if flow.dirty && due {
+                self.export(fid, now, END_ACTIVE);
+            }
+            self.reschedule(fid, now);
+        }
+    }
+
+    /// Exports every flow in flight with `END_FORCED` and forgets them (shutdown).
+    pub fn flush_all(&mut self, now: Timestamp) {
+        let ids: Vec<u32> = self.index.values().copied().collect();
+        for fid in ids {
+            self.finish(fid, now, END_FORCED);
+        }
+    }
+
+    /// Last export of a flow (if it has anything not yet exported, or was never exported), then
+    /// forget it.
+    fn finish(&mut self, fid: u32, now: Timestamp, reason: u8) {
+        let Some(flow) = self.flows[fid as usize].as_ref() else {
+            return;
+        };
+        if flow.dirty || flow.last_export.is_none() {
+            if flow.awaiting_partner {
+                self.stats.uncorrelated += 1;
+            }
+            self.export(fid, now, reason);
+        }
+        let Some(flow) = self.flows[fid as usize].take() else {
+            return;
+        };
+        self.timers.remove(&(flow.deadline, fid, flow.generation));
+        self.index.remove(&flow.meta.key);
+        let expires = now + self.cfg.inactive_timeout;
+        self.tombstones.insert(
+            flow.meta.key,
+            Tombstone {
+                start_secs: flow.meta.start_secs,
+                exported: flow.sides.map(|s| s.map(|s| s.exported)),
+                expires,
+            },
+        );
+        self.tombstone_order.push_back((expires, flow.meta.key));
+        if self.tombstones.len() > self.cfg.max_flows {
+            self.expire_tombstones(Timestamp::from_nanos(u64::MAX));
+        }
+        self.free.push(fid);
+        self.stats.flows_in_flight = self.index.len() as u64;
+    }
+
+    /// Forgets finished flows whose grace time is over (all of them past `now`, or, when over the
+    /// bound, the oldest until back under it).
+    fn expire_tombstones(&mut self, now: Timestamp) {
+        while let Some(&(t, k)) = self.tombstone_order.front() {
+            if t > now && self.tombstones.len() <= self.cfg.max_flows {
+                break;
+            }
+            self.tombstone_order.pop_front();
+            if self.tombstones.get(&k).is_some_and(|x| x.expires == t) {
+                self.tombstones.remove(&k);
+            }
+            if t > now {
+                break;
+            }
+        }
+    }
+
+    fn export(&mut self, fid: u32, now: Timestamp, reason: u8) {
+        let flow = self.flows[fid as usize]
+            .as_mut()
+            .expect("exported flows exist");
+        let rec = record::build(flow, now, reason, &self.strings, self.cluster_id);
+        for s in flow.sides.iter_mut().flatten() {
+            s.exported = s.totals;
+            s.exported_end_secs = s.end_secs;
+        }
+        flow.last_export = Some(now);
+        flow.dirty = false;
+        self.stats.records_out += 1;
+        self.out.push_back(rec);
+    }
+
+    /// The next aggregated record.
+    pub fn poll_record(&mut self) -> Option<AggregatedRecord> {
+        self.out.pop_front()
+    }
+}
+
+fn add(a: [u64; 4], b: [u64; 4]) -> [u64; 4] {
+    [
+        a[0].saturating_add(b[0]),
+        a[1].saturating_add(b[1]),
+        a[2].saturating_add(b[2]),
+        a[3].saturating_add(b[3]),
+    ]
+}

@@ -1,0 +1,235 @@
+//! The aggregated record: what the aggregator exports, and its IPFIX encoding in the
+//! `Layout::AggregatedV4/V6` field order.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+
+use crate::ipfix::{EncodeError, Encoder, Layout};
+use crate::model::Timestamp;
+
+use super::half::{CorrelationKey, OCTETS, PolicyRef, REV_OCTETS};
+use super::intern::{Interner, Sym};
+use super::{DESTINATION, Flow, SOURCE, Side};
+
+/// One Node's counters in an aggregated record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct NodeCounters {
+    /// packets, octets, reverse packets, reverse octets.
+    pub totals: [u64; 4],
+    /// Since this aggregator's previous export of the flow.
+    pub deltas: [u64; 4],
+    /// bits/s over the interval between this Node's reports.
+    pub throughput: u64,
+    pub reverse_throughput: u64,
+    pub end_secs: u32,
+}
+
+/// A policy reference with its strings resolved.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PolicyInfo {
+    pub name: Arc<str>,
+    pub namespace: Arc<str>,
+    pub kind: u8,
+    pub rule: Arc<str>,
+    pub action: u8,
+}
+
+/// A complete flow record.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct AggregatedRecord {
+    pub key: CorrelationKey,
+    pub start_secs: u32,
+    pub end_secs: u32,
+    pub end_reason: u8,
+    pub flow_type: u8,
+    /// The flow's counters: the source Node's when it reported, else the destination Node's.
+    pub totals: [u64; 4],
+    pub deltas: [u64; 4],
+    pub throughput: u64,
+    pub reverse_throughput: u64,
+    pub from_source: Option<NodeCounters>,
+    pub from_destination: Option<NodeCounters>,
+    pub src_pod: Arc<str>,
+    pub src_namespace: Arc<str>,
+    pub src_node: Arc<str>,
+    pub dst_pod: Arc<str>,
+    pub dst_namespace: Arc<str>,
+    pub dst_node: Arc<str>,
+    pub cluster_ip: Option<IpAddr>,
+    pub service_port: u16,
+    pub service_port_name: Arc<str>,
+    pub ingress: PolicyInfo,
+    pub egress: PolicyInfo,
+    pub tcp_state: Arc<str>,
+    pub src_labels: Arc<str>,
+    pub dst_labels: Arc<str>,
+    /// Both halves of an inter-Node flow met (always true for other flow types). Not carried
+    /// over IPFIX (no element exists for it); sinks that keep it (JSON, stores) show it.
+    pub correlated: bool,
+    pub original_exporter: Option<IpAddr>,
+    pub original_domain: u32,
+    pub cluster_id: Arc<str>,
+}
+
+fn counters(s: &Side, now_interval_secs: u64) -> NodeCounters {
+    let deltas = [0, 1, 2, 3].map(|i| s.totals[i].saturating_sub(s.exported[i]));
+    // Bits per second over the time this Node's report covers since the last export.
+    let secs = (s.end_secs.saturating_sub(s.exported_end_secs) as u64)
+        .max(now_interval_secs.min(1))
+        .max(1);
+    NodeCounters {
+        totals: s.totals,
+        deltas,
+        throughput: deltas[OCTETS] * 8 / secs,
+        reverse_throughput: deltas[REV_OCTETS] * 8 / secs,
+        end_secs: s.end_secs,
+    }
+}
+
+pub(super) fn build(
+    flow: &Flow,
+    now: Timestamp,
+    reason: u8,
+    strings: &Interner,
+    cluster_id: Sym,
+) -> AggregatedRecord {
+    let interval = flow
+        .last_export
+        .map_or(1, |t| now.saturating_since(t).as_secs());
+    let src = flow.sides[SOURCE].map(|s| counters(&s, interval));
+    let dst = flow.sides[DESTINATION].map(|s| counters(&s, interval));
+    let main = src.or(dst).unwrap_or_default();
+    let lead = flow.sides[SOURCE].or(flow.sides[DESTINATION]);
+    let s = |sym: Sym| strings.get(sym).clone();
+    let p = |r: &PolicyRef| PolicyInfo {
+        name: s(r.name),
+        namespace: s(r.namespace),
+        kind: r.kind,
+        rule: s(r.rule),
+        action: r.action,
+    };
+    let m = &flow.meta;
+    AggregatedRecord {
+        key: m.key,
+        start_secs: m.start_secs,
+        end_secs: flow
+            .sides
+            .iter()
+            .flatten()
+            .map(|s| s.end_secs)
+            .max()
+            .unwrap_or(m.end_secs),
+        end_reason: reason,
+        flow_type: m.flow_type,
+        totals: main.totals,
+        deltas: main.deltas,
+        throughput: main.throughput,
+        reverse_throughput: main.reverse_throughput,
+        from_source: src,
+        from_destination: dst,
+        src_pod: s(m.src_pod),
+        src_namespace: s(m.src_namespace),
+        src_node: s(m.src_node),
+        dst_pod: s(m.dst_pod),
+        dst_namespace: s(m.dst_namespace),
+        dst_node: s(m.dst_node),
+        cluster_ip: m.cluster_ip,
+        service_port: m.service_port,
+        service_port_name: s(m.service_port_name),
+        ingress: p(&m.ingress),
+        egress: p(&m.egress),
+        tcp_state: s(m.tcp_state),
+        src_labels: s(m.src_labels),
+        dst_labels: s(m.dst_labels),
+        correlated: !flow.needs_partner() || flow.correlated(),
+        original_exporter: lead.map(|l| l.exporter.addr),
+        original_domain: lead.map_or(0, |l| l.exporter.domain),
+        cluster_id: s(cluster_id),
+    }
+}
+
+impl AggregatedRecord {
+    /// The layout this record is sent in (by the flow's address family).
+    pub fn layout(&self) -> Layout {
+        if self.key.src.is_ipv4() {
+            Layout::AggregatedV4
+        } else {
+            Layout::AggregatedV6
+        }
+    }
+
+    /// Writes the record into `enc`, whose templates must include [`Self::layout`]'s.
+    pub fn write_ipfix(&self, enc: &mut Encoder, now: Timestamp) -> Result<(), EncodeError> {
+        let layout = self.layout();
+        let v4 = layout == Layout::AggregatedV4;
+        // An address of the other family than the flow's (should not happen) goes out as zero.
+        let fam = |a: Option<IpAddr>| match (a, v4) {
+            (Some(a @ IpAddr::V4(_)), true) | (Some(a @ IpAddr::V6(_)), false) => a,
+            (_, true) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            (_, false) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        };
+        let mut w = enc.record(now, layout.template_id())?;
+        w.time(Timestamp::from_secs(self.start_secs as u64))
+            .time(Timestamp::from_secs(self.end_secs as u64))
+            .uint(self.end_reason as u64)
+            .uint(self.key.src_port as u64)
+            .uint(self.key.dst_port as u64)
+            .uint(self.key.proto as u64)
+            .uint(self.totals[0])
+            .uint(self.totals[1])
+            .uint(self.deltas[0])
+            .uint(self.deltas[1])
+            .ip(fam(Some(self.key.src)))
+            .ip(fam(Some(self.key.dst)))
+            .uint(self.totals[2])
+            .uint(self.totals[3])
+            .uint(self.deltas[2])
+            .uint(self.deltas[3])
+            .string(&self.src_pod)
+            .string(&self.src_namespace)
+            .string(&self.src_node)
+            .string(&self.dst_pod)
+            .string(&self.dst_namespace)
+            .string(&self.dst_node)
+            .ip(fam(self.cluster_ip))
+            .uint(self.service_port as u64)
+            .string(&self.service_port_name);
+        for p in [&self.ingress, &self.egress] {
+            w.string(&p.name)
+                .string(&p.namespace)
+                .uint(p.kind as u64)
+                .string(&p.rule)
+                .uint(p.action as u64);
+        }
+        w.string(&self.tcp_state)
+            .uint(self.flow_type as u64)
+            .string(&self.src_labels)
+            .string(&self.dst_labels);
+        let (s, d) = (
+            self.from_source.unwrap_or_default(),
+            self.from_destination.unwrap_or_default(),
+        );
+        for c in [&s, &d] {
+            w.uint(c.totals[0])
+                .uint(c.totals[1])
+                .uint(c.deltas[0])
+                .uint(c.deltas[1]);
+            w.uint(c.totals[2])
+                .uint(c.totals[3])
+                .uint(c.deltas[2])
+                .uint(c.deltas[3]);
+        }
+        w.uint(self.throughput)
+            .uint(self.reverse_throughput)
+            .uint(s.throughput)
+            .uint(d.throughput)
+            .uint(s.reverse_throughput)
+            .uint(d.reverse_throughput)
+            .time(Timestamp::from_secs(s.end_secs as u64))
+            .time(Timestamp::from_secs(d.end_secs as u64))
+            .uint(self.original_domain as u64)
+            .string(&self.cluster_id)
+            .ip(fam(self.original_exporter));
+        w.finish()
+    }
+}

@@ -1,0 +1,475 @@
+//! Aggregator tests: correlation, per-Node accounting, staleness, reuse, bounds, and a property
+//! test over random interleavings, duplicates and delays.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::ipfix::{Decoder, DecoderConfig, Encoder, EncoderConfig, Layout};
+
+const T0: Timestamp = Timestamp::from_secs(1_764_000_000);
+const SRC_NODE: ExporterId = ExporterId {
+    addr: IpAddr::V4(Ipv4Addr::new(192, 168, 0, 1)),
+    domain: 1,
+};
+const DST_NODE: ExporterId = ExporterId {
+    addr: IpAddr::V4(Ipv4Addr::new(192, 168, 0, 2)),
+    domain: 2,
+};
+
+fn key(i: u16, v6: bool) -> CorrelationKey {
+    let (src, dst): (IpAddr, IpAddr) = if v6 {
+        (
+            Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 1, 1).into(),
+            Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 2, 1).into(),
+        )
+    } else {
+        (
+            Ipv4Addr::new(10, 0, 1, 1).into(),
+            Ipv4Addr::new(10, 0, 2, 1).into(),
+        )
+    };
+    CorrelationKey {
+        src,
+        dst,
+        src_port: 40000 + i,
+        dst_port: 80,
+        proto: 6,
+    }
+}
+
+/// An inter-Node half as the source (`from_source`) or destination Node's agent exports it.
+fn half(
+    agg: &mut Aggregator,
+    k: CorrelationKey,
+    from_source: bool,
+    totals: [u64; 4],
+    end_secs: u32,
+    end_reason: u8,
+) -> FlowHalf {
+    let s = agg.strings();
+    let mut h = FlowHalf {
+        key: k,
+        start_secs: 1_764_000_000,
+        end_secs,
+        end_reason,
+        flow_type: FLOW_TYPE_INTER_NODE,
+        totals: Some(totals),
+        deltas: [0; 4],
+        src_pod: Sym::EMPTY,
+        src_namespace: Sym::EMPTY,
+        src_node: Sym::EMPTY,
+        dst_pod: Sym::EMPTY,
+        dst_namespace: Sym::EMPTY,
+        dst_node: Sym::EMPTY,
+        cluster_ip: None,
+        service_port: 0,
+        service_port_name: Sym::EMPTY,
+        ingress: PolicyRef::default(),
+        egress: PolicyRef::default(),
+        tcp_state: s.intern("ESTABLISHED"),
+        src_labels: Sym::EMPTY,
+        dst_labels: Sym::EMPTY,
+    };
+    if from_source {
+        h.src_pod = s.intern("frontend-1");
+        h.src_namespace = s.intern("shop");
+        h.src_node = s.intern("node-a");
+        h.cluster_ip = Some(if k.src.is_ipv4() {
+            Ipv4Addr::new(10, 96, 0, 10).into()
+        } else {
+            Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 10).into()
+        });
+        h.service_port = 80;
+        h.service_port_name = s.intern("shop/catalog:http");
+        h.egress = PolicyRef {
+            name: s.intern("allow-egress"),
+            namespace: s.intern("shop"),
+            kind: 1,
+            rule: s.intern("egress-0"),
+            action: 1,
+        };
+    } else {
+        h.dst_pod = s.intern("catalog-1");
+        h.dst_namespace = s.intern("shop");
+        h.dst_node = s.intern("node-b");
+        h.ingress = PolicyRef {
+            name: s.intern("allow-frontend"),
+            namespace: s.intern("shop"),
+            kind: 1,
+            rule: s.intern("ingress-0"),
+            action: 1,
+        };
+    }
+    h
+}
+
+fn drain(agg: &mut Aggregator) -> Vec<AggregatedRecord> {
+    std::iter::from_fn(|| agg.poll_record()).collect()
+}
+
+#[test]
+fn two_halves_correlate_into_one_complete_record() {
+    let mut agg = Aggregator::new(AggregatorConfig {
+        cluster_id: "c1".into(),
+        ..Default::default()
+    });
+    let k = key(1, false);
+    let h = half(
+        &mut agg,
+        k,
+        false,
+        [10, 1000, 8, 800],
+        1_764_000_010,
+        END_ACTIVE,
+    );
+    agg.handle_half(T0, DST_NODE, h);
+    assert!(drain(&mut agg).is_empty(), "waits for the source half");
+    let h = half(
+        &mut agg,
+        k,
+        true,
+        [11, 1100, 9, 900],
+        1_764_000_010,
+        END_ACTIVE,
+    );
+    agg.handle_half(T0 + Duration::from_secs(1), SRC_NODE, h);
+    let recs = drain(&mut agg);
+    assert_eq!(recs.len(), 1);
+    let r = &recs[0];
+    assert!(r.correlated);
+    assert_eq!(&*r.src_pod, "frontend-1");
+    assert_eq!(&*r.dst_pod, "catalog-1");
+    assert_eq!(&*r.service_port_name, "shop/catalog:http");
+    assert_eq!(&*r.ingress.name, "allow-frontend");
+    assert_eq!(&*r.egress.rule, "egress-0");
+    assert_eq!(
+        r.totals,
+        [11, 1100, 9, 900],
+        "the source Node's counters lead"
+    );
+    assert_eq!(r.from_source.unwrap().deltas, [11, 1100, 9, 900]);
+    assert_eq!(r.from_destination.unwrap().totals, [10, 1000, 8, 800]);
+    assert_eq!(r.original_exporter, Some(SRC_NODE.addr));
+    assert_eq!(agg.stats().correlated, 1);
+    // More traffic: deltas are against what was exported, at the active timeout.
+    let h = half(
+        &mut agg,
+        k,
+        true,
+        [21, 2100, 19, 1900],
+        1_764_000_070,
+        END_ACTIVE,
+    );
+    agg.handle_half(T0 + Duration::from_secs(30), SRC_NODE, h);
+    assert!(drain(&mut agg).is_empty(), "not before the active timeout");
+    agg.handle_timeout(T0 + Duration::from_secs(61));
+    let r = &drain(&mut agg)[0];
+    assert_eq!(r.from_source.unwrap().deltas, [10, 1000, 10, 1000]);
+    assert_eq!(r.from_destination.unwrap().deltas, [0; 4]);
+    assert_eq!(r.from_source.unwrap().throughput, 1000 * 8 / 60);
+}
+
+#[test]
+fn a_missing_partner_is_exported_uncorrelated_after_the_timeout() {
+    let mut agg = Aggregator::new(AggregatorConfig::default());
+    let h = half(
+        &mut agg,
+        key(2, false),
+        false,
+        [5, 500, 5, 500],
+        1_764_000_005,
+        END_ACTIVE,
+    );
+    agg.handle_half(T0, DST_NODE, h);
+    assert_eq!(agg.poll_timeout(), Some(T0 + Duration::from_secs(10)));
+    agg.handle_timeout(T0 + Duration::from_secs(10));
+    let recs = drain(&mut agg);
+    assert_eq!(recs.len(), 1);
+    assert!(!recs[0].correlated);
+    assert_eq!(&*recs[0].dst_pod, "catalog-1");
+    assert_eq!(agg.stats().uncorrelated, 1);
+}
+
+#[test]
+fn stale_and_duplicate_halves_change_nothing() {
+    let mut agg = Aggregator::new(AggregatorConfig::default());
+    let k = key(3, false);
+    for (t, totals, end) in [
+        (0, [5, 500, 5, 500], 10),
+        (1, [3, 300, 3, 300], 8),
+        (2, [5, 500, 5, 500], 10),
+    ] {
+        let h = half(&mut agg, k, true, totals, 1_764_000_000 + end, END_ACTIVE);
+        agg.handle_half(T0 + Duration::from_secs(t), SRC_NODE, h);
+    }
+    assert_eq!(agg.stats().records_stale, 1);
+    assert_eq!(agg.stats().records_duplicate, 1);
+}
+
+#[test]
+fn end_of_flow_is_sticky_and_forgets_the_flow() {
+    let mut agg = Aggregator::new(AggregatorConfig::default());
+    let k = key(4, false);
+    let h = half(
+        &mut agg,
+        k,
+        true,
+        [5, 500, 5, 500],
+        1_764_000_005,
+        END_OF_FLOW,
+    );
+    agg.handle_half(T0, SRC_NODE, h);
+    let h = half(
+        &mut agg,
+        k,
+        false,
+        [5, 500, 5, 500],
+        1_764_000_005,
+        END_OF_FLOW,
+    );
+    agg.handle_half(T0, DST_NODE, h);
+    let recs = drain(&mut agg);
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0].end_reason, END_OF_FLOW);
+    assert!(agg.is_empty());
+}
+
+#[test]
+fn a_reused_five_tuple_ends_the_old_flow_first() {
+    let mut agg = Aggregator::new(AggregatorConfig::default());
+    let k = key(5, false);
+    let h = half(
+        &mut agg,
+        k,
+        true,
+        [5, 500, 5, 500],
+        1_764_000_005,
+        END_ACTIVE,
+    );
+    agg.handle_half(T0, SRC_NODE, h);
+    let mut h = half(&mut agg, k, true, [1, 60, 1, 60], 1_764_000_100, END_ACTIVE);
+    h.start_secs = 1_764_000_090;
+    agg.handle_half(T0 + Duration::from_secs(100), SRC_NODE, h);
+    let recs = drain(&mut agg);
+    assert_eq!(agg.stats().reused, 1);
+    assert!(
+        recs.iter()
+            .any(|r| r.end_reason == END_OF_FLOW
+                && r.from_source.unwrap().totals == [5, 500, 5, 500])
+    );
+    assert!(
+        recs.iter().all(|r| r.deltas.iter().all(|d| *d < 1 << 60)),
+        "no negative delta"
+    );
+}
+
+#[test]
+fn a_full_store_evicts_with_reason_5() {
+    let mut agg = Aggregator::new(AggregatorConfig {
+        max_flows: 2,
+        ..Default::default()
+    });
+    for i in 0..3 {
+        let h = half(
+            &mut agg,
+            key(10 + i, false),
+            false,
+            [1, 100, 1, 100],
+            1_764_000_001,
+            END_ACTIVE,
+        );
+        agg.handle_half(T0, DST_NODE, h);
+    }
+    let recs = drain(&mut agg);
+    assert_eq!(agg.stats().evicted, 1);
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0].end_reason, END_LACK_OF_RESOURCES);
+    assert_eq!(agg.len(), 2);
+}
+
+fn encode(recs: &[AggregatedRecord]) -> Vec<bytes::Bytes> {
+    let mut enc = Encoder::new(EncoderConfig::stream(9)).unwrap();
+    for l in [Layout::AggregatedV4, Layout::AggregatedV6] {
+        enc.add_template(l.template_id(), l.fields()).unwrap();
+    }
+    for r in recs {
+        r.write_ipfix(&mut enc, T0).unwrap();
+    }
+    enc.flush(T0);
+    std::iter::from_fn(|| enc.poll_transmit()).collect()
+}
+
+#[test]
+fn aggregated_records_snapshot_and_round_trip_through_ipfix() {
+    for v6 in [false, true] {
+        let mut agg = Aggregator::new(AggregatorConfig {
+            cluster_id: "prod-eu".into(),
+            ..Default::default()
+        });
+        let k = key(7, v6);
+        let h = half(
+            &mut agg,
+            k,
+            true,
+            [11, 1100, 9, 900],
+            1_764_000_010,
+            END_ACTIVE,
+        );
+        agg.handle_half(T0, SRC_NODE, h);
+        let h = half(
+            &mut agg,
+            k,
+            false,
+            [10, 1000, 8, 800],
+            1_764_000_010,
+            END_ACTIVE,
+        );
+        agg.handle_half(T0, DST_NODE, h);
+        let recs = drain(&mut agg);
+        insta::assert_json_snapshot!(
+            if v6 {
+                "aggregated_ipv6"
+            } else {
+                "aggregated_ipv4"
+            },
+            recs[0]
+        );
+        // Encoded and decoded by the codec, then parsed back as a half: the 5-tuple and the
+        // Kubernetes fields survive.
+        let msgs = encode(&recs);
+        let mut dec = Decoder::new(DecoderConfig::default());
+        let mut back = Aggregator::new(AggregatorConfig::default());
+        for m in &msgs {
+            dec.decode(T0, m, |r| back.handle_record(T0, SRC_NODE, &r).unwrap())
+                .unwrap();
+        }
+        assert_eq!(back.stats().records_in, 1);
+        back.flush_all(T0);
+        let again = drain(&mut back);
+        assert_eq!(again[0].key, k);
+        assert_eq!(&*again[0].dst_pod, "catalog-1");
+        assert_eq!(again[0].totals, recs[0].totals);
+    }
+}
+
+// ---- property test ----
+
+#[derive(Clone, Debug)]
+struct Report {
+    flow: u16,
+    from_source: bool,
+    /// Step number: totals grow with it.
+    step: u64,
+    /// When it is delivered, in seconds after T0.
+    at: u64,
+    ended: bool,
+}
+
+fn arb_reports() -> impl Strategy<Value = Vec<Report>> {
+    // Per flow: which sides report (inter-Node flows usually both), how many reports, and delays.
+    proptest::collection::vec(
+        (
+            0u8..4,
+            1u64..6,
+            proptest::collection::vec(0u64..40, 12),
+            any::<bool>(),
+        ),
+        1..12,
+    )
+    .prop_map(|flows| {
+        let mut out = Vec::new();
+        for (i, (sides, n, delays, ends)) in flows.into_iter().enumerate() {
+            for (side, from_source) in [(1u8, true), (2u8, false)] {
+                if sides & side == 0 && sides != 0 {
+                    continue;
+                }
+                for step in 1..=n {
+                    let at = step * 20 + delays[(step as usize + side as usize) % delays.len()];
+                    let r = Report {
+                        flow: i as u16,
+                        from_source,
+                        step,
+                        at,
+                        ended: ends && step == n,
+                    };
+                    // Duplicates: every third report is delivered twice.
+                    if step % 3 == 0 {
+                        out.push(Report {
+                            at: at + 3,
+                            ..r.clone()
+                        });
+                    }
+                    out.push(r);
+                }
+            }
+        }
+        out.sort_by_key(|r| r.at);
+        out
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn per_node_totals_are_exported_exactly_and_every_flow_is_exported(reports in arb_reports(), corr in 5u64..60) {
+        let cfg = AggregatorConfig {
+            active_timeout: Duration::from_secs(30),
+            inactive_timeout: Duration::from_secs(200),
+            correlation_timeout: Duration::from_secs(corr),
+            ..Default::default()
+        };
+        let mut agg = Aggregator::new(cfg);
+        let mut out = Vec::new();
+        // Highest totals each (flow, side) reported, and when each side first arrived.
+        let mut want: HashMap<(u16, bool), u64> = HashMap::new();
+        let mut first: HashMap<(u16, bool), u64> = HashMap::new();
+        for r in &reports {
+            let now = T0 + Duration::from_secs(r.at);
+            agg.handle_timeout(now);
+            let t = r.step * 10;
+            let h = half(&mut agg, key(r.flow, r.flow % 2 == 1), r.from_source, [t, t * 100, t / 2, t * 50], 1_764_000_000 + r.step as u32 * 20, if r.ended { END_OF_FLOW } else { END_ACTIVE });
+            agg.handle_half(now, if r.from_source { SRC_NODE } else { DST_NODE }, h);
+            let w = want.entry((r.flow, r.from_source)).or_default();
+            *w = (*w).max(t);
+            first.entry((r.flow, r.from_source)).or_insert(r.at);
+            out.extend(drain(&mut agg));
+        }
+        let end = T0 + Duration::from_secs(reports.last().map_or(0, |r| r.at) + 1);
+        agg.handle_timeout(end);
+        agg.flush_all(end);
+        out.extend(drain(&mut agg));
+        prop_assert!(agg.is_empty());
+
+        let mut got: HashMap<(u16, bool), u64> = HashMap::new();
+        let mut exported: HashMap<u16, bool> = HashMap::new();
+        let mut correlated: HashMap<u16, bool> = HashMap::new();
+        for r in &out {
+            let flow = r.key.src_port - 40000;
+            *exported.entry(flow).or_default() = true;
+            *correlated.entry(flow).or_default() |= r.correlated;
+            for (side, c) in [(true, r.from_source), (false, r.from_destination)] {
+                if let Some(c) = c {
+                    *got.entry((flow, side)).or_default() += c.deltas[0];
+                    prop_assert_eq!(c.deltas[1], c.deltas[0] * 100);
+                }
+            }
+        }
+        for (&(flow, side), &t) in &want {
+            prop_assert_eq!(got.get(&(flow, side)).copied().unwrap_or(0), t, "flow {} side {}", flow, side);
+            prop_assert!(exported.get(&flow).copied().unwrap_or(false));
+        }
+        // Both halves arrived within the correlation timeout of the first: correlated.
+        for flow in exported.keys() {
+            if let (Some(a), Some(b)) = (first.get(&(*flow, true)), first.get(&(*flow, false)))
+                && a.max(b) - a.min(b) < corr
+            {
+                prop_assert!(correlated[flow], "flow {} halves {} and {} apart", flow, a, b);
+            }
+        }
+    }
+}
