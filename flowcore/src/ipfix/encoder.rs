@@ -209,11 +209,13 @@ impl Encoder {
         now: Timestamp,
         id: TemplateId,
     ) -> Result<RecordWriter<'_>, EncodeError> {
-        let tidx = self
+        let fields = self
             .templates
             .iter()
-            .position(|t| t.id == id)
-            .ok_or(EncodeError::UnknownTemplate(id))?;
+            .find(|t| t.id == id)
+            .ok_or(EncodeError::UnknownTemplate(id))?
+            .fields
+            .clone();
         if self.templates_due {
             self.send_templates(now);
         }
@@ -226,7 +228,8 @@ impl Encoder {
         let rec_start = self.buf.len();
         Ok(RecordWriter {
             enc: self,
-            tidx,
+            fields,
+            tid: id,
             field: 0,
             rec_start,
             now,
@@ -350,7 +353,8 @@ impl Encoder {
 /// kept and returned by [`RecordWriter::finish`], which then removes the partial record.
 pub struct RecordWriter<'e> {
     enc: &'e mut Encoder,
-    tidx: usize,
+    fields: std::sync::Arc<[FieldSpec]>,
+    tid: TemplateId,
     field: usize,
     rec_start: usize,
     now: Timestamp,
@@ -361,18 +365,17 @@ pub struct RecordWriter<'e> {
 impl RecordWriter<'_> {
     /// The next field's spec, if the template has one and it is of an accepted kind.
     #[inline]
-    fn next(&mut self, wrote: &'static str, ok: fn(DataType) -> bool) -> Option<FieldSpec> {
+    fn next(&mut self, wrote: &'static str, ok: impl Fn(DataType) -> bool) -> Option<FieldSpec> {
         if self.err.is_some() {
             return None;
         }
-        let t = &self.enc.templates[self.tidx];
         let i = self.field;
         self.field += 1;
-        match t.fields.get(i) {
+        match self.fields.get(i) {
             Some(spec) if ok(spec.data_type) => Some(*spec),
             Some(spec) => {
                 self.err = Some(EncodeError::FieldMismatch {
-                    template_id: t.id,
+                    template_id: self.tid,
                     index: i,
                     name: spec.name.unwrap_or("unknown"),
                     wrote,
@@ -382,9 +385,9 @@ impl RecordWriter<'_> {
             }
             None => {
                 self.err = Some(EncodeError::FieldCount {
-                    template_id: t.id,
+                    template_id: self.tid,
                     written: i + 1,
-                    expected: t.fields.len(),
+                    expected: self.fields.len(),
                 });
                 None
             }
@@ -396,7 +399,7 @@ impl RecordWriter<'_> {
         let len = spec.len as usize;
         if len < 8 && v >> (8 * len) != 0 {
             self.err = Some(EncodeError::ValueTooLarge {
-                template_id: self.enc.templates[self.tidx].id,
+                template_id: self.tid,
                 index: self.field - 1,
                 name: spec.name.unwrap_or("unknown"),
                 value: v,
@@ -404,7 +407,14 @@ impl RecordWriter<'_> {
             });
             return;
         }
-        self.enc.buf.put_slice(&v.to_be_bytes()[8 - len..]);
+        let buf = &mut self.enc.buf;
+        match len {
+            8 => buf.put_u64(v),
+            4 => buf.put_u32(v as u32),
+            2 => buf.put_u16(v as u16),
+            1 => buf.put_u8(v as u8),
+            _ => buf.put_slice(&v.to_be_bytes()[8 - len..]),
+        }
     }
 
     /// An unsigned integer field (any size the template gives it, reduced-size included).
@@ -532,7 +542,7 @@ impl RecordWriter<'_> {
             buf.put_bytes(0, spec.len as usize - v.len());
         } else {
             self.err = Some(EncodeError::ValueTooLarge {
-                template_id: self.enc.templates[self.tidx].id,
+                template_id: self.tid,
                 index: self.field - 1,
                 name: spec.name.unwrap_or("unknown"),
                 value: v.len() as u64,
@@ -571,7 +581,7 @@ impl RecordWriter<'_> {
                 self.put_octets(v, spec);
             } else {
                 self.err = Some(EncodeError::FieldMismatch {
-                    template_id: self.enc.templates[self.tidx].id,
+                    template_id: self.tid,
                     index: self.field - 1,
                     name: spec.name.unwrap_or("unknown"),
                     wrote: "raw bytes of another length",
@@ -616,10 +626,10 @@ impl RecordWriter<'_> {
         if std::mem::replace(&mut self.done, true) {
             return Ok(());
         }
-        let expected = self.enc.templates[self.tidx].fields.len();
+        let expected = self.fields.len();
         if self.err.is_none() && self.field != expected {
             self.err = Some(EncodeError::FieldCount {
-                template_id: self.enc.templates[self.tidx].id,
+                template_id: self.tid,
                 written: self.field,
                 expected,
             });
@@ -634,7 +644,7 @@ impl RecordWriter<'_> {
             return Ok(());
         }
         // Does not fit: close the message without it and start the next one with it.
-        let tid = enc.templates[self.tidx].id;
+        let tid = self.tid;
         let rec_len = enc.buf.len() - self.rec_start;
         if rec_len + HEADER_LEN + SET_HEADER_LEN > enc.cfg.max_message_size {
             self.rollback();

@@ -84,7 +84,8 @@ impl FieldSpec {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Template {
     pub id: TemplateId,
-    pub fields: Box<[FieldSpec]>,
+    /// Shared so a record writer can hold the field list while it writes into the encoder.
+    pub fields: std::sync::Arc<[FieldSpec]>,
     /// Number of leading scope fields; 0 for a data template (non-zero marks an options template).
     pub scope_count: u16,
     /// Smallest record: fixed fields plus one length byte per variable-length field.
@@ -160,7 +161,7 @@ impl Template {
         }
         Ok(Template {
             id,
-            fields: fields.into_boxed_slice(),
+            fields: fields.into(),
             scope_count,
             min_len,
             offsets,
