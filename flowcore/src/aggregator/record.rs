@@ -229,7 +229,122 @@ impl AggregatedRecord {
             .time(Timestamp::from_secs(d.end_secs as u64))
             .uint(self.original_domain as u64)
             .string(&self.cluster_id)
-            .ip(fam(self.original_exporter));
+            .ip(match self.original_exporter {
+                Some(a @ IpAddr::V4(_)) => a,
+                _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            })
+            .ip(match self.original_exporter {
+                Some(a @ IpAddr::V6(_)) => a,
+                _ => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            });
         w.finish()
+    }
+}
+
+impl AggregatedRecord {
+    /// Parses an aggregated record as [`Self::write_ipfix`] sends it (or as Antrea's Flow
+    /// Aggregator does: the same elements). Elements it lacks stay empty/zero; `correlated` is
+    /// inferred (both Nodes' counters present, or not an inter-Node flow).
+    pub fn from_ipfix(
+        rec: &crate::ipfix::DataRecord<'_>,
+        strings: &mut Interner,
+    ) -> Result<AggregatedRecord, super::HalfError> {
+        use crate::ie::{PEN_ANTREA, PEN_IANA};
+        use crate::ipfix::FieldValue;
+        let h = super::FlowHalf::from_record(rec, strings)?;
+        let mut src = NodeCounters::default();
+        let mut dst = NodeCounters::default();
+        let (mut has_src, mut has_dst) = (false, false);
+        let (mut thr, mut rthr, mut domain) = (0, 0, 0);
+        let mut exporter = None;
+        let mut cluster_id = Sym::EMPTY;
+        for f in rec.fields() {
+            let v = f.value();
+            let n = v.as_u64().unwrap_or(0);
+            match (f.spec.ie.pen, f.spec.ie.id) {
+                (PEN_ANTREA, id @ 120..=127) => {
+                    has_src |= n != 0;
+                    set_counter(&mut src, id - 120, n);
+                }
+                (PEN_ANTREA, id @ 128..=135) => {
+                    has_dst |= n != 0;
+                    set_counter(&mut dst, id - 128, n);
+                }
+                (PEN_ANTREA, 145) => thr = n,
+                (PEN_ANTREA, 146) => rthr = n,
+                (PEN_ANTREA, 147) => src.throughput = n,
+                (PEN_ANTREA, 148) => dst.throughput = n,
+                (PEN_ANTREA, 149) => src.reverse_throughput = n,
+                (PEN_ANTREA, 150) => dst.reverse_throughput = n,
+                (PEN_ANTREA, 151) => src.end_secs = n as u32,
+                (PEN_ANTREA, 152) => dst.end_secs = n as u32,
+                (PEN_ANTREA, 158) => {
+                    if let FieldValue::String(b) = v {
+                        cluster_id = strings.intern_bytes(b);
+                    }
+                }
+                (PEN_IANA, 405) => domain = n as u32,
+                (PEN_IANA, 403 | 404) => {
+                    exporter = match v {
+                        FieldValue::Ipv4(a) if !a.is_unspecified() => Some(IpAddr::V4(a)),
+                        FieldValue::Ipv6(a) if !a.is_unspecified() => Some(IpAddr::V6(a)),
+                        _ => exporter,
+                    }
+                }
+                _ => {}
+            }
+        }
+        let s = |sym: Sym| strings.get(sym).clone();
+        let p = |r: &PolicyRef| PolicyInfo {
+            name: s(r.name),
+            namespace: s(r.namespace),
+            kind: r.kind,
+            rule: s(r.rule),
+            action: r.action,
+        };
+        let inter = h.flow_type == super::FLOW_TYPE_INTER_NODE;
+        Ok(AggregatedRecord {
+            key: h.key,
+            start_secs: h.start_secs,
+            end_secs: h.end_secs,
+            end_reason: h.end_reason,
+            flow_type: h.flow_type,
+            totals: h.totals.unwrap_or_default(),
+            deltas: h.deltas,
+            throughput: thr,
+            reverse_throughput: rthr,
+            from_source: has_src.then_some(src),
+            from_destination: has_dst.then_some(dst),
+            src_pod: s(h.src_pod),
+            src_namespace: s(h.src_namespace),
+            src_node: s(h.src_node),
+            dst_pod: s(h.dst_pod),
+            dst_namespace: s(h.dst_namespace),
+            dst_node: s(h.dst_node),
+            cluster_ip: h.cluster_ip,
+            service_port: h.service_port,
+            service_port_name: s(h.service_port_name),
+            ingress: p(&h.ingress),
+            egress: p(&h.egress),
+            tcp_state: s(h.tcp_state),
+            src_labels: s(h.src_labels),
+            dst_labels: s(h.dst_labels),
+            correlated: !inter || (has_src && has_dst),
+            original_exporter: exporter,
+            original_domain: domain,
+            cluster_id: s(cluster_id),
+        })
+    }
+}
+
+/// Per-Node counter element `offset` (0–7 within 120–127 or 128–135): packet/octet total/delta,
+/// then the reverse four.
+fn set_counter(c: &mut NodeCounters, offset: u16, n: u64) {
+    let (dir, kind) = ((offset / 4) as usize, offset % 4);
+    match kind {
+        0 => c.totals[2 * dir] = n,
+        1 => c.totals[2 * dir + 1] = n,
+        2 => c.deltas[2 * dir] = n,
+        _ => c.deltas[2 * dir + 1] = n,
     }
 }

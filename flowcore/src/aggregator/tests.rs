@@ -347,6 +347,16 @@ fn aggregated_records_snapshot_and_round_trip_through_ipfix() {
             dec.decode(T0, m, |r| back.handle_record(T0, SRC_NODE, &r).unwrap())
                 .unwrap();
         }
+        let mut strings = Interner::default();
+        for m in &msgs {
+            dec.decode(T0, m, |r| {
+                assert_eq!(
+                    AggregatedRecord::from_ipfix(&r, &mut strings).unwrap(),
+                    recs[0]
+                )
+            })
+            .unwrap();
+        }
         assert_eq!(back.stats().records_in, 1);
         back.flush_all(T0);
         let again = drain(&mut back);

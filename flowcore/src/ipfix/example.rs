@@ -47,11 +47,13 @@ pub fn write_example_record(
                 } else {
                     Ipv4Addr::new(10, 96, 0, 20).into()
                 }),
-                n if n.starts_with("originalExporter") => w.ip(if v6 {
-                    Ipv6Addr::new(0xfd00, 0x1, 0, 0, 0, 0, 0, 2).into()
-                } else {
-                    Ipv4Addr::new(192, 168, 49, 2).into()
-                }),
+                n if n.starts_with("originalExporter") => {
+                    w.ip(if f.data_type == DataType::Ipv6Address {
+                        Ipv6Addr::new(0xfd00, 0x1, 0, 0, 0, 0, 0, 2).into()
+                    } else {
+                        Ipv4Addr::new(192, 168, 49, 2).into()
+                    })
+                }
                 _ => w.ip(ip(20 + (i % 3) as u8)),
             },
             DataType::String => w.string(match name {

@@ -114,9 +114,9 @@ impl Layout {
 
     /// The IE names in order.
     pub fn names(self) -> Vec<&'static str> {
-        let (fam, exporter) = match self {
-            Layout::AgentV4 | Layout::AggregatedV4 => (V4, "originalExporterIPv4Address"),
-            Layout::AgentV6 | Layout::AggregatedV6 => (V6, "originalExporterIPv6Address"),
+        let fam = match self {
+            Layout::AgentV4 | Layout::AggregatedV4 => V4,
+            Layout::AgentV6 | Layout::AggregatedV6 => V6,
         };
         let mut v: Vec<&'static str> = AGENT_HEAD
             .iter()
@@ -132,7 +132,8 @@ impl Layout {
         );
         if matches!(self, Layout::AggregatedV4 | Layout::AggregatedV6) {
             v.extend(AGGREGATED_EXTRA);
-            v.push(exporter);
+            // Both families: a Node's address need not be of the flow's family (dual stack).
+            v.extend(["originalExporterIPv4Address", "originalExporterIPv6Address"]);
         }
         v
     }
@@ -164,6 +165,6 @@ mod tests {
         ] {
             assert_eq!(l.fields().len(), l.names().len(), "{l:?}");
         }
-        assert_eq!(Layout::AggregatedV4.names().len(), 66);
+        assert_eq!(Layout::AggregatedV4.names().len(), 67);
     }
 }

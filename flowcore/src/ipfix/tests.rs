@@ -96,11 +96,8 @@ pub(crate) fn write_flow(
             w.uint(8_000_000 + k);
         }
         w.time(now).time(now).uint(0xC0FFEE).string("cluster-a");
-        w.ip(if v6 {
-            Ipv6Addr::LOCALHOST.into()
-        } else {
-            Ipv4Addr::new(192, 0, 2, 1).into()
-        });
+        w.ip(Ipv4Addr::new(192, 0, 2, 1).into())
+            .ip(Ipv6Addr::LOCALHOST.into());
     }
     w.finish()
 }
