@@ -1,1 +1,500 @@
-//! Flow records (being written).
+//! The agent's flow record: one export of one connection, as the exporter hands it to the IPFIX
+//! encoder (or to JSON output).
+//!
+//! Every field maps 1:1 onto an IE of the reference's agent flow-record table plus the DESIGN.md
+//! additions (policy type / rule name / rule action, Pod labels, clusterId); [`FlowRecord::visit`]
+//! walks them by registry name so the template mapping and JSON output need no second list.
+//!
+//! Strings (Pod, Namespace, Node, Service, policy names, label JSON) are [`Sym`] handles into an
+//! [`Interner`] owned by the metadata index: a record is plain `Copy` data, building one allocates
+//! nothing, and the text lives once however many connections name it.
+//!
+//! Invariants: `*_delta` ≤ `*_total` component-wise (deltas are totals minus the last
+//! acknowledged totals of the same connection); an `Option` is `None` exactly when the IE is
+//! absent from the record.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+
+use serde::ser::{Serialize, SerializeMap, Serializer};
+
+use super::{TcpState, Timestamp};
+
+/// Handle to an interned string. `Option<Sym>` is 4 bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Sym(NonZeroU32);
+
+impl fmt::Debug for Sym {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Sym({})", self.0)
+    }
+}
+
+/// Interned strings. Append-only: a handle stays valid for the interner's lifetime, which is what
+/// lets records outlive metadata deletions. It grows with the number of *distinct* names ever
+/// seen (Pod names churn, so a long-lived agent grows slowly; compaction is future work).
+#[derive(Default)]
+pub struct Interner {
+    strings: Vec<Box<str>>,
+    index: HashMap<Box<str>, Sym>,
+}
+
+impl fmt::Debug for Interner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Interner")
+            .field("len", &self.strings.len())
+            .finish()
+    }
+}
+
+impl Interner {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The handle of `s`, adding it if new (allocates only then).
+    pub fn intern(&mut self, s: &str) -> Sym {
+        if let Some(&sym) = self.index.get(s) {
+            return sym;
+        }
+        // Saturate rather than panic: four billion distinct names is not a real workload, and a
+        // wrong name is better than a crashed agent.
+        let n = u32::try_from(self.strings.len() + 1).unwrap_or(u32::MAX);
+        let sym = Sym(NonZeroU32::new(n).unwrap_or(NonZeroU32::MAX));
+        self.strings.push(s.into());
+        self.index.insert(s.into(), sym);
+        sym
+    }
+
+    /// The handle of `s` if it was interned.
+    pub fn get(&self, s: &str) -> Option<Sym> {
+        self.index.get(s).copied()
+    }
+
+    /// The text of `sym`; `""` for a handle from another interner that is out of range.
+    pub fn resolve(&self, sym: Sym) -> &str {
+        self.strings.get(sym.0.get() as usize - 1).map_or("", |s| s)
+    }
+
+    pub fn len(&self) -> usize {
+        self.strings.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.strings.is_empty()
+    }
+}
+
+/// The flow key correlation joins on: source as the first packet saw it, destination the real
+/// endpoint after DNAT (the conntrack reply tuple's source).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub proto: u8,
+}
+
+/// `flowType` (Antrea IE 137).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum FlowType {
+    /// Both ends are Pods on this Node.
+    IntraNode = 1,
+    /// The other end is a Pod on another Node.
+    InterNode = 2,
+    /// The destination is neither a Pod nor a Service.
+    ToExternal = 3,
+    /// The source is outside the cluster, the destination a Pod of this Node.
+    FromExternal = 4,
+}
+
+impl FlowType {
+    pub fn from_u8(v: u8) -> Option<FlowType> {
+        Some(match v {
+            1 => FlowType::IntraNode,
+            2 => FlowType::InterNode,
+            3 => FlowType::ToExternal,
+            4 => FlowType::FromExternal,
+            _ => return None,
+        })
+    }
+}
+
+/// `flowEndReason` (IANA IE 136).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum FlowEndReason {
+    /// No new traffic for `idleFlowExportTimeout`.
+    IdleTimeout = 1,
+    /// Traffic continued for `activeFlowExportTimeout` since the last export.
+    ActiveTimeout = 2,
+    /// The connection ended (TCP TIME_WAIT/CLOSE, gone from conntrack, destroy event).
+    EndOfFlow = 3,
+    /// The exporter stopped tracking it (shutdown / flush).
+    ForcedEnd = 4,
+    /// Evicted because the connection store was full.
+    LackOfResources = 5,
+}
+
+impl FlowEndReason {
+    pub fn from_u8(v: u8) -> Option<FlowEndReason> {
+        Some(match v {
+            1 => FlowEndReason::IdleTimeout,
+            2 => FlowEndReason::ActiveTimeout,
+            3 => FlowEndReason::EndOfFlow,
+            4 => FlowEndReason::ForcedEnd,
+            5 => FlowEndReason::LackOfResources,
+            _ => return None,
+        })
+    }
+
+    /// The record is the connection's last: nothing of it is exported after.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            FlowEndReason::EndOfFlow | FlowEndReason::ForcedEnd | FlowEndReason::LackOfResources
+        )
+    }
+}
+
+/// `ingress/egressNetworkPolicyType` (Antrea IEs 115/118). flowlens evaluates only Kubernetes
+/// NetworkPolicies; the other values are Antrea's, kept so decoded records round-trip.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum PolicyType {
+    K8sNetworkPolicy = 1,
+    AntreaNetworkPolicy = 2,
+    AntreaClusterNetworkPolicy = 3,
+}
+
+/// `ingress/egressNetworkPolicyRuleAction` (Antrea IEs 139/140).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum RuleAction {
+    Allow = 1,
+    /// For Kubernetes policies: the Pod is isolated and no rule admits the flow ("would be
+    /// denied" — the CNI may not enforce, or the policy is newer than the connection).
+    Drop = 2,
+    Reject = 3,
+}
+
+/// Packet and byte counters of both directions (RFC 5103: reverse = reply direction).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BiCounters {
+    pub packets: u64,
+    pub octets: u64,
+    pub reverse_packets: u64,
+    pub reverse_octets: u64,
+}
+
+impl BiCounters {
+    /// Component-wise `self - earlier`, `None` if any component went down (a different
+    /// connection, never a negative delta).
+    pub fn checked_sub(self, earlier: BiCounters) -> Option<BiCounters> {
+        Some(BiCounters {
+            packets: self.packets.checked_sub(earlier.packets)?,
+            octets: self.octets.checked_sub(earlier.octets)?,
+            reverse_packets: self.reverse_packets.checked_sub(earlier.reverse_packets)?,
+            reverse_octets: self.reverse_octets.checked_sub(earlier.reverse_octets)?,
+        })
+    }
+
+    pub fn saturating_add(self, o: BiCounters) -> BiCounters {
+        BiCounters {
+            packets: self.packets.saturating_add(o.packets),
+            octets: self.octets.saturating_add(o.octets),
+            reverse_packets: self.reverse_packets.saturating_add(o.reverse_packets),
+            reverse_octets: self.reverse_octets.saturating_add(o.reverse_octets),
+        }
+    }
+}
+
+/// Which policy + rule admitted (or would deny) the flow in one direction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PolicyFields {
+    /// `…NetworkPolicyName`; `None` when no policy selects the Pod, or it is isolated and
+    /// nothing admits the flow (then `action` is `Drop`).
+    pub name: Option<Sym>,
+    pub namespace: Option<Sym>,
+    pub policy_type: Option<PolicyType>,
+    /// Kubernetes rules are unnamed: flowlens names them `ingress-<index>` / `egress-<index>`
+    /// (position in the policy's rule list).
+    pub rule_name: Option<Sym>,
+    pub action: Option<RuleAction>,
+}
+
+/// One exported record of one connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowRecord {
+    /// `flowStartSeconds`: conntrack's start timestamp, else when the exporter first saw it.
+    pub flow_start: Timestamp,
+    /// `flowEndSeconds`: the last time traffic was observed (at dump granularity), or the end.
+    pub flow_end: Timestamp,
+    pub flow_end_reason: FlowEndReason,
+    pub key: FlowKey,
+    /// `packetTotalCount`, `octetTotalCount`, `reverse…TotalCount`.
+    pub totals: BiCounters,
+    /// `packetDeltaCount`, `octetDeltaCount`, `reverse…DeltaCount`.
+    pub deltas: BiCounters,
+    pub source_pod_namespace: Option<Sym>,
+    pub source_pod_name: Option<Sym>,
+    pub destination_pod_namespace: Option<Sym>,
+    pub destination_pod_name: Option<Sym>,
+    pub source_node_name: Option<Sym>,
+    pub destination_node_name: Option<Sym>,
+    /// `destinationClusterIPv4/6`: the Service address the client dialled (ClusterIP, Node
+    /// address for a NodePort, LoadBalancer IP).
+    pub destination_cluster_ip: Option<IpAddr>,
+    /// `destinationServicePort`: the port the client dialled.
+    pub destination_service_port: Option<u16>,
+    /// `destinationServicePortName`: `namespace/name:portName`.
+    pub destination_service_port_name: Option<Sym>,
+    pub ingress_policy: PolicyFields,
+    pub egress_policy: PolicyFields,
+    /// `tcpState`; `None` for non-TCP.
+    pub tcp_state: Option<TcpState>,
+    pub flow_type: FlowType,
+    /// `sourcePodLabels` / `destinationPodLabels`: JSON object text.
+    pub source_pod_labels: Option<Sym>,
+    pub destination_pod_labels: Option<Sym>,
+    pub cluster_id: Option<Sym>,
+}
+
+/// A field value as the IE's abstract type carries it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IeValue<'a> {
+    Unsigned8(u8),
+    Unsigned16(u16),
+    Unsigned64(u64),
+    /// `dateTimeSeconds`, seconds since the Unix epoch.
+    DateTimeSeconds(u64),
+    Ip(IpAddr),
+    String(&'a str),
+}
+
+impl FlowRecord {
+    /// Calls `f(ie_name, value)` for every IE present in the record, in the reference table's
+    /// order; names are the registry's (`crate::ie::by_name` finds id, PEN and type).
+    pub fn visit<'a>(&self, interner: &'a Interner, mut f: impl FnMut(&'static str, IeValue<'a>)) {
+        use IeValue::*;
+        let s = |sym: Option<Sym>| sym.map(|s| String(interner.resolve(s)));
+        f(
+            "flowStartSeconds",
+            DateTimeSeconds(self.flow_start.as_secs()),
+        );
+        f("flowEndSeconds", DateTimeSeconds(self.flow_end.as_secs()));
+        f("flowEndReason", Unsigned8(self.flow_end_reason as u8));
+        let k = &self.key;
+        let v6 = k.src.is_ipv6();
+        f(
+            if v6 {
+                "sourceIPv6Address"
+            } else {
+                "sourceIPv4Address"
+            },
+            Ip(k.src),
+        );
+        f(
+            if k.dst.is_ipv6() {
+                "destinationIPv6Address"
+            } else {
+                "destinationIPv4Address"
+            },
+            Ip(k.dst),
+        );
+        f("sourceTransportPort", Unsigned16(k.src_port));
+        f("destinationTransportPort", Unsigned16(k.dst_port));
+        f("protocolIdentifier", Unsigned8(k.proto));
+        let (t, d) = (&self.totals, &self.deltas);
+        f("packetTotalCount", Unsigned64(t.packets));
+        f("octetTotalCount", Unsigned64(t.octets));
+        f("packetDeltaCount", Unsigned64(d.packets));
+        f("octetDeltaCount", Unsigned64(d.octets));
+        f("reversePacketTotalCount", Unsigned64(t.reverse_packets));
+        f("reverseOctetTotalCount", Unsigned64(t.reverse_octets));
+        f("reversePacketDeltaCount", Unsigned64(d.reverse_packets));
+        f("reverseOctetDeltaCount", Unsigned64(d.reverse_octets));
+        let mut opt = |name: &'static str, v: Option<IeValue<'a>>| {
+            if let Some(v) = v {
+                f(name, v)
+            }
+        };
+        opt("sourcePodNamespace", s(self.source_pod_namespace));
+        opt("sourcePodName", s(self.source_pod_name));
+        opt("destinationPodNamespace", s(self.destination_pod_namespace));
+        opt("destinationPodName", s(self.destination_pod_name));
+        opt("sourceNodeName", s(self.source_node_name));
+        opt("destinationNodeName", s(self.destination_node_name));
+        match self.destination_cluster_ip {
+            Some(ip @ IpAddr::V4(_)) => opt("destinationClusterIPv4", Some(Ip(ip))),
+            Some(ip @ IpAddr::V6(_)) => opt("destinationClusterIPv6", Some(Ip(ip))),
+            None => {}
+        }
+        opt(
+            "destinationServicePort",
+            self.destination_service_port.map(Unsigned16),
+        );
+        opt(
+            "destinationServicePortName",
+            s(self.destination_service_port_name),
+        );
+        let (i, e) = (&self.ingress_policy, &self.egress_policy);
+        opt("ingressNetworkPolicyName", s(i.name));
+        opt("ingressNetworkPolicyNamespace", s(i.namespace));
+        opt("egressNetworkPolicyName", s(e.name));
+        opt("egressNetworkPolicyNamespace", s(e.namespace));
+        opt("tcpState", self.tcp_state.map(|t| String(t.name())));
+        opt("flowType", Some(Unsigned8(self.flow_type as u8)));
+        opt(
+            "ingressNetworkPolicyType",
+            i.policy_type.map(|t| Unsigned8(t as u8)),
+        );
+        opt(
+            "egressNetworkPolicyType",
+            e.policy_type.map(|t| Unsigned8(t as u8)),
+        );
+        opt("ingressNetworkPolicyRuleName", s(i.rule_name));
+        opt("egressNetworkPolicyRuleName", s(e.rule_name));
+        opt(
+            "ingressNetworkPolicyRuleAction",
+            i.action.map(|a| Unsigned8(a as u8)),
+        );
+        opt(
+            "egressNetworkPolicyRuleAction",
+            e.action.map(|a| Unsigned8(a as u8)),
+        );
+        opt("sourcePodLabels", s(self.source_pod_labels));
+        opt("destinationPodLabels", s(self.destination_pod_labels));
+        opt("clusterId", s(self.cluster_id));
+    }
+
+    /// A view that serializes as a map from IE name to value (strings resolved), the shape of
+    /// `flowlens decode` JSON lines.
+    pub fn resolved<'a>(&'a self, interner: &'a Interner) -> ResolvedRecord<'a> {
+        ResolvedRecord {
+            record: self,
+            interner,
+        }
+    }
+}
+
+/// See [`FlowRecord::resolved`].
+pub struct ResolvedRecord<'a> {
+    record: &'a FlowRecord,
+    interner: &'a Interner,
+}
+
+impl Serialize for ResolvedRecord<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        let mut err = None;
+        self.record.visit(self.interner, |name, v| {
+            if err.is_some() {
+                return;
+            }
+            let r = match v {
+                IeValue::Unsigned8(x) => map.serialize_entry(name, &x),
+                IeValue::Unsigned16(x) => map.serialize_entry(name, &x),
+                IeValue::Unsigned64(x) | IeValue::DateTimeSeconds(x) => {
+                    map.serialize_entry(name, &x)
+                }
+                IeValue::Ip(ip) => map.serialize_entry(name, &ip),
+                IeValue::String(s) => map.serialize_entry(name, s),
+            };
+            if let Err(e) = r {
+                err = Some(e);
+            }
+        });
+        if let Some(e) = err {
+            return Err(e);
+        }
+        map.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interner_round_trips_and_dedups() {
+        let mut i = Interner::new();
+        let a = i.intern("default");
+        let b = i.intern("kube-system");
+        assert_eq!(i.intern("default"), a);
+        assert_ne!(a, b);
+        assert_eq!(i.resolve(b), "kube-system");
+        assert_eq!(i.get("nope"), None);
+        assert_eq!(std::mem::size_of::<Option<Sym>>(), 4);
+    }
+
+    #[test]
+    fn every_visited_name_is_in_the_registry_with_a_matching_type() {
+        use crate::ie::DataType;
+        let mut i = Interner::new();
+        let s = Some(i.intern("x"));
+        let pf = PolicyFields {
+            name: s,
+            namespace: s,
+            policy_type: Some(PolicyType::K8sNetworkPolicy),
+            rule_name: s,
+            action: Some(RuleAction::Allow),
+        };
+        for ip in ["10.0.0.1", "fd00::1"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let r = FlowRecord {
+                flow_start: Timestamp::ZERO,
+                flow_end: Timestamp::ZERO,
+                flow_end_reason: FlowEndReason::EndOfFlow,
+                key: FlowKey {
+                    src: ip,
+                    dst: ip,
+                    src_port: 1,
+                    dst_port: 2,
+                    proto: 6,
+                },
+                totals: BiCounters::default(),
+                deltas: BiCounters::default(),
+                source_pod_namespace: s,
+                source_pod_name: s,
+                destination_pod_namespace: s,
+                destination_pod_name: s,
+                source_node_name: s,
+                destination_node_name: s,
+                destination_cluster_ip: Some(ip),
+                destination_service_port: Some(80),
+                destination_service_port_name: s,
+                ingress_policy: pf,
+                egress_policy: pf,
+                tcp_state: Some(TcpState::Established),
+                flow_type: FlowType::IntraNode,
+                source_pod_labels: s,
+                destination_pod_labels: s,
+                cluster_id: s,
+            };
+            let mut n = 0;
+            r.visit(&i, |name, v| {
+                n += 1;
+                let ie =
+                    crate::ie::by_name(name).unwrap_or_else(|| panic!("{name} not in registry"));
+                let ok = match v {
+                    IeValue::Unsigned8(_) => ie.data_type == DataType::Unsigned8,
+                    IeValue::Unsigned16(_) => ie.data_type == DataType::Unsigned16,
+                    IeValue::Unsigned64(_) => ie.data_type == DataType::Unsigned64,
+                    IeValue::DateTimeSeconds(_) => ie.data_type == DataType::DateTimeSeconds,
+                    IeValue::Ip(IpAddr::V4(_)) => ie.data_type == DataType::Ipv4Address,
+                    IeValue::Ip(IpAddr::V6(_)) => ie.data_type == DataType::Ipv6Address,
+                    IeValue::String(_) => ie.data_type == DataType::String,
+                };
+                assert!(ok, "{name}: {v:?} vs {:?}", ie.data_type);
+            });
+            // The reference's 34 IEs less the other family's source, destination and ClusterIP,
+            // + 2×3 policy fields + 2 label sets + clusterId.
+            assert_eq!(n, 34 - 3 + 6 + 2 + 1);
+        }
+    }
+}

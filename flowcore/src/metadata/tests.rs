@@ -1,0 +1,165 @@
+use std::net::IpAddr;
+
+use super::*;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn pod(uid: &str, name: &str, node: &str, addr: &str, created: u64) -> PodInfo {
+    PodInfo {
+        uid: uid.into(),
+        namespace: "default".into(),
+        name: name.into(),
+        node: node.into(),
+        ips: vec![ip(addr)],
+        labels: Labels::new([("app", name)]),
+        phase: PodPhase::Running,
+        created: Timestamp::from_secs(created),
+        ..PodInfo::default()
+    }
+}
+
+fn name_at(m: &MetadataIndex, addr: &str, at: u64) -> Option<String> {
+    let id = m.pod_at(ip(addr), Timestamp::from_secs(at))?;
+    Some(m.interner().resolve(m.pod(id)?.name).to_string())
+}
+
+#[test]
+fn deleted_pod_resolves_during_grace_then_not() {
+    let mut m = MetadataIndex::new(Duration::from_secs(60));
+    m.apply(
+        Timestamp::from_secs(10),
+        MetadataUpdate::Pod(pod("u1", "a", "n1", "10.0.0.5", 10)),
+    );
+    m.apply(
+        Timestamp::from_secs(100),
+        MetadataUpdate::PodDeleted { uid: "u1".into() },
+    );
+    assert_eq!(name_at(&m, "10.0.0.5", 50).as_deref(), Some("a"));
+    // A connection first seen after the deletion, within the grace period.
+    assert_eq!(name_at(&m, "10.0.0.5", 120).as_deref(), Some("a"));
+    assert_eq!(name_at(&m, "10.0.0.5", 170), None);
+    m.expire(Timestamp::from_secs(161));
+    assert_eq!(name_at(&m, "10.0.0.5", 50), None);
+    assert_eq!(m.stats().pods, 0);
+}
+
+#[test]
+fn reused_ip_resolves_by_connection_start() {
+    let mut m = MetadataIndex::new(Duration::from_secs(60));
+    m.apply(
+        Timestamp::from_secs(10),
+        MetadataUpdate::Pod(pod("u1", "old", "n1", "10.0.0.5", 10)),
+    );
+    m.apply(
+        Timestamp::from_secs(100),
+        MetadataUpdate::PodDeleted { uid: "u1".into() },
+    );
+    m.apply(
+        Timestamp::from_secs(105),
+        MetadataUpdate::Pod(pod("u2", "new", "n1", "10.0.0.5", 104)),
+    );
+    assert_eq!(name_at(&m, "10.0.0.5", 50).as_deref(), Some("old"));
+    assert_eq!(name_at(&m, "10.0.0.5", 102).as_deref(), Some("old"));
+    assert_eq!(name_at(&m, "10.0.0.5", 104).as_deref(), Some("new"));
+    assert_eq!(name_at(&m, "10.0.0.5", 1000).as_deref(), Some("new"));
+    // Before any tenancy: the first owner (clock skew), not nothing.
+    assert_eq!(name_at(&m, "10.0.0.5", 1).as_deref(), Some("old"));
+}
+
+#[test]
+fn reused_ip_without_delete_event_closes_the_old_tenancy() {
+    let mut m = MetadataIndex::new(Duration::from_secs(60));
+    m.apply(
+        Timestamp::from_secs(10),
+        MetadataUpdate::Pod(pod("u1", "old", "n1", "10.0.0.5", 10)),
+    );
+    // The delete was missed; a new Pod shows up with the same IP.
+    m.apply(
+        Timestamp::from_secs(200),
+        MetadataUpdate::Pod(pod("u2", "new", "n1", "10.0.0.5", 190)),
+    );
+    assert_eq!(name_at(&m, "10.0.0.5", 150).as_deref(), Some("old"));
+    assert_eq!(name_at(&m, "10.0.0.5", 201).as_deref(), Some("new"));
+}
+
+#[test]
+fn host_network_pods_are_not_indexed_by_ip() {
+    let mut m = MetadataIndex::new(Duration::from_secs(60));
+    let mut p = pod("u1", "h", "n1", "192.168.1.1", 0);
+    p.host_network = true;
+    m.apply(Timestamp::from_secs(1), MetadataUpdate::Pod(p));
+    m.apply(
+        Timestamp::from_secs(1),
+        MetadataUpdate::Node(NodeInfo {
+            name: "n1".into(),
+            addresses: vec![ip("192.168.1.1")],
+            pod_cidrs: vec!["10.0.1.0/24".parse().unwrap()],
+        }),
+    );
+    let n1 = m.interner().get("n1").unwrap();
+    assert_eq!(
+        m.classify(ip("192.168.1.1"), Timestamp::from_secs(2)),
+        EndpointKind::Node { node: n1 }
+    );
+    assert_eq!(
+        m.classify(ip("10.0.1.9"), Timestamp::from_secs(2)),
+        EndpointKind::UnknownPod { node: n1 }
+    );
+    assert_eq!(
+        m.classify(ip("8.8.8.8"), Timestamp::from_secs(2)),
+        EndpointKind::External
+    );
+}
+
+#[test]
+fn services_by_cluster_ip_load_balancer_and_node_port() {
+    let mut m = MetadataIndex::new(Duration::from_secs(60));
+    m.apply(
+        Timestamp::ZERO,
+        MetadataUpdate::Node(NodeInfo {
+            name: "n1".into(),
+            addresses: vec![ip("192.168.1.1")],
+            pod_cidrs: vec![],
+        }),
+    );
+    let svc = ServiceInfo {
+        namespace: "shop".into(),
+        name: "web".into(),
+        cluster_ips: vec![ip("10.96.0.10")],
+        ports: vec![ServicePortInfo {
+            name: "http".into(),
+            protocol: 6,
+            port: 80,
+            node_port: Some(30080),
+        }],
+        load_balancer_ips: vec![ip("203.0.113.7")],
+        backends: vec![],
+    };
+    m.apply(Timestamp::ZERO, MetadataUpdate::Service(svc));
+    let name = |h: Option<ServiceHit>| h.map(|h| m.interner().resolve(h.port_name).to_string());
+    assert_eq!(
+        name(m.service(ip("10.96.0.10"), 6, 80)).as_deref(),
+        Some("shop/web:http")
+    );
+    assert_eq!(
+        name(m.service(ip("203.0.113.7"), 6, 80)).as_deref(),
+        Some("shop/web:http")
+    );
+    assert_eq!(
+        name(m.service(ip("192.168.1.1"), 6, 30080)).as_deref(),
+        Some("shop/web:http")
+    );
+    assert_eq!(m.service(ip("10.96.0.10"), 17, 80), None);
+    assert_eq!(m.service(ip("10.96.0.11"), 6, 30080), None);
+    m.apply(
+        Timestamp::ZERO,
+        MetadataUpdate::ServiceDeleted {
+            namespace: "shop".into(),
+            name: "web".into(),
+        },
+    );
+    assert_eq!(m.service(ip("10.96.0.10"), 6, 80), None);
+    assert_eq!(m.service(ip("192.168.1.1"), 6, 30080), None);
+}
