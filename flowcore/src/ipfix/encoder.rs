@@ -373,6 +373,16 @@ impl RecordWriter<'_> {
         self.field += 1;
         match self.fields.get(i) {
             Some(spec) if ok(spec.data_type) => Some(*spec),
+            _ => {
+                self.mismatch(i, wrote);
+                None
+            }
+        }
+    }
+
+    #[cold]
+    fn mismatch(&mut self, i: usize, wrote: &'static str) {
+        match self.fields.get(i) {
             Some(spec) => {
                 self.err = Some(EncodeError::FieldMismatch {
                     template_id: self.tid,
@@ -381,7 +391,6 @@ impl RecordWriter<'_> {
                     wrote,
                     expected: format!("{} ({} bytes)", spec.data_type, spec.len),
                 });
-                None
             }
             None => {
                 self.err = Some(EncodeError::FieldCount {
@@ -389,7 +398,6 @@ impl RecordWriter<'_> {
                     written: i + 1,
                     expected: self.fields.len(),
                 });
-                None
             }
         }
     }
@@ -398,23 +406,25 @@ impl RecordWriter<'_> {
     fn put_uint(&mut self, v: u64, spec: FieldSpec) {
         let len = spec.len as usize;
         if len < 8 && v >> (8 * len) != 0 {
-            self.err = Some(EncodeError::ValueTooLarge {
-                template_id: self.tid,
-                index: self.field - 1,
-                name: spec.name.unwrap_or("unknown"),
-                value: v,
-                len: spec.len,
-            });
+            self.value_too_large(v, spec);
             return;
         }
+        // Branch-free for every reduced size: write 8 bytes with the value's bytes first, then
+        // drop the surplus. Lengths vary field by field, and a jump table on them mispredicts.
         let buf = &mut self.enc.buf;
-        match len {
-            8 => buf.put_u64(v),
-            4 => buf.put_u32(v as u32),
-            2 => buf.put_u16(v as u16),
-            1 => buf.put_u8(v as u8),
-            _ => buf.put_slice(&v.to_be_bytes()[8 - len..]),
-        }
+        buf.put_u64(v << (64 - 8 * len));
+        buf.truncate(buf.len() - (8 - len));
+    }
+
+    #[cold]
+    fn value_too_large(&mut self, v: u64, spec: FieldSpec) {
+        self.err = Some(EncodeError::ValueTooLarge {
+            template_id: self.tid,
+            index: self.field - 1,
+            name: spec.name.unwrap_or("unknown"),
+            value: v,
+            len: spec.len,
+        });
     }
 
     /// An unsigned integer field (any size the template gives it, reduced-size included).
