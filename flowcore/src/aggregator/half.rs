@@ -23,7 +23,7 @@ pub struct CorrelationKey {
 }
 
 /// A NetworkPolicy reference as carried in the record.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PolicyRef {
     pub name: Sym,
     pub namespace: Sym,
@@ -63,10 +63,17 @@ pub struct FlowHalf {
     pub start_secs: u32,
     pub end_secs: u32,
     pub end_reason: u8,
-    pub flow_type: u8,
     /// Totals as exported (packets, octets, reverse packets, reverse octets), when present.
     pub totals: Option<[u64; 4]>,
     pub deltas: [u64; 4],
+    pub tcp_state: Sym,
+    pub meta: FlowMeta,
+}
+
+/// The Kubernetes side of a flow: what the two halves merge.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowMeta {
+    pub flow_type: u8,
     pub src_pod: Sym,
     pub src_namespace: Sym,
     pub src_node: Sym,
@@ -78,7 +85,6 @@ pub struct FlowHalf {
     pub service_port_name: Sym,
     pub ingress: PolicyRef,
     pub egress: PolicyRef,
-    pub tcp_state: Sym,
     pub src_labels: Sym,
     pub dst_labels: Sym,
 }
@@ -188,23 +194,10 @@ impl FlowHalf {
             start_secs: 0,
             end_secs: 0,
             end_reason: 0,
-            flow_type: 0,
             totals: None,
             deltas: [0; 4],
-            src_pod: Sym::EMPTY,
-            src_namespace: Sym::EMPTY,
-            src_node: Sym::EMPTY,
-            dst_pod: Sym::EMPTY,
-            dst_namespace: Sym::EMPTY,
-            dst_node: Sym::EMPTY,
-            cluster_ip: None,
-            service_port: 0,
-            service_port_name: Sym::EMPTY,
-            ingress: PolicyRef::default(),
-            egress: PolicyRef::default(),
             tcp_state: Sym::EMPTY,
-            src_labels: Sym::EMPTY,
-            dst_labels: Sym::EMPTY,
+            meta: FlowMeta::default(),
         };
         for f in rec.fields() {
             let Some(s) = slot(f.spec.ie) else { continue };
@@ -231,29 +224,29 @@ impl FlowHalf {
                 Delta(i) => h.deltas[i] = uint(),
                 Src => src = ip(),
                 Dst => dst = ip(),
-                ClusterIp => h.cluster_ip = ip().filter(|a| !a.is_unspecified()),
-                SvcPort => h.service_port = uint() as u16,
-                InKind => h.ingress.kind = uint() as u8,
-                InAction => h.ingress.action = uint() as u8,
-                EgKind => h.egress.kind = uint() as u8,
-                EgAction => h.egress.action = uint() as u8,
-                FlowType => h.flow_type = uint() as u8,
-                SrcPod => h.src_pod = text(strings),
-                SrcNs => h.src_namespace = text(strings),
-                SrcNode => h.src_node = text(strings),
-                DstPod => h.dst_pod = text(strings),
-                DstNs => h.dst_namespace = text(strings),
-                DstNode => h.dst_node = text(strings),
-                SvcPortName => h.service_port_name = text(strings),
-                InName => h.ingress.name = text(strings),
-                InNs => h.ingress.namespace = text(strings),
-                InRule => h.ingress.rule = text(strings),
-                EgName => h.egress.name = text(strings),
-                EgNs => h.egress.namespace = text(strings),
-                EgRule => h.egress.rule = text(strings),
+                ClusterIp => h.meta.cluster_ip = ip().filter(|a| !a.is_unspecified()),
+                SvcPort => h.meta.service_port = uint() as u16,
+                InKind => h.meta.ingress.kind = uint() as u8,
+                InAction => h.meta.ingress.action = uint() as u8,
+                EgKind => h.meta.egress.kind = uint() as u8,
+                EgAction => h.meta.egress.action = uint() as u8,
+                FlowType => h.meta.flow_type = uint() as u8,
+                SrcPod => h.meta.src_pod = text(strings),
+                SrcNs => h.meta.src_namespace = text(strings),
+                SrcNode => h.meta.src_node = text(strings),
+                DstPod => h.meta.dst_pod = text(strings),
+                DstNs => h.meta.dst_namespace = text(strings),
+                DstNode => h.meta.dst_node = text(strings),
+                SvcPortName => h.meta.service_port_name = text(strings),
+                InName => h.meta.ingress.name = text(strings),
+                InNs => h.meta.ingress.namespace = text(strings),
+                InRule => h.meta.ingress.rule = text(strings),
+                EgName => h.meta.egress.name = text(strings),
+                EgNs => h.meta.egress.namespace = text(strings),
+                EgRule => h.meta.egress.rule = text(strings),
                 TcpState => h.tcp_state = text(strings),
-                SrcLabels => h.src_labels = text(strings),
-                DstLabels => h.dst_labels = text(strings),
+                SrcLabels => h.meta.src_labels = text(strings),
+                DstLabels => h.meta.dst_labels = text(strings),
             }
         }
         let missing = |what| HalfError::MissingKey {
@@ -274,11 +267,13 @@ impl FlowHalf {
     /// fills only its own Node's Pods into an inter-Node record, so a half naming the source Pod
     /// comes from the source Node.
     pub fn is_from_source_node(&self) -> bool {
-        !self.src_pod.is_empty()
+        !self.meta.src_pod.is_empty()
     }
+}
 
+impl FlowMeta {
     /// Copies into `self` the Kubernetes fields `other` knows and `self` does not.
-    pub(crate) fn merge_metadata(&mut self, other: &FlowHalf) {
+    pub(crate) fn merge(&mut self, other: &FlowMeta) {
         fn fill(a: &mut Sym, b: Sym) {
             if a.is_empty() {
                 *a = b;
@@ -291,7 +286,6 @@ impl FlowHalf {
         fill(&mut self.dst_namespace, other.dst_namespace);
         fill(&mut self.dst_node, other.dst_node);
         fill(&mut self.service_port_name, other.service_port_name);
-        fill(&mut self.tcp_state, other.tcp_state);
         fill(&mut self.src_labels, other.src_labels);
         fill(&mut self.dst_labels, other.dst_labels);
         if self.cluster_ip.is_none() {

@@ -22,15 +22,20 @@ impl Sym {
 #[derive(Debug)]
 pub struct Interner {
     strings: Vec<Arc<str>>,
-    index: HashMap<Arc<str>, Sym>,
+    /// foldhash: every field of every record is looked up here, and SipHash would be most of
+    /// the aggregator's per-record time. Names are not attacker-chosen keys in bulk the way
+    /// 5-tuples are, and the table is bounded by the names that exist.
+    index: HashMap<Arc<str>, Sym, foldhash::fast::FixedState>,
 }
 
 impl Default for Interner {
     fn default() -> Self {
         let empty: Arc<str> = Arc::from("");
+        let mut index = HashMap::with_hasher(foldhash::fast::FixedState::default());
+        index.insert(empty.clone(), Sym::EMPTY);
         Interner {
-            strings: vec![empty.clone()],
-            index: HashMap::from([(empty, Sym::EMPTY)]),
+            strings: vec![empty],
+            index,
         }
     }
 }
@@ -67,5 +72,79 @@ impl Interner {
 
     pub fn is_empty(&self) -> bool {
         self.strings.len() <= 1
+    }
+}
+
+/// Handle to a shared [`FlowMeta`](super::FlowMeta).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct MetaId(u32);
+
+/// Reference-counted, deduplicated flow metadata. Many connections share one Pod pair, Service
+/// and policy set, so a flow holds a 4-byte id instead of ~100 bytes of symbols; the entry goes
+/// when its last flow does.
+pub(crate) struct MetaTable {
+    metas: Vec<super::FlowMeta>,
+    refs: Vec<u32>,
+    free: Vec<u32>,
+    index: HashMap<super::FlowMeta, u32, foldhash::fast::FixedState>,
+}
+
+impl MetaTable {
+    pub(crate) fn new(seed: u64) -> Self {
+        MetaTable {
+            metas: Vec::new(),
+            refs: Vec::new(),
+            free: Vec::new(),
+            index: HashMap::with_hasher(foldhash::fast::FixedState::with_seed(seed)),
+        }
+    }
+
+    /// A new reference to `m`.
+    pub(crate) fn acquire(&mut self, m: super::FlowMeta) -> MetaId {
+        if let Some(&i) = self.index.get(&m) {
+            self.refs[i as usize] += 1;
+            return MetaId(i);
+        }
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.metas[i as usize] = m;
+                self.refs[i as usize] = 1;
+                i
+            }
+            None => {
+                self.metas.push(m);
+                self.refs.push(1);
+                (self.metas.len() - 1) as u32
+            }
+        };
+        self.index.insert(m, i);
+        MetaId(i)
+    }
+
+    /// Drops a reference; the entry is freed with the last one.
+    pub(crate) fn release(&mut self, id: MetaId) {
+        let r = &mut self.refs[id.0 as usize];
+        *r -= 1;
+        if *r == 0 {
+            self.index.remove(&self.metas[id.0 as usize]);
+            self.free.push(id.0);
+        }
+    }
+
+    pub(crate) fn get(&self, id: MetaId) -> &super::FlowMeta {
+        &self.metas[id.0 as usize]
+    }
+
+    /// Replaces what `id` refers to by `m` (a no-op when equal).
+    pub(crate) fn update(&mut self, id: &mut MetaId, m: super::FlowMeta) {
+        if *self.get(*id) != m {
+            let new = self.acquire(m);
+            self.release(*id);
+            *id = new;
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.index.len()
     }
 }

@@ -31,9 +31,11 @@ use crate::ipfix::DataRecord;
 use crate::model::Timestamp;
 
 pub use half::{
-    CorrelationKey, FlowHalf, HalfError, OCTETS, PACKETS, PolicyRef, REV_OCTETS, REV_PACKETS,
+    CorrelationKey, FlowHalf, FlowMeta, HalfError, OCTETS, PACKETS, PolicyRef, REV_OCTETS,
+    REV_PACKETS,
 };
 pub use intern::{Interner, Sym};
+use intern::{MetaId, MetaTable};
 pub use record::{AggregatedRecord, NodeCounters, PolicyInfo};
 
 /// flowType values (DESIGN.md).
@@ -60,6 +62,10 @@ pub struct AggregatorConfig {
     pub max_flows: usize,
     /// `clusterId` put in every record.
     pub cluster_id: String,
+    /// Seed of the flow-table hash. Random per process in production (flow keys come from the
+    /// network, so a fixed seed would invite collision floods); fixed in the simulator so a
+    /// seed reproduces a run.
+    pub hash_seed: u64,
 }
 
 impl Default for AggregatorConfig {
@@ -70,6 +76,7 @@ impl Default for AggregatorConfig {
             correlation_timeout: Duration::from_secs(10),
             max_flows: 1_000_000,
             cluster_id: String::new(),
+            hash_seed: 0,
         }
     }
 }
@@ -102,6 +109,8 @@ pub struct AggregatorStats {
     pub evicted: u64,
     pub records_out: u64,
     pub flows_in_flight: u64,
+    /// Distinct Kubernetes metadata sets shared by the flows in flight.
+    pub metadata_entries: u64,
 }
 
 /// One Node's view of a flow, and what of it was already exported.
@@ -113,7 +122,8 @@ struct Side {
     end_secs: u32,
     exported_end_secs: u32,
     end_reason: u8,
-    exporter: ExporterId,
+    /// Index into `Aggregator::exporters`.
+    exporter: u16,
 }
 
 impl Side {
@@ -128,6 +138,52 @@ impl Side {
 const SOURCE: usize = 0;
 const DESTINATION: usize = 1;
 
+/// A flow's per-Node views. Most flows in flight have one (intra-Node and external flows, and
+/// inter-Node flows awaiting their partner), so the second lives in its own allocation and a
+/// one-sided flow pays 8 bytes for it.
+#[derive(Default)]
+struct Sides {
+    first_idx: u8,
+    first: Option<Side>,
+    second: Option<Box<Side>>,
+}
+
+impl Sides {
+    fn get(&self, i: usize) -> Option<&Side> {
+        match &self.first {
+            Some(f) if self.first_idx as usize == i => Some(f),
+            Some(_) => self.second.as_deref(),
+            None => None,
+        }
+    }
+
+    fn set(&mut self, i: usize, side: Side) {
+        match &mut self.first {
+            None => {
+                self.first_idx = i as u8;
+                self.first = Some(side);
+            }
+            Some(f) if self.first_idx as usize == i => *f = side,
+            Some(_) => match &mut self.second {
+                Some(b) => **b = side,
+                None => self.second = Some(Box::new(side)),
+            },
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Side> {
+        self.first.iter().chain(self.second.as_deref())
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut Side> {
+        self.first.iter_mut().chain(self.second.as_deref_mut())
+    }
+
+    fn both(&self) -> bool {
+        self.second.is_some()
+    }
+}
+
 /// What is remembered of a finished flow for `inactive_timeout`, so that a late or duplicated
 /// half cannot start it over and count its bytes again.
 struct Tombstone {
@@ -138,9 +194,13 @@ struct Tombstone {
 }
 
 struct Flow {
-    /// Merged Kubernetes fields (counters in it are unused).
-    meta: FlowHalf,
-    sides: [Option<Side>; 2],
+    key: CorrelationKey,
+    start_secs: u32,
+    tcp_state: Sym,
+    /// Merged Kubernetes fields, shared with flows that have the same.
+    meta: MetaId,
+    flow_type: u8,
+    sides: Sides,
     created: Timestamp,
     updated: Timestamp,
     last_export: Option<Timestamp>,
@@ -154,15 +214,15 @@ struct Flow {
 
 impl Flow {
     fn needs_partner(&self) -> bool {
-        self.meta.flow_type == FLOW_TYPE_INTER_NODE
+        self.flow_type == FLOW_TYPE_INTER_NODE
     }
     fn correlated(&self) -> bool {
-        self.sides[SOURCE].is_some() && self.sides[DESTINATION].is_some()
+        self.sides.both()
     }
     /// Every Node we heard from has ended it, and we are not waiting for another.
     fn ended(&self) -> bool {
         let mut any = false;
-        for s in self.sides.iter().flatten() {
+        for s in self.sides.iter() {
             if !s.ended() {
                 return false;
             }
@@ -179,9 +239,14 @@ pub struct Aggregator {
     cluster_id: Sym,
     flows: Vec<Option<Flow>>,
     free: Vec<u32>,
-    index: HashMap<CorrelationKey, u32>,
+    /// Flow ids by key; the key itself lives only in the flow (a 4-byte slot per flow).
+    index: hashbrown::HashTable<u32>,
+    hasher: foldhash::fast::FixedState,
+    exporters: Vec<ExporterId>,
+    exporter_ids: HashMap<ExporterId, u16>,
     timers: BTreeSet<(Timestamp, u32, u32)>,
     out: VecDeque<AggregatedRecord>,
+    metas: MetaTable,
     tombstones: HashMap<CorrelationKey, Tombstone>,
     tombstone_order: VecDeque<(Timestamp, CorrelationKey)>,
     stats: AggregatorStats,
@@ -192,12 +257,16 @@ impl Aggregator {
         let mut strings = Interner::default();
         let cluster_id = strings.intern(&cfg.cluster_id);
         Aggregator {
+            hasher: foldhash::fast::FixedState::with_seed(cfg.hash_seed),
+            metas: MetaTable::new(cfg.hash_seed),
             cfg,
             strings,
             cluster_id,
             flows: Vec::new(),
             free: Vec::new(),
-            index: HashMap::new(),
+            index: hashbrown::HashTable::new(),
+            exporters: Vec::new(),
+            exporter_ids: HashMap::new(),
             timers: BTreeSet::new(),
             out: VecDeque::new(),
             tombstones: HashMap::new(),
@@ -251,17 +320,19 @@ impl Aggregator {
     /// An agent's record, already parsed.
     pub fn handle_half(&mut self, now: Timestamp, exporter: ExporterId, half: FlowHalf) {
         self.stats.records_in += 1;
-        let side_idx = if half.flow_type == FLOW_TYPE_INTER_NODE && !half.is_from_source_node() {
+        let side_idx = if half.meta.flow_type == FLOW_TYPE_INTER_NODE && !half.is_from_source_node()
+        {
             DESTINATION
         } else {
             SOURCE
         };
-        let mut id = self.index.get(&half.key).copied();
+        let exporter = self.exporter_index(exporter);
+        let mut id = self.find(&half.key);
         if let Some(fid) = id {
             let flow = self.flows[fid as usize]
-                .as_mut()
+                .as_ref()
                 .expect("indexed flows exist");
-            if let Some(side) = &flow.sides[side_idx] {
+            if let Some(side) = flow.sides.get(side_idx) {
                 if half.start_secs > side.start_secs {
                     // The same 5-tuple, a new connection: end the old one before the new begins.
                     self.stats.reused += 1;
@@ -307,17 +378,20 @@ impl Aggregator {
                 if let Some(exported) = late {
                     let flow = self.flows[fid as usize].as_mut().expect("just created");
                     flow.awaiting_partner = false;
-                    for (side, ex) in flow.sides.iter_mut().zip(exported) {
+                    for (i, ex) in exported.into_iter().enumerate() {
                         if let Some(ex) = ex {
-                            *side = Some(Side {
-                                start_secs: half.start_secs,
-                                totals: ex,
-                                exported: ex,
-                                end_secs: half.start_secs,
-                                exported_end_secs: half.start_secs,
-                                end_reason: END_OF_FLOW,
-                                exporter,
-                            });
+                            flow.sides.set(
+                                i,
+                                Side {
+                                    start_secs: half.start_secs,
+                                    totals: ex,
+                                    exported: ex,
+                                    end_secs: half.start_secs,
+                                    exported_end_secs: half.start_secs,
+                                    end_reason: END_OF_FLOW,
+                                    exporter,
+                                },
+                            );
                         }
                     }
                 }
@@ -327,35 +401,40 @@ impl Aggregator {
         let flow = self.flows[fid as usize]
             .as_mut()
             .expect("indexed flows exist");
-        let prev = flow.sides[side_idx];
+        let prev = flow.sides.get(side_idx).copied();
         let totals = half
             .totals
             .unwrap_or_else(|| add(prev.map_or([0; 4], |s| s.totals), half.deltas));
-        flow.sides[side_idx] = Some(Side {
-            start_secs: half.start_secs,
-            totals,
-            exported: prev.map_or([0; 4], |s| s.exported),
-            end_secs: half.end_secs,
-            exported_end_secs: prev.map_or(half.start_secs, |s| s.exported_end_secs),
-            end_reason: half.end_reason,
-            exporter,
-        });
+        flow.sides.set(
+            side_idx,
+            Side {
+                start_secs: half.start_secs,
+                totals,
+                exported: prev.map_or([0; 4], |s| s.exported),
+                end_secs: half.end_secs,
+                exported_end_secs: prev.map_or(half.start_secs, |s| s.exported_end_secs),
+                end_reason: half.end_reason,
+                exporter,
+            },
+        );
         if !half.tcp_state.is_empty() {
-            flow.meta.tcp_state = half.tcp_state;
+            flow.tcp_state = half.tcp_state;
         }
-        if side_idx == SOURCE {
+        let current = *self.metas.get(flow.meta);
+        let merged = if side_idx == SOURCE {
             // The source Node saw the Service (DNAT) and the egress policy; its view leads.
-            let mut merged = half.clone();
-            merged.merge_metadata(&flow.meta);
-            merged.tcp_state = flow.meta.tcp_state;
-            flow.meta = merged;
+            let mut m = half.meta;
+            m.merge(&current);
+            m
         } else {
-            flow.meta.merge_metadata(&half);
-        }
-        flow.meta.start_secs = flow
+            let mut m = current;
+            m.merge(&half.meta);
+            m
+        };
+        self.metas.update(&mut flow.meta, merged);
+        flow.start_secs = flow
             .sides
             .iter()
-            .flatten()
             .map(|s| s.start_secs)
             .min()
             .unwrap_or(half.start_secs);
@@ -370,20 +449,48 @@ impl Aggregator {
         self.handle_timeout(now);
     }
 
+    /// A small index for an exporter (Nodes are few; past 65535 the last index is shared, which
+    /// only affects `originalExporter*` fields).
+    fn exporter_index(&mut self, e: ExporterId) -> u16 {
+        if let Some(&i) = self.exporter_ids.get(&e) {
+            return i;
+        }
+        let i = self.exporters.len().min(u16::MAX as usize) as u16;
+        if self.exporters.len() <= u16::MAX as usize {
+            self.exporters.push(e);
+        }
+        self.exporter_ids.insert(e, i);
+        i
+    }
+
+    fn find(&self, key: &CorrelationKey) -> Option<u32> {
+        let flows = &self.flows;
+        let h = std::hash::BuildHasher::hash_one(&self.hasher, key);
+        self.index
+            .find(h, |&id| {
+                flows[id as usize].as_ref().is_some_and(|f| f.key == *key)
+            })
+            .copied()
+    }
+
     fn create(&mut self, now: Timestamp, half: &FlowHalf) -> u32 {
         if self.index.len() >= self.cfg.max_flows {
             self.evict(now);
         }
         self.stats.flows_created += 1;
         let flow = Flow {
-            meta: half.clone(),
-            sides: [None, None],
+            key: half.key,
+            start_secs: half.start_secs,
+            tcp_state: half.tcp_state,
+            meta: self.metas.acquire(half.meta),
+            flow_type: half.meta.flow_type,
+            sides: Sides::default(),
             created: now,
             updated: now,
             last_export: None,
             deadline: now,
             generation: 0,
-            awaiting_partner: half.flow_type == FLOW_TYPE_INTER_NODE,
+            awaiting_partner: half.meta.flow_type == FLOW_TYPE_INTER_NODE,
             dirty: false,
         };
         let fid = match self.free.pop() {
@@ -396,8 +503,15 @@ impl Aggregator {
                 (self.flows.len() - 1) as u32
             }
         };
-        self.index.insert(half.key, fid);
+        let (flows, hasher) = (&self.flows, &self.hasher);
+        let h = std::hash::BuildHasher::hash_one(hasher, half.key);
+        self.index.insert_unique(h, fid, |&id| {
+            flows[id as usize]
+                .as_ref()
+                .map_or(0, |f| std::hash::BuildHasher::hash_one(hasher, f.key))
+        });
         self.stats.flows_in_flight = self.index.len() as u64;
+        self.stats.metadata_entries = self.metas.len() as u64;
         fid
     }
 
@@ -468,7 +582,6 @@ impl Aggregator {
                 let reason = flow
                     .sides
                     .iter()
-                    .flatten()
                     .map(|s| s.end_reason)
                     .max()
                     .unwrap_or(END_OF_FLOW);
@@ -492,7 +605,10 @@ impl Aggregator {
 
     /// Exports every flow in flight with `END_FORCED` and forgets them (shutdown).
     pub fn flush_all(&mut self, now: Timestamp) {
-        let ids: Vec<u32> = self.index.values().copied().collect();
+        // In id order, so the output order does not depend on hashing.
+        let ids: Vec<u32> = (0..self.flows.len() as u32)
+            .filter(|&i| self.flows[i as usize].is_some())
+            .collect();
         for fid in ids {
             self.finish(fid, now, END_FORCED);
         }
@@ -513,23 +629,28 @@ impl Aggregator {
         let Some(flow) = self.flows[fid as usize].take() else {
             return;
         };
+        self.metas.release(flow.meta);
         self.timers.remove(&(flow.deadline, fid, flow.generation));
-        self.index.remove(&flow.meta.key);
+        let h = std::hash::BuildHasher::hash_one(&self.hasher, flow.key);
+        if let Ok(e) = self.index.find_entry(h, |&id| id == fid) {
+            e.remove();
+        }
         let expires = now + self.cfg.inactive_timeout;
         self.tombstones.insert(
-            flow.meta.key,
+            flow.key,
             Tombstone {
-                start_secs: flow.meta.start_secs,
-                exported: flow.sides.map(|s| s.map(|s| s.exported)),
+                start_secs: flow.start_secs,
+                exported: [SOURCE, DESTINATION].map(|i| flow.sides.get(i).map(|s| s.exported)),
                 expires,
             },
         );
-        self.tombstone_order.push_back((expires, flow.meta.key));
+        self.tombstone_order.push_back((expires, flow.key));
         if self.tombstones.len() > self.cfg.max_flows {
             self.expire_tombstones(Timestamp::from_nanos(u64::MAX));
         }
         self.free.push(fid);
         self.stats.flows_in_flight = self.index.len() as u64;
+        self.stats.metadata_entries = self.metas.len() as u64;
     }
 
     /// Forgets finished flows whose grace time is over (all of them past `now`, or, when over the
@@ -553,8 +674,16 @@ impl Aggregator {
         let flow = self.flows[fid as usize]
             .as_mut()
             .expect("exported flows exist");
-        let rec = record::build(flow, now, reason, &self.strings, self.cluster_id);
-        for s in flow.sides.iter_mut().flatten() {
+        let rec = record::build(
+            flow,
+            self.metas.get(flow.meta),
+            now,
+            reason,
+            &self.strings,
+            self.cluster_id,
+            &self.exporters,
+        );
+        for s in flow.sides.iter_mut() {
             s.exported = s.totals;
             s.exported_end_secs = s.end_secs;
         }

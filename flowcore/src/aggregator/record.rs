@@ -88,18 +88,24 @@ fn counters(s: &Side, now_interval_secs: u64) -> NodeCounters {
 
 pub(super) fn build(
     flow: &Flow,
+    m: &super::FlowMeta,
     now: Timestamp,
     reason: u8,
     strings: &Interner,
     cluster_id: Sym,
+    exporters: &[super::ExporterId],
 ) -> AggregatedRecord {
     let interval = flow
         .last_export
         .map_or(1, |t| now.saturating_since(t).as_secs());
-    let src = flow.sides[SOURCE].map(|s| counters(&s, interval));
-    let dst = flow.sides[DESTINATION].map(|s| counters(&s, interval));
+    let src = flow.sides.get(SOURCE).map(|s| counters(s, interval));
+    let dst = flow.sides.get(DESTINATION).map(|s| counters(s, interval));
     let main = src.or(dst).unwrap_or_default();
-    let lead = flow.sides[SOURCE].or(flow.sides[DESTINATION]);
+    let lead = flow
+        .sides
+        .get(SOURCE)
+        .or(flow.sides.get(DESTINATION))
+        .and_then(|l| exporters.get(l.exporter as usize));
     let s = |sym: Sym| strings.get(sym).clone();
     let p = |r: &PolicyRef| PolicyInfo {
         name: s(r.name),
@@ -108,19 +114,17 @@ pub(super) fn build(
         rule: s(r.rule),
         action: r.action,
     };
-    let m = &flow.meta;
     AggregatedRecord {
-        key: m.key,
-        start_secs: m.start_secs,
+        key: flow.key,
+        start_secs: flow.start_secs,
         end_secs: flow
             .sides
             .iter()
-            .flatten()
             .map(|s| s.end_secs)
             .max()
-            .unwrap_or(m.end_secs),
+            .unwrap_or(flow.start_secs),
         end_reason: reason,
-        flow_type: m.flow_type,
+        flow_type: flow.flow_type,
         totals: main.totals,
         deltas: main.deltas,
         throughput: main.throughput,
@@ -138,12 +142,12 @@ pub(super) fn build(
         service_port_name: s(m.service_port_name),
         ingress: p(&m.ingress),
         egress: p(&m.egress),
-        tcp_state: s(m.tcp_state),
+        tcp_state: s(flow.tcp_state),
         src_labels: s(m.src_labels),
         dst_labels: s(m.dst_labels),
         correlated: !flow.needs_partner() || flow.correlated(),
-        original_exporter: lead.map(|l| l.exporter.addr),
-        original_domain: lead.map_or(0, |l| l.exporter.domain),
+        original_exporter: lead.map(|l| l.addr),
+        original_domain: lead.map_or(0, |l| l.domain),
         cluster_id: s(cluster_id),
     }
 }
@@ -302,33 +306,33 @@ impl AggregatedRecord {
             rule: s(r.rule),
             action: r.action,
         };
-        let inter = h.flow_type == super::FLOW_TYPE_INTER_NODE;
+        let inter = h.meta.flow_type == super::FLOW_TYPE_INTER_NODE;
         Ok(AggregatedRecord {
             key: h.key,
             start_secs: h.start_secs,
             end_secs: h.end_secs,
             end_reason: h.end_reason,
-            flow_type: h.flow_type,
+            flow_type: h.meta.flow_type,
             totals: h.totals.unwrap_or_default(),
             deltas: h.deltas,
             throughput: thr,
             reverse_throughput: rthr,
             from_source: has_src.then_some(src),
             from_destination: has_dst.then_some(dst),
-            src_pod: s(h.src_pod),
-            src_namespace: s(h.src_namespace),
-            src_node: s(h.src_node),
-            dst_pod: s(h.dst_pod),
-            dst_namespace: s(h.dst_namespace),
-            dst_node: s(h.dst_node),
-            cluster_ip: h.cluster_ip,
-            service_port: h.service_port,
-            service_port_name: s(h.service_port_name),
-            ingress: p(&h.ingress),
-            egress: p(&h.egress),
+            src_pod: s(h.meta.src_pod),
+            src_namespace: s(h.meta.src_namespace),
+            src_node: s(h.meta.src_node),
+            dst_pod: s(h.meta.dst_pod),
+            dst_namespace: s(h.meta.dst_namespace),
+            dst_node: s(h.meta.dst_node),
+            cluster_ip: h.meta.cluster_ip,
+            service_port: h.meta.service_port,
+            service_port_name: s(h.meta.service_port_name),
+            ingress: p(&h.meta.ingress),
+            egress: p(&h.meta.egress),
             tcp_state: s(h.tcp_state),
-            src_labels: s(h.src_labels),
-            dst_labels: s(h.dst_labels),
+            src_labels: s(h.meta.src_labels),
+            dst_labels: s(h.meta.dst_labels),
             correlated: !inter || (has_src && has_dst),
             original_exporter: exporter,
             original_domain: domain,

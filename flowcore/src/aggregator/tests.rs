@@ -56,36 +56,26 @@ fn half(
         start_secs: 1_764_000_000,
         end_secs,
         end_reason,
-        flow_type: FLOW_TYPE_INTER_NODE,
         totals: Some(totals),
         deltas: [0; 4],
-        src_pod: Sym::EMPTY,
-        src_namespace: Sym::EMPTY,
-        src_node: Sym::EMPTY,
-        dst_pod: Sym::EMPTY,
-        dst_namespace: Sym::EMPTY,
-        dst_node: Sym::EMPTY,
-        cluster_ip: None,
-        service_port: 0,
-        service_port_name: Sym::EMPTY,
-        ingress: PolicyRef::default(),
-        egress: PolicyRef::default(),
         tcp_state: s.intern("ESTABLISHED"),
-        src_labels: Sym::EMPTY,
-        dst_labels: Sym::EMPTY,
+        meta: FlowMeta {
+            flow_type: FLOW_TYPE_INTER_NODE,
+            ..FlowMeta::default()
+        },
     };
     if from_source {
-        h.src_pod = s.intern("frontend-1");
-        h.src_namespace = s.intern("shop");
-        h.src_node = s.intern("node-a");
-        h.cluster_ip = Some(if k.src.is_ipv4() {
+        h.meta.src_pod = s.intern("frontend-1");
+        h.meta.src_namespace = s.intern("shop");
+        h.meta.src_node = s.intern("node-a");
+        h.meta.cluster_ip = Some(if k.src.is_ipv4() {
             Ipv4Addr::new(10, 96, 0, 10).into()
         } else {
             Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 10).into()
         });
-        h.service_port = 80;
-        h.service_port_name = s.intern("shop/catalog:http");
-        h.egress = PolicyRef {
+        h.meta.service_port = 80;
+        h.meta.service_port_name = s.intern("shop/catalog:http");
+        h.meta.egress = PolicyRef {
             name: s.intern("allow-egress"),
             namespace: s.intern("shop"),
             kind: 1,
@@ -93,10 +83,10 @@ fn half(
             action: 1,
         };
     } else {
-        h.dst_pod = s.intern("catalog-1");
-        h.dst_namespace = s.intern("shop");
-        h.dst_node = s.intern("node-b");
-        h.ingress = PolicyRef {
+        h.meta.dst_pod = s.intern("catalog-1");
+        h.meta.dst_namespace = s.intern("shop");
+        h.meta.dst_node = s.intern("node-b");
+        h.meta.ingress = PolicyRef {
             name: s.intern("allow-frontend"),
             namespace: s.intern("shop"),
             kind: 1,
