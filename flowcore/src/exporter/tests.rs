@@ -1,0 +1,814 @@
+//! Exporter tests: hand cases, record snapshots, and a proptest over random traces.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::metadata::{NamespaceInfo, NodeInfo, PodInfo, PodPhase, ServiceInfo, ServicePortInfo};
+use crate::model::{Counters, Tuple};
+use crate::policy::{
+    ContainerPort, LabelSelector, Labels, NetworkPolicy, Peer, PolicyPort, PolicyTypes, PortSpec,
+    Rule,
+};
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn secs(s: u64) -> Timestamp {
+    Timestamp::from_secs(1_700_000_000 + s)
+}
+
+fn pod(uid: &str, ns: &str, name: &str, node: &str, addr: &str, app: &str) -> PodInfo {
+    PodInfo {
+        uid: uid.into(),
+        namespace: ns.into(),
+        name: name.into(),
+        node: node.into(),
+        ips: vec![ip(addr)],
+        labels: Labels::new([("app", app)]),
+        ports: vec![ContainerPort {
+            name: "http".into(),
+            protocol: 6,
+            port: 8080,
+        }],
+        phase: PodPhase::Running,
+        created: secs(0),
+        ..PodInfo::default()
+    }
+}
+
+/// Two Nodes; n1 is local. shop/client and shop/web on n1, shop/db on n2, Service shop/web.
+fn cluster(cfg: ExporterConfig) -> FlowExporter {
+    let mut ex = FlowExporter::new(ExporterConfig {
+        node_name: "n1".into(),
+        cluster_id: Some("c1".into()),
+        ..cfg
+    });
+    let t = secs(0);
+    for (n, addr, cidr) in [
+        ("n1", "192.168.0.1", "10.1.1.0/24"),
+        ("n2", "192.168.0.2", "10.1.2.0/24"),
+    ] {
+        ex.handle_metadata(
+            t,
+            MetadataUpdate::Node(NodeInfo {
+                name: n.into(),
+                addresses: vec![ip(addr)],
+                pod_cidrs: vec![cidr.parse().unwrap()],
+            }),
+        );
+    }
+    ex.handle_metadata(
+        t,
+        MetadataUpdate::Namespace(NamespaceInfo {
+            name: "shop".into(),
+            labels: Labels::new([("team", "shop")]),
+        }),
+    );
+    ex.handle_metadata(
+        t,
+        MetadataUpdate::Pod(pod("u1", "shop", "client", "n1", "10.1.1.10", "client")),
+    );
+    ex.handle_metadata(
+        t,
+        MetadataUpdate::Pod(pod("u2", "shop", "web-0", "n1", "10.1.1.11", "web")),
+    );
+    ex.handle_metadata(
+        t,
+        MetadataUpdate::Pod(pod("u3", "shop", "db-0", "n2", "10.1.2.20", "db")),
+    );
+    ex.handle_metadata(
+        t,
+        MetadataUpdate::Service(ServiceInfo {
+            namespace: "shop".into(),
+            name: "web".into(),
+            cluster_ips: vec![ip("10.96.0.10")],
+            ports: vec![ServicePortInfo {
+                name: "http".into(),
+                protocol: 6,
+                port: 80,
+                node_port: Some(30080),
+            }],
+            load_balancer_ips: vec![],
+            backends: vec![ip("10.1.1.11")],
+        }),
+    );
+    ex
+}
+
+/// A conntrack entry `src:sport → dst:dport`, DNATed to `real` when given.
+fn entry(
+    src: &str,
+    sport: u16,
+    dst: &str,
+    dport: u16,
+    real: Option<(&str, u16)>,
+) -> ConntrackEntry {
+    let orig = Tuple {
+        src: ip(src),
+        dst: ip(dst),
+        src_port: sport,
+        dst_port: dport,
+        proto: 6,
+    };
+    let (rs, rp) = real.map_or((ip(dst), dport), |(a, p)| (ip(a), p));
+    ConntrackEntry {
+        orig,
+        reply: Tuple {
+            src: rs,
+            dst: ip(src),
+            src_port: rp,
+            dst_port: sport,
+            proto: 6,
+        },
+        id: 1,
+        start: Some(secs(1)),
+        tcp_state: Some(TcpState::Established),
+        orig_counters: Some(Counters {
+            packets: 10,
+            bytes: 1000,
+        }),
+        reply_counters: Some(Counters {
+            packets: 8,
+            bytes: 6000,
+        }),
+        ..ConntrackEntry::default()
+    }
+}
+
+fn drain(ex: &mut FlowExporter, now: Timestamp) -> Vec<FlowRecord> {
+    let mut out = Vec::new();
+    while let Some(e) = ex.poll_record(now) {
+        ex.ack(e.id).unwrap();
+        out.push(e.record);
+    }
+    out
+}
+
+/// The only record of a connection that is dumped once then destroyed.
+fn one_record(mut ex: FlowExporter, e: ConntrackEntry) -> (FlowExporter, FlowRecord) {
+    ex.handle_dump(secs(2), &[e]);
+    ex.handle_destroy(
+        secs(3),
+        &ConntrackEntry {
+            stop: Some(secs(3)),
+            ..e
+        },
+    );
+    let recs = drain(&mut ex, secs(3));
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    (ex, recs[0])
+}
+
+fn snapshot_of(ex: &FlowExporter, r: &FlowRecord) -> serde_json::Value {
+    serde_json::to_value(r.resolved(ex.interner())).unwrap()
+}
+
+// --- snapshots -----------------------------------------------------------------------------
+
+#[test]
+fn snapshot_intra_node() {
+    let (ex, r) = one_record(
+        cluster(ExporterConfig::default()),
+        entry("10.1.1.10", 40000, "10.1.1.11", 8080, None),
+    );
+    assert_eq!(r.flow_type, FlowType::IntraNode);
+    insta::assert_json_snapshot!("intra_node", snapshot_of(&ex, &r));
+}
+
+#[test]
+fn snapshot_inter_node() {
+    let (ex, r) = one_record(
+        cluster(ExporterConfig::default()),
+        entry("10.1.1.10", 40001, "10.1.2.20", 5432, None),
+    );
+    assert_eq!(r.flow_type, FlowType::InterNode);
+    insta::assert_json_snapshot!("inter_node", snapshot_of(&ex, &r));
+}
+
+#[test]
+fn snapshot_pod_to_service() {
+    let e = entry(
+        "10.1.1.10",
+        40002,
+        "10.96.0.10",
+        80,
+        Some(("10.1.1.11", 8080)),
+    );
+    let (ex, r) = one_record(cluster(ExporterConfig::default()), e);
+    assert_eq!(r.key.dst, ip("10.1.1.11"));
+    assert_eq!(r.destination_cluster_ip, Some(ip("10.96.0.10")));
+    insta::assert_json_snapshot!("pod_to_service", snapshot_of(&ex, &r));
+}
+
+#[test]
+fn snapshot_pod_to_external() {
+    let (ex, r) = one_record(
+        cluster(ExporterConfig::default()),
+        entry("10.1.1.10", 40003, "203.0.113.5", 443, None),
+    );
+    assert_eq!(r.flow_type, FlowType::ToExternal);
+    insta::assert_json_snapshot!("pod_to_external", snapshot_of(&ex, &r));
+}
+
+#[test]
+fn snapshot_from_external_via_node_port() {
+    let e = entry(
+        "198.51.100.7",
+        50000,
+        "192.168.0.1",
+        30080,
+        Some(("10.1.1.11", 8080)),
+    );
+    let (ex, r) = one_record(cluster(ExporterConfig::default()), e);
+    assert_eq!(r.flow_type, FlowType::FromExternal);
+    assert_eq!(r.destination_service_port, Some(30080));
+    insta::assert_json_snapshot!("from_external", snapshot_of(&ex, &r));
+}
+
+fn web_policy() -> NetworkPolicy {
+    NetworkPolicy {
+        namespace: "shop".into(),
+        name: "web-from-client".into(),
+        pod_selector: LabelSelector::labels([("app", "web")]),
+        ingress: vec![
+            Rule {
+                peers: vec![Peer::IpBlock {
+                    cidr: "203.0.113.0/24".parse().unwrap(),
+                    except: vec![],
+                }],
+                ports: vec![],
+            },
+            Rule {
+                peers: vec![Peer::Pods {
+                    pod_selector: Some(LabelSelector::labels([("app", "client")])),
+                    namespace_selector: None,
+                }],
+                ports: vec![PolicyPort {
+                    protocol: 6,
+                    port: Some(PortSpec::Name("http".into())),
+                    end_port: None,
+                }],
+            },
+        ],
+        egress: vec![],
+        policy_types: PolicyTypes {
+            ingress: true,
+            egress: false,
+        },
+    }
+}
+
+fn client_egress_policy() -> NetworkPolicy {
+    NetworkPolicy {
+        namespace: "shop".into(),
+        name: "client-egress".into(),
+        pod_selector: LabelSelector::labels([("app", "client")]),
+        ingress: vec![],
+        egress: vec![Rule {
+            peers: vec![Peer::Pods {
+                pod_selector: None,
+                namespace_selector: Some(LabelSelector::labels([("team", "shop")])),
+            }],
+            ports: vec![],
+        }],
+        policy_types: PolicyTypes {
+            ingress: false,
+            egress: true,
+        },
+    }
+}
+
+#[test]
+fn snapshot_policy_allowed() {
+    let mut ex = cluster(ExporterConfig::default());
+    ex.handle_metadata(secs(0), MetadataUpdate::Policy(web_policy()));
+    ex.handle_metadata(secs(0), MetadataUpdate::Policy(client_egress_policy()));
+    let e = entry(
+        "10.1.1.10",
+        40004,
+        "10.96.0.10",
+        80,
+        Some(("10.1.1.11", 8080)),
+    );
+    let (ex, r) = one_record(ex, e);
+    assert_eq!(r.ingress_policy.action, Some(RuleAction::Allow));
+    assert_eq!(r.egress_policy.action, Some(RuleAction::Allow));
+    assert_eq!(
+        ex.interner().resolve(r.ingress_policy.rule_name.unwrap()),
+        "ingress-1"
+    );
+    insta::assert_json_snapshot!("policy_allowed", snapshot_of(&ex, &r));
+}
+
+#[test]
+fn snapshot_policy_would_deny() {
+    let mut ex = cluster(ExporterConfig::default());
+    ex.handle_metadata(secs(0), MetadataUpdate::Policy(web_policy()));
+    ex.handle_metadata(secs(0), MetadataUpdate::Policy(client_egress_policy()));
+    // client → external: egress isolated, nothing admits it.
+    let (ex, r) = one_record(ex, entry("10.1.1.10", 40005, "198.51.100.9", 443, None));
+    assert_eq!(r.egress_policy.action, Some(RuleAction::Drop));
+    assert_eq!(r.egress_policy.name, None);
+    insta::assert_json_snapshot!("policy_would_deny", snapshot_of(&ex, &r));
+}
+
+// --- hand cases ----------------------------------------------------------------------------
+
+#[test]
+fn deltas_follow_acknowledged_totals_only() {
+    let mut ex = cluster(ExporterConfig::default());
+    let mut e = entry("10.1.1.10", 40000, "10.1.1.11", 8080, None);
+    ex.handle_dump(secs(1), &[e]);
+    assert!(
+        ex.poll_record(secs(1)).is_none(),
+        "nothing due before the idle timeout"
+    );
+    e.orig_counters = Some(Counters {
+        packets: 20,
+        bytes: 2000,
+    });
+    ex.handle_dump(secs(5), &[e]);
+    ex.handle_timeout(secs(20));
+    let first = ex.poll_record(secs(20)).unwrap();
+    assert_eq!(first.record.flow_end_reason, FlowEndReason::IdleTimeout);
+    assert_eq!(first.record.deltas.packets, 20);
+    ex.nack(first.id).unwrap();
+    assert_eq!(ex.nack(first.id), Err(AckError::UnknownExport(first.id)));
+    // Retried one granularity later with the same delta.
+    assert!(ex.poll_record(secs(20)).is_none());
+    ex.handle_timeout(secs(21));
+    let again = ex.poll_record(secs(21)).unwrap();
+    assert_eq!(again.record.deltas, first.record.deltas);
+    ex.ack(again.id).unwrap();
+    e.orig_counters = Some(Counters {
+        packets: 25,
+        bytes: 2500,
+    });
+    ex.handle_dump(secs(25), &[e]);
+    ex.handle_dump(secs(30), &[]);
+    let end = ex.poll_record(secs(30)).unwrap();
+    assert_eq!(end.record.flow_end_reason, FlowEndReason::EndOfFlow);
+    assert_eq!(end.record.deltas.packets, 5);
+    assert_eq!(end.record.deltas.reverse_octets, 0);
+    ex.ack(end.id).unwrap();
+    assert_eq!(ex.stats().tracked + ex.stats().ending, 0);
+}
+
+#[test]
+fn reused_tuple_ends_the_old_connection_first() {
+    let mut ex = cluster(ExporterConfig::default());
+    let e = entry("10.1.1.10", 40000, "10.1.1.11", 8080, None);
+    ex.handle_dump(secs(1), &[e]);
+    let reused = ConntrackEntry {
+        id: 2,
+        start: Some(secs(2)),
+        orig_counters: Some(Counters {
+            packets: 1,
+            bytes: 60,
+        }),
+        reply_counters: None,
+        ..e
+    };
+    ex.handle_dump(secs(5), &[reused]);
+    let old = ex.poll_record(secs(5)).unwrap();
+    assert_eq!(old.record.flow_end_reason, FlowEndReason::EndOfFlow);
+    assert_eq!(old.record.totals.packets, 10);
+    ex.ack(old.id).unwrap();
+    ex.handle_timeout(secs(30));
+    let new = ex.poll_record(secs(30)).unwrap();
+    assert_eq!(new.record.deltas.packets, 1);
+    assert_eq!(new.record.flow_start, secs(2));
+    assert_eq!(ex.stats().reused_tuples, 1);
+}
+
+#[test]
+fn time_wait_ends_once_and_tail_is_not_recounted() {
+    let mut ex = cluster(ExporterConfig::default());
+    let mut e = entry("10.1.1.10", 40000, "10.1.1.11", 8080, None);
+    ex.handle_dump(secs(1), &[e]);
+    e.tcp_state = Some(TcpState::TimeWait);
+    ex.handle_dump(secs(5), &[e]);
+    let recs = drain(&mut ex, secs(5));
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0].tcp_state, Some(TcpState::TimeWait));
+    for t in [10, 15, 60] {
+        ex.handle_dump(secs(t), &[e]);
+        ex.handle_timeout(secs(t));
+        assert!(drain(&mut ex, secs(t)).is_empty());
+    }
+    ex.handle_dump(secs(65), &[]);
+    assert_eq!(ex.stats().tombstones, 0);
+}
+
+#[test]
+fn short_connection_seen_only_by_destroy_is_exported_once() {
+    let mut ex = cluster(ExporterConfig::default());
+    let e = entry("10.1.1.10", 40000, "10.1.1.11", 8080, None);
+    ex.handle_destroy(secs(2), &e);
+    ex.handle_destroy(secs(2), &e);
+    let recs = drain(&mut ex, secs(2));
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0].deltas.octets, 1000);
+}
+
+#[test]
+fn unrelated_connections_are_ignored_and_counted() {
+    let mut ex = cluster(ExporterConfig::default());
+    ex.handle_dump(
+        secs(1),
+        &[entry("192.168.0.1", 22, "198.51.100.1", 5000, None)],
+    );
+    assert_eq!(ex.stats().ignored_entries, 1);
+    assert_eq!(ex.stats().tracked, 0);
+}
+
+#[test]
+fn full_store_evicts_with_reason_5_and_does_not_recount() {
+    let mut ex = cluster(ExporterConfig {
+        max_connections: 2,
+        ..ExporterConfig::default()
+    });
+    let es: Vec<_> = (0..3)
+        .map(|i| entry("10.1.1.10", 40000 + i, "10.1.1.11", 8080, None))
+        .collect();
+    ex.handle_dump(secs(1), &es[..2]);
+    ex.handle_dump(secs(2), &es);
+    let recs = drain(&mut ex, secs(2));
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0].flow_end_reason, FlowEndReason::LackOfResources);
+    assert_eq!(ex.stats().evicted, 1);
+    // The evicted connection is still in conntrack: skipped, not tracked again.
+    ex.handle_dump(secs(3), &es);
+    assert_eq!(ex.stats().tracked, 2);
+    assert!(ex.stats().tombstoned_entries >= 1);
+}
+
+#[test]
+fn shutdown_forces_end_of_every_connection() {
+    let mut ex = cluster(ExporterConfig::default());
+    let es: Vec<_> = (0..3)
+        .map(|i| entry("10.1.1.10", 40000 + i, "10.1.1.11", 8080, None))
+        .collect();
+    ex.handle_dump(secs(1), &es);
+    ex.shutdown(secs(2));
+    let recs = drain(&mut ex, secs(2));
+    assert_eq!(recs.len(), 3);
+    assert!(
+        recs.iter()
+            .all(|r| r.flow_end_reason == FlowEndReason::ForcedEnd)
+    );
+    assert_eq!(ex.poll_timeout(), None);
+}
+
+#[test]
+fn active_timeout_exports_a_busy_connection_every_minute() {
+    let mut ex = cluster(ExporterConfig::default());
+    let mut e = entry("10.1.1.10", 40000, "10.1.1.11", 8080, None);
+    let mut times = Vec::new();
+    for t in (0..=190).step_by(5) {
+        e.orig_counters = Some(Counters {
+            packets: t + 1,
+            bytes: 100 * (t + 1),
+        });
+        ex.handle_dump(secs(t), &[e]);
+        if ex.poll_timeout().is_some_and(|d| d <= secs(t)) {
+            ex.handle_timeout(secs(t));
+        }
+        for r in drain(&mut ex, secs(t)) {
+            assert_eq!(r.flow_end_reason, FlowEndReason::ActiveTimeout);
+            times.push(t);
+        }
+    }
+    assert_eq!(times, vec![60, 120, 180]);
+}
+
+// --- proptest over random traces -----------------------------------------------------------
+
+const TUPLES: usize = 5;
+
+#[derive(Clone, Debug)]
+enum Op {
+    Advance(u32),
+    Dump(u64),
+    Open(usize),
+    Close(usize),
+    Destroy(usize, u64),
+    TimeWait(usize),
+    FailNext(u8),
+    PodChurn(bool),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (100u32..5000).prop_map(Op::Advance),
+        4 => any::<u64>().prop_map(Op::Dump),
+        2 => (0..TUPLES).prop_map(Op::Open),
+        1 => (0..TUPLES).prop_map(Op::Close),
+        1 => (0..TUPLES, any::<u64>()).prop_map(|(i, s)| Op::Destroy(i, s)),
+        1 => (0..TUPLES).prop_map(Op::TimeWait),
+        1 => (1u8..4).prop_map(Op::FailNext),
+        1 => any::<bool>().prop_map(Op::PodChurn),
+    ]
+}
+
+/// The kernel's view of one connection.
+#[derive(Clone, Debug)]
+struct KConn {
+    tuple: usize,
+    id: u32,
+    start: Option<Timestamp>,
+    c: BiCounters,
+    tcp: Option<TcpState>,
+}
+
+/// What the test knows of one connection identity.
+#[derive(Clone, Debug, Default)]
+struct Ident {
+    flow_start: Option<Timestamp>,
+    last_delivered: BiCounters,
+    acked: BiCounters,
+    acked_sum: BiCounters,
+    last_ack_at: Option<Timestamp>,
+    first_delivered: Option<Timestamp>,
+    finals: u32,
+    acked_records: u32,
+    nack_since_ack: bool,
+    ended_in_kernel: bool,
+}
+
+fn ktuple(i: usize) -> ConntrackEntry {
+    let proto = if i % 3 == 2 { 17 } else { 6 };
+    let src = ip(if i.is_multiple_of(2) {
+        "10.1.1.10"
+    } else {
+        "10.1.1.11"
+    });
+    let sport = 40000 + i as u16;
+    let (dst, dport, real, rport) = if i.is_multiple_of(2) {
+        (ip("10.96.0.10"), 80, ip("10.1.1.11"), 8080)
+    } else {
+        (ip("203.0.113.5"), 443, ip("203.0.113.5"), 443)
+    };
+    ConntrackEntry {
+        orig: Tuple {
+            src,
+            dst,
+            src_port: sport,
+            dst_port: dport,
+            proto,
+        },
+        reply: Tuple {
+            src: real,
+            dst: src,
+            src_port: rport,
+            dst_port: sport,
+            proto,
+        },
+        ..ConntrackEntry::default()
+    }
+}
+
+fn kentry(k: &KConn) -> ConntrackEntry {
+    let mut e = ktuple(k.tuple);
+    e.id = k.id;
+    e.start = k.start;
+    e.orig_counters = Some(Counters {
+        packets: k.c.packets,
+        bytes: k.c.octets,
+    });
+    e.reply_counters = Some(Counters {
+        packets: k.c.reverse_packets,
+        bytes: k.c.reverse_octets,
+    });
+    e.tcp_state = if e.orig.proto == 6 {
+        k.tcp.or(Some(TcpState::Established))
+    } else {
+        None
+    };
+    e
+}
+
+fn xorshift(s: &mut u64) -> u64 {
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    *s
+}
+
+fn bump(c: &mut BiCounters, seed: &mut u64) {
+    let r = xorshift(seed);
+    if r.is_multiple_of(3) {
+        return; // no traffic this time
+    }
+    let p = r >> 8 & 7;
+    c.packets += p;
+    c.octets += p * (r >> 16 & 0x3ff);
+    c.reverse_packets += r >> 32 & 3;
+    c.reverse_octets += (r >> 32 & 3) * 1400;
+}
+
+struct Harness {
+    ex: FlowExporter,
+    now: Timestamp,
+    kernel: Vec<KConn>,
+    idents: HashMap<(usize, u32), Ident>,
+    next_id: u32,
+    fail_budget: u8,
+    ts_enabled: bool,
+    max_step: Duration,
+}
+
+impl Harness {
+    fn deliver(&mut self, k: &KConn) {
+        let now = self.now;
+        let id = self.idents.entry((k.tuple, k.id)).or_default();
+        if id.first_delivered.is_none() {
+            id.first_delivered = Some(now);
+            id.flow_start = Some(k.start.unwrap_or(now));
+        }
+        id.last_delivered = k.c;
+    }
+
+    fn ident_of(&self, r: &FlowRecord) -> (usize, u32) {
+        let tuple = (r.key.src_port - 40000) as usize;
+        let found: Vec<_> = self
+            .idents
+            .iter()
+            .filter(|((t, _), v)| *t == tuple && v.flow_start == Some(r.flow_start))
+            .map(|(k, _)| *k)
+            .collect();
+        assert_eq!(found.len(), 1, "record {r:?} matches {found:?}");
+        found[0]
+    }
+
+    /// What a driver does: timers, then send everything, acking or nacking.
+    fn drive(&mut self) {
+        if self.ex.poll_timeout().is_some_and(|t| t <= self.now) {
+            self.ex.handle_timeout(self.now);
+        }
+        while let Some(x) = self.ex.poll_record(self.now) {
+            let r = x.record;
+            let key = self.ident_of(&r);
+            let id = self.idents.get_mut(&key).unwrap();
+            assert_eq!(
+                r.totals.checked_sub(id.acked),
+                Some(r.deltas),
+                "delta against acked totals"
+            );
+            assert_eq!(id.finals, 0, "record after the final one: {r:?}");
+            if self.fail_budget > 0 {
+                self.fail_budget -= 1;
+                id.nack_since_ack = true;
+                self.ex.nack(x.id).unwrap();
+                continue;
+            }
+            self.ex.ack(x.id).unwrap();
+            if !r.flow_end_reason.is_final() {
+                if let Some(prev) = id.last_ack_at {
+                    // Spacing: never closer than the idle timeout (< active timeout).
+                    let gap = self.now.saturating_since(prev);
+                    assert!(
+                        gap >= self.ex.config().idle_timeout,
+                        "gap {gap:?} for {r:?}"
+                    );
+                }
+            } else {
+                id.finals += 1;
+                assert_eq!(r.totals, id.last_delivered, "final totals");
+            }
+            id.acked = r.totals;
+            id.acked_sum = id.acked_sum.saturating_add(r.deltas);
+            id.last_ack_at = Some(self.now);
+            id.acked_records += 1;
+            id.nack_since_ack = false;
+        }
+        // Upper bound: unexported traffic waits at most the active timeout, plus the timer
+        // granularity and one step of this driver, unless a send failed meanwhile.
+        let cfg = self.ex.config().clone();
+        let bound = cfg.active_timeout + cfg.timer_granularity + self.max_step;
+        for k in &self.kernel {
+            let Some(id) = self.idents.get(&(k.tuple, k.id)) else {
+                continue;
+            };
+            if id.nack_since_ack || id.finals > 0 || id.last_delivered == id.acked {
+                continue;
+            }
+            let since = id.last_ack_at.or(id.first_delivered).unwrap();
+            let waited = self.now.saturating_since(since);
+            assert!(waited <= bound, "{k:?} waited {waited:?}");
+        }
+    }
+
+    fn open(&mut self, tuple: usize) {
+        // A reused tuple: the kernel replaced the old connection (no destroy seen).
+        self.kernel.retain(|k| k.tuple != tuple);
+        self.next_id += 1;
+        let start = self
+            .ts_enabled
+            .then(|| self.now + Duration::from_nanos(self.next_id as u64));
+        self.kernel.push(KConn {
+            tuple,
+            id: self.next_id,
+            start,
+            c: BiCounters::default(),
+            tcp: None,
+        });
+    }
+
+    fn step(&mut self, op: &Op) {
+        match *op {
+            Op::Advance(ms) => self.now = self.now + Duration::from_millis(ms as u64),
+            Op::Dump(mut seed) => {
+                let mut entries = Vec::new();
+                let mut ks = std::mem::take(&mut self.kernel);
+                for k in &mut ks {
+                    if k.tcp != Some(TcpState::TimeWait) {
+                        bump(&mut k.c, &mut seed);
+                    }
+                    self.deliver(k);
+                    entries.push(kentry(k));
+                }
+                self.kernel = ks;
+                self.ex.handle_dump(self.now, &entries);
+            }
+            Op::Open(t) => self.open(t),
+            Op::Close(t) => self.kernel.retain(|k| k.tuple != t),
+            Op::Destroy(t, mut seed) => {
+                if let Some(pos) = self.kernel.iter().position(|k| k.tuple == t) {
+                    let mut k = self.kernel.remove(pos);
+                    if k.tcp != Some(TcpState::TimeWait) {
+                        bump(&mut k.c, &mut seed);
+                    }
+                    self.deliver(&k);
+                    self.ex.handle_destroy(self.now, &kentry(&k));
+                }
+            }
+            Op::TimeWait(t) => {
+                for k in self
+                    .kernel
+                    .iter_mut()
+                    .filter(|k| k.tuple == t && k.tuple % 3 != 2)
+                {
+                    k.tcp = Some(TcpState::TimeWait);
+                }
+            }
+            Op::FailNext(n) => self.fail_budget = n,
+            Op::PodChurn(readd) => {
+                let now = self.now;
+                if readd {
+                    let mut p = pod("u2b", "shop", "web-1", "n1", "10.1.1.11", "web");
+                    p.created = now;
+                    self.ex.handle_metadata(now, MetadataUpdate::Pod(p));
+                } else {
+                    self.ex
+                        .handle_metadata(now, MetadataUpdate::PodDeleted { uid: "u2".into() });
+                    self.ex
+                        .handle_metadata(now, MetadataUpdate::PodDeleted { uid: "u2b".into() });
+                }
+            }
+        }
+        self.now = self.now + Duration::from_millis(1);
+        self.drive();
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    #[test]
+    fn traces_are_exact(ops in proptest::collection::vec(op(), 1..120), ts_enabled in any::<bool>()) {
+        let cfg = ExporterConfig::default();
+        let mut h = Harness {
+            ex: cluster(cfg),
+            now: secs(0),
+            kernel: Vec::new(),
+            idents: HashMap::new(),
+            next_id: 0,
+            fail_budget: 0,
+            ts_enabled,
+            max_step: Duration::from_millis(5001),
+        };
+        for op in &ops {
+            h.step(op);
+        }
+        h.ex.shutdown(h.now);
+        for _ in 0..20 {
+            h.now = h.now + Duration::from_secs(1);
+            h.drive();
+        }
+        let st = h.ex.stats();
+        prop_assert_eq!(h.ex.in_flight(), 0);
+        prop_assert_eq!(st.tracked + st.ending, 0, "{:?}", st);
+        prop_assert_eq!(st.records_polled, st.records_acked + st.records_nacked);
+        for (k, id) in &h.idents {
+            prop_assert_eq!(id.finals, 1, "{:?} {:?}", k, id);
+            prop_assert!(id.acked_records >= 1);
+            prop_assert_eq!(id.acked_sum, id.last_delivered, "{:?}", k);
+            let _ = id.ended_in_kernel;
+        }
+    }
+}
