@@ -320,12 +320,7 @@ impl Aggregator {
     /// An agent's record, already parsed.
     pub fn handle_half(&mut self, now: Timestamp, exporter: ExporterId, half: FlowHalf) {
         self.stats.records_in += 1;
-        let side_idx = if half.meta.flow_type == FLOW_TYPE_INTER_NODE && !half.is_from_source_node()
-        {
-            DESTINATION
-        } else {
-            SOURCE
-        };
+        let side_idx = self.side_of(exporter, &half);
         let exporter = self.exporter_index(exporter);
         let mut id = self.find(&half.key);
         if let Some(fid) = id {
@@ -447,6 +442,29 @@ impl Aggregator {
         self.reschedule(fid, now);
         // Whatever is due now (a correlated pair, an ended flow) goes out without waiting.
         self.handle_timeout(now);
+    }
+
+    /// Which Node of the flow sent `half`. A flowlens agent's observation domain is derived from
+    /// its Node name, which settles it even when the agent filled in both ends' Pods. Otherwise
+    /// (Antrea's agents), as Antrea decides: a record naming the source Pod comes from the source
+    /// Node, because those agents fill in only their own Node's Pods.
+    fn side_of(&self, exporter: ExporterId, half: &FlowHalf) -> usize {
+        if half.meta.flow_type != FLOW_TYPE_INTER_NODE {
+            return SOURCE;
+        }
+        let domain_of = |node: Sym| {
+            (!node.is_empty())
+                .then(|| crate::ipfix::node_observation_domain(self.strings.get(node)))
+        };
+        if domain_of(half.meta.src_node) == Some(exporter.domain) {
+            SOURCE
+        } else if domain_of(half.meta.dst_node) == Some(exporter.domain) {
+            DESTINATION
+        } else if half.is_from_source_node() {
+            SOURCE
+        } else {
+            DESTINATION
+        }
     }
 
     /// A small index for an exporter (Nodes are few; past 65535 the last index is shared, which

@@ -473,3 +473,41 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn flowlens_agents_filling_both_ends_are_told_apart_by_observation_domain() {
+    use crate::ipfix::node_observation_domain;
+    let mut agg = Aggregator::new(AggregatorConfig::default());
+    let k = key(20, false);
+    let node_a = ExporterId {
+        addr: SRC_NODE.addr,
+        domain: node_observation_domain("node-a"),
+    };
+    let node_b = ExporterId {
+        addr: DST_NODE.addr,
+        domain: node_observation_domain("node-b"),
+    };
+    for ex in [node_b, node_a] {
+        let mut h = half(
+            &mut agg,
+            k,
+            true,
+            [5, 500, 5, 500],
+            1_764_000_005,
+            END_ACTIVE,
+        );
+        // Both agents know both Pods (cluster-wide metadata).
+        let s = agg.strings();
+        h.meta.dst_pod = s.intern("catalog-1");
+        h.meta.dst_node = s.intern("node-b");
+        assert!(
+            h.is_from_source_node(),
+            "Antrea's rule alone would call both halves the source"
+        );
+        agg.handle_half(T0, ex, h);
+    }
+    let recs = drain(&mut agg);
+    assert_eq!(recs.len(), 1);
+    assert!(recs[0].correlated);
+    assert_eq!(agg.stats().correlated, 1);
+}

@@ -16,6 +16,7 @@ pub mod decoder;
 pub mod encoder;
 mod error;
 pub mod example;
+pub mod flow_record;
 pub mod layout;
 pub mod stream;
 pub mod template;
@@ -48,6 +49,18 @@ pub const MAX_MESSAGE_LEN: usize = 65535;
 
 /// Observation domain id of a message (RFC 7011 §3.1): which metering process, per exporter.
 pub type ObservationDomainId = u32;
+
+/// The observation domain a flowlens agent uses: FNV-1a of its Node name (never 0). Stable across
+/// restarts, and lets the aggregator tell which Node of a flow sent a record even when the agent
+/// filled in both ends' Pods (see `aggregator::Aggregator::handle_half`).
+pub fn node_observation_domain(node_name: &str) -> ObservationDomainId {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in node_name.bytes() {
+        h ^= b as u32;
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h.max(1)
+}
 
 #[cfg(test)]
 mod tests;

@@ -699,3 +699,96 @@ proptest! {
         let _ = dec.decode(T0, &m, |r| { for f in r.fields() { let _ = f.value(); } });
     }
 }
+
+#[test]
+fn flow_record_round_trips_through_the_agent_layout() {
+    use crate::aggregator::{FlowHalf, Interner as AggInterner};
+    use crate::model::{
+        BiCounters, FlowEndReason, FlowKey, FlowRecord, FlowType, Interner, PolicyFields,
+        PolicyType, RuleAction, TcpState,
+    };
+    let mut names = Interner::new();
+    let mut n = |x: &str| Some(names.intern(x));
+    let rec = FlowRecord {
+        flow_start: T0,
+        flow_end: T0 + Duration::from_secs(60),
+        flow_end_reason: FlowEndReason::ActiveTimeout,
+        key: FlowKey {
+            src: Ipv4Addr::new(10, 0, 1, 5).into(),
+            dst: Ipv4Addr::new(10, 0, 2, 9).into(),
+            src_port: 51000,
+            dst_port: 8080,
+            proto: 6,
+        },
+        totals: BiCounters {
+            packets: 10,
+            octets: 1000,
+            reverse_packets: 8,
+            reverse_octets: 8000,
+        },
+        deltas: BiCounters {
+            packets: 4,
+            octets: 400,
+            reverse_packets: 3,
+            reverse_octets: 3000,
+        },
+        source_pod_namespace: n("shop"),
+        source_pod_name: n("frontend-1"),
+        destination_pod_namespace: n("shop"),
+        destination_pod_name: n("catalog-1"),
+        source_node_name: n("node-a"),
+        destination_node_name: n("node-b"),
+        destination_cluster_ip: Some(Ipv4Addr::new(10, 96, 0, 10).into()),
+        destination_service_port: Some(80),
+        destination_service_port_name: n("shop/catalog:http"),
+        ingress_policy: PolicyFields {
+            name: n("allow-frontend"),
+            namespace: n("shop"),
+            policy_type: Some(PolicyType::K8sNetworkPolicy),
+            rule_name: n("ingress-0"),
+            action: Some(RuleAction::Allow),
+        },
+        egress_policy: PolicyFields::default(),
+        tcp_state: Some(TcpState::Established),
+        flow_type: FlowType::InterNode,
+        source_pod_labels: n(r#"{"app":"frontend"}"#),
+        destination_pod_labels: None,
+        cluster_id: None,
+    };
+    let mut enc = encoder_with_layouts(MAX_MESSAGE_LEN);
+    flow_record::write_flow_record(&mut enc, T0, &rec, &names).unwrap();
+    enc.flush(T0);
+    let mut dec = Decoder::new(DecoderConfig::default());
+    let mut strings = AggInterner::default();
+    let mut halves = Vec::new();
+    for m in drain(&mut enc) {
+        dec.decode(T0, &m, |r| {
+            halves.push(FlowHalf::from_record(&r, &mut strings).unwrap())
+        })
+        .unwrap();
+    }
+    let h = &halves[0];
+    assert_eq!(
+        (
+            h.key.src,
+            h.key.dst,
+            h.key.src_port,
+            h.key.dst_port,
+            h.key.proto
+        ),
+        (rec.key.src, rec.key.dst, 51000, 8080, 6)
+    );
+    assert_eq!(h.totals, Some([10, 1000, 8, 8000]));
+    assert_eq!(h.deltas, [4, 400, 3, 3000]);
+    assert_eq!(&**strings.get(h.meta.dst_pod), "catalog-1");
+    assert_eq!(
+        &**strings.get(h.meta.service_port_name),
+        "shop/catalog:http"
+    );
+    assert_eq!(&**strings.get(h.meta.ingress.rule), "ingress-0");
+    assert_eq!(h.meta.ingress.action, 1);
+    assert_eq!(h.meta.egress.action, 0);
+    assert_eq!(&**strings.get(h.tcp_state), "ESTABLISHED");
+    assert_eq!(h.meta.flow_type, 2);
+    assert_eq!(h.end_secs, 1_764_000_060);
+}
