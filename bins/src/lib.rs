@@ -3,4 +3,5 @@
 
 pub mod conntrack_cmd;
 pub mod decode;
+pub mod registry_cmd;
 pub mod sample;

@@ -1,7 +1,7 @@
 //! `flowlens`: collector, demo, simulator, decoder and conntrack tools in one binary.
 
 use clap::{Parser, Subcommand};
-use flowlens_bins::{conntrack_cmd, decode};
+use flowlens_bins::{conntrack_cmd, decode, registry_cmd};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -21,6 +21,8 @@ enum Cmd {
     /// Read the live Linux conntrack table (needs CAP_NET_ADMIN).
     #[command(subcommand)]
     Conntrack(conntrack_cmd::ConntrackCmd),
+    /// Print the information-element registry (Logstash definitions, JSON or CSV).
+    Registry(registry_cmd::RegistryArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -28,6 +30,7 @@ fn main() -> std::process::ExitCode {
     let res = match cli.cmd {
         Cmd::Decode(a) => decode::run(a),
         Cmd::Conntrack(c) => c.run(),
+        Cmd::Registry(a) => registry_cmd::run(a),
     };
     match res {
         Ok(()) => std::process::ExitCode::SUCCESS,
