@@ -1,6 +1,7 @@
 //! The pieces behind the flowlens binaries. Each subcommand of `flowlens` lives in its own module
 //! so the command-line binary stays a thin dispatcher.
 
+pub mod collector;
 pub mod conntrack_cmd;
 pub mod decode;
 pub mod registry_cmd;

@@ -1,0 +1,320 @@
+//! HTTP API over a seeded SQLite store: endpoint answers (insta snapshots on a deterministic
+//! store), filters narrowing results, 400s that name the parameter, the OpenAPI document
+//! covering every route and parameter, and one test over a real socket on 127.0.0.1.
+
+use std::sync::{Arc, OnceLock};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use flowlens_bins::collector::synth::Synth;
+use flowlens_bins::collector::{SqliteConfig, SqliteStore, Store, router};
+use serde_json::Value;
+use tower::ServiceExt;
+
+/// 2026-01-01T00:00:00Z.
+const T0: u64 = 1_767_225_600;
+
+/// One seeded store shared by the tests (read-only after seeding).
+fn store() -> Arc<dyn Store> {
+    static STORE: OnceLock<Arc<dyn Store>> = OnceLock::new();
+    STORE
+        .get_or_init(|| {
+            let dir = std::env::temp_dir().join(format!("flowlens-api-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            let s = SqliteStore::open(SqliteConfig::new(dir)).unwrap();
+            let recs = Synth::new(42, 4, 24).batch(2000, T0 as u32, 1800);
+            s.insert(&recs, T0 + 1800).unwrap();
+            Arc::new(s)
+        })
+        .clone()
+}
+
+async fn get(uri: &str) -> (StatusCode, Value) {
+    let resp = router(store())
+        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 24)
+        .await
+        .unwrap();
+    let v = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into()));
+    (status, v)
+}
+
+async fn ok(uri: &str) -> Value {
+    let (s, v) = get(uri).await;
+    assert_eq!(s, StatusCode::OK, "{uri}: {v}");
+    v
+}
+
+fn range() -> String {
+    format!("start={T0}&end={}", T0 + 1800)
+}
+
+#[tokio::test]
+async fn dashboard_snapshots() {
+    let r = range();
+    insta::assert_json_snapshot!(
+        "top_pod_pair",
+        ok(&format!("/api/top?{r}&by=podPair&limit=5")).await
+    );
+    insta::assert_json_snapshot!("top_node", ok(&format!("/api/top?{r}&by=node")).await);
+    insta::assert_json_snapshot!(
+        "timeseries_service",
+        ok(&format!(
+            "/api/timeseries?start={T0}&end={}&by=service&limit=2",
+            T0 + 300
+        ))
+        .await
+    );
+    insta::assert_json_snapshot!(
+        "sankey_policy",
+        ok(&format!("/api/sankey?{r}&by=policy&limit=6")).await
+    );
+    insta::assert_json_snapshot!("node_matrix", ok(&format!("/api/node-matrix?{r}")).await);
+    insta::assert_json_snapshot!(
+        "policies",
+        ok(&format!(
+            "/api/policies?{r}&ingress=payments/cart-ingress&limit=3"
+        ))
+        .await
+    );
+    insta::assert_json_snapshot!(
+        "flows_page",
+        ok(&format!("/api/flows?{r}&limit=2&offset=10")).await
+    );
+}
+
+#[tokio::test]
+async fn every_endpoint_answers_for_every_grouping() {
+    let r = range();
+    for by in ["podPair", "pod", "nodePair", "node", "service", "external"] {
+        let v = ok(&format!("/api/top?{r}&by={by}")).await;
+        assert!(!v["rows"].as_array().unwrap().is_empty(), "top by {by}");
+    }
+    for by in ["srcPod", "dstPod", "service", "nodePair"] {
+        let v = ok(&format!("/api/timeseries?{r}&by={by}&limit=3")).await;
+        let s = v["series"].as_array().unwrap();
+        assert_eq!(s.len(), 3, "timeseries by {by}");
+        assert!(
+            s.iter()
+                .all(|s| !s["points"].as_array().unwrap().is_empty())
+        );
+    }
+    for by in ["podPair", "policy", "podService", "podExternal"] {
+        let v = ok(&format!("/api/sankey?{r}&by={by}")).await;
+        assert!(!v["links"].as_array().unwrap().is_empty(), "sankey by {by}");
+    }
+    let st = ok("/api/stats").await;
+    assert_eq!(st["records"], 2000);
+    assert_eq!(st["backend"], "sqlite");
+    let (s, _) = get("/healthz").await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn filters_narrow_results() {
+    let r = range();
+    let count = |v: &Value| v["flows"].as_array().unwrap().len();
+    let all = ok(&format!("/api/flows?{r}&limit=1000")).await;
+    assert_eq!(count(&all), 1000);
+    for (q, check) in [
+        (
+            "namespace=shop",
+            &(|f: &Value| {
+                f["sourcePodNamespace"] == "shop" || f["destinationPodNamespace"] == "shop"
+            }) as &dyn Fn(&Value) -> bool,
+        ),
+        ("flowType=toExternal", &|f: &Value| f["flowType"] == 3),
+        ("protocol=udp", &|f: &Value| f["protocolIdentifier"] == 17),
+        ("dstPort=5432", &|f: &Value| {
+            f["destinationTransportPort"] == 5432
+        }),
+        ("node=node-1", &|f: &Value| {
+            f["sourceNodeName"] == "node-1" || f["destinationNodeName"] == "node-1"
+        }),
+        ("service=shop/cart-svc", &|f: &Value| {
+            f["destinationServicePortName"] == "shop/cart-svc:http"
+        }),
+        ("policy=payments/cart-ingress", &|f: &Value| {
+            f["ingressNetworkPolicyName"] == "cart-ingress"
+                || f["egressNetworkPolicyName"] == "cart-ingress"
+        }),
+        ("pod=shop/cart-5", &|f: &Value| {
+            f["sourcePodName"] == "cart-5" || f["destinationPodName"] == "cart-5"
+        }),
+        ("srcIp=10.1.0.7", &|f: &Value| {
+            f["sourceIPAddress"] == "10.1.0.7"
+        }),
+    ] {
+        let v = ok(&format!("/api/flows?{r}&limit=1000&{q}")).await;
+        let n = count(&v);
+        assert!(n > 0 && n < 1000, "{q}: {n}");
+        for f in v["flows"].as_array().unwrap() {
+            assert!(check(f), "{q}: {f}");
+        }
+    }
+    // Dashboard filters narrow the rollup views.
+    let top = ok(&format!("/api/top?{r}&by=podPair&limit=1000")).await;
+    let top_ns = ok(&format!(
+        "/api/top?{r}&by=podPair&limit=1000&namespace=payments"
+    ))
+    .await;
+    let rows = |v: &Value| v["rows"].as_array().unwrap().clone();
+    assert!(rows(&top_ns).len() < rows(&top).len());
+    assert!(
+        rows(&top_ns)
+            .iter()
+            .all(|t| t["src"].as_str().unwrap().starts_with("payments/")
+                || t["dst"].as_str().unwrap().starts_with("payments/"))
+    );
+    let sk = ok(&format!("/api/sankey?{r}&by=podPair&pod=shop/cart-5")).await;
+    assert!(
+        sk["links"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["source"] == "s:shop/cart-5" || l["target"] == "d:shop/cart-5")
+    );
+    // A range with no data answers empty.
+    let empty = ok("/api/top?start=0&end=60").await;
+    assert_eq!(empty["rows"], Value::Array(vec![]));
+}
+
+#[tokio::test]
+async fn bad_parameters_are_400_naming_the_parameter() {
+    for (q, needle) in [
+        ("/api/flows?srcPort=99999", "`srcPort`"),
+        ("/api/flows?srcPort=abc", "0 to 65535"),
+        ("/api/flows?dstIp=10.0.0", "`dstIp`"),
+        ("/api/flows?flowType=sideways", "intraNode"),
+        ("/api/flows?protocol=tcpp", "`protocol`"),
+        ("/api/flows?limit=0", "`limit`"),
+        ("/api/flows?limit=1000000", "1 to 1000"),
+        ("/api/flows?start=yesterday", "RFC 3339"),
+        ("/api/flows?start=100&end=50", "before"),
+        ("/api/flows?nmespace=x", "unknown parameter `nmespace`"),
+        ("/api/flows?pod=a/b/c", "NAMESPACE/NAME"),
+        ("/api/flows?limit=5&limit=6", "more than once"),
+        ("/api/top?by=planet", "podPair"),
+        ("/api/sankey?by=x", "podExternal"),
+        ("/api/timeseries?limit=51", "1 to 50"),
+        ("/api/node-matrix?by=x", "unknown parameter `by`"),
+        ("/api/stats?x=1", "unknown parameter"),
+        ("/api/flows?%zz=1", "unknown parameter"),
+    ] {
+        let (s, v) = get(q).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{q}: {v}");
+        let msg = v["error"].as_str().unwrap_or_default();
+        assert!(msg.contains(needle), "{q}: {msg}");
+    }
+}
+
+#[tokio::test]
+async fn openapi_lists_every_route_and_parameter() {
+    let doc = ok("/api/openapi.json").await;
+    assert_eq!(doc["openapi"], "3.0.3");
+    let paths = doc["paths"].as_object().unwrap();
+    let params = |p: &str| -> Vec<String> {
+        paths[p]["get"]["parameters"]
+            .as_array()
+            .map_or(vec![], |a| {
+                a.iter()
+                    .map(|x| x["name"].as_str().unwrap().to_owned())
+                    .collect()
+            })
+    };
+    for p in [
+        "/healthz",
+        "/api/openapi.json",
+        "/api/flows",
+        "/api/top",
+        "/api/timeseries",
+        "/api/sankey",
+        "/api/node-matrix",
+        "/api/policies",
+        "/api/stats",
+    ] {
+        assert!(paths.contains_key(p), "{p} missing");
+    }
+    let mut documented = params("/api/flows");
+    documented.sort();
+    let mut accepted: Vec<String> = flowlens_bins::collector::api::FLOW_PARAMS
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    accepted.sort();
+    assert_eq!(documented, accepted);
+    // Every documented parameter is accepted (not rejected as unknown).
+    for p in [
+        "/api/top",
+        "/api/timeseries",
+        "/api/sankey",
+        "/api/node-matrix",
+        "/api/policies",
+    ] {
+        for name in params(p) {
+            let (s, v) = get(&format!("{p}?{name}=")).await;
+            assert_eq!(s, StatusCode::OK, "{p}?{name}=: {v}");
+        }
+    }
+    // Every $ref resolves.
+    let text = doc.to_string();
+    for r in text.split("#/components/schemas/").skip(1) {
+        let name = &r[..r.find('"').unwrap()];
+        assert!(
+            doc["components"]["schemas"].get(name).is_some(),
+            "dangling $ref {name}"
+        );
+    }
+}
+
+/// The router served by axum on a real socket, read with a minimal HTTP/1.1 client.
+#[tokio::test]
+async fn serves_over_a_real_socket() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(axum::serve(listener, router(store())).into_future());
+    let fetch = |path: String| async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut buf = Vec::new();
+        tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        let text = String::from_utf8(buf).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        (
+            head.lines().next().unwrap().to_owned(),
+            head.to_ascii_lowercase(),
+            body.to_owned(),
+        )
+    };
+    let (status, head, body) = fetch(format!(
+        "/api/top?start={T0}&end={}&by=node&limit=2",
+        T0 + 1800
+    ))
+    .await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(head.contains("content-type: application/json"), "{head}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["rows"].as_array().unwrap().len(), 2);
+    let (status, _, body) = fetch("/api/flows?srcPort=x".into()).await;
+    assert_eq!(status, "HTTP/1.1 400 Bad Request");
+    assert!(body.contains("srcPort"));
+    let (status, _, body) = fetch("/healthz".into()).await;
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        ("HTTP/1.1 200 OK", "ok\n")
+    );
+    server.abort();
+}

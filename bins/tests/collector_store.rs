@@ -1,0 +1,548 @@
+//! SQLite store: filters narrow exactly as specified, rollups equal the sums over `flows`,
+//! retention deletes old data by age and by size, and open errors name the path.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use flowcore::aggregator::AggregatedRecord;
+use flowlens_bins::collector::query::*;
+use flowlens_bins::collector::synth::Synth;
+use flowlens_bins::collector::{SqliteConfig, SqliteStore, Store};
+
+/// 2026-01-01T00:00:00Z.
+const T0: u32 = 1_767_225_600;
+
+fn tmpdir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("flowlens-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn seeded(name: &str, n: usize, span: u32) -> (SqliteStore, Vec<AggregatedRecord>) {
+    let store = SqliteStore::open(SqliteConfig::new(tmpdir(name))).unwrap();
+    let recs = Synth::new(7, 5, 40).batch(n, T0, span);
+    for chunk in recs.chunks(500) {
+        store.insert(chunk, T0 as u64 + span as u64).unwrap();
+    }
+    (store, recs)
+}
+
+fn all(filter: FlowFilter) -> FlowQuery {
+    FlowQuery {
+        filter,
+        limit: 1_000_000,
+        offset: 0,
+    }
+}
+
+#[test]
+fn filters_narrow_to_exactly_the_matching_records() {
+    let (store, recs) = seeded("filters", 3000, 3600);
+    let everything = store.flows(&all(FlowFilter::default())).unwrap();
+    assert_eq!(everything.len(), recs.len());
+    // Newest first.
+    assert!(
+        everything
+            .windows(2)
+            .all(|w| (w[0].flow_end_seconds, w[0].id) >= (w[1].flow_end_seconds, w[1].id))
+    );
+
+    let r0 = &recs[1234];
+    let pod = |ns: &str, name: &str| {
+        Some(NamedRef {
+            namespace: Some(ns.into()),
+            name: name.into(),
+        })
+    };
+    type Pred = Box<dyn Fn(&AggregatedRecord) -> bool>;
+    let (src_ip, dst_ip, src_pod, src_ns) = (
+        r0.key.src,
+        r0.key.dst,
+        r0.src_pod.clone(),
+        r0.src_namespace.clone(),
+    );
+    let cases: Vec<(&str, FlowFilter, Pred)> = vec![
+        (
+            "range",
+            FlowFilter {
+                range: Some(TimeRange::new(T0 as u64 + 600, T0 as u64 + 1200)),
+                ..Default::default()
+            },
+            Box::new(|r| (T0 + 600..T0 + 1200).contains(&r.end_secs)),
+        ),
+        (
+            "namespace",
+            FlowFilter {
+                namespace: Some("shop".into()),
+                ..Default::default()
+            },
+            Box::new(|r| &*r.src_namespace == "shop" || &*r.dst_namespace == "shop"),
+        ),
+        (
+            "pod with namespace",
+            FlowFilter {
+                pod: pod(&src_ns, &src_pod),
+                ..Default::default()
+            },
+            Box::new(move |r| {
+                (r.src_namespace == src_ns && r.src_pod == src_pod)
+                    || (r.dst_namespace == src_ns && r.dst_pod == src_pod)
+            }),
+        ),
+        (
+            "node",
+            FlowFilter {
+                node: Some("node-2".into()),
+                ..Default::default()
+            },
+            Box::new(|r| &*r.src_node == "node-2" || &*r.dst_node == "node-2"),
+        ),
+        (
+            "service any port",
+            FlowFilter {
+                service: Some("shop/cart-svc".into()),
+                ..Default::default()
+            },
+            Box::new(|r| r.service_port_name.starts_with("shop/cart-svc:")),
+        ),
+        (
+            "policy by name",
+            FlowFilter {
+                policy: Some(NamedRef {
+                    namespace: None,
+                    name: "db-ingress".into(),
+                }),
+                ..Default::default()
+            },
+            Box::new(|r| &*r.ingress.name == "db-ingress" || &*r.egress.name == "db-ingress"),
+        ),
+        (
+            "flowType",
+            FlowFilter {
+                flow_type: Some(3),
+                ..Default::default()
+            },
+            Box::new(|r| r.flow_type == 3),
+        ),
+        (
+            "srcIp",
+            FlowFilter {
+                src_ip: Some(src_ip),
+                ..Default::default()
+            },
+            Box::new(move |r| r.key.src == src_ip),
+        ),
+        (
+            "dstIp",
+            FlowFilter {
+                dst_ip: Some(dst_ip),
+                ..Default::default()
+            },
+            Box::new(move |r| r.key.dst == dst_ip),
+        ),
+        (
+            "dstPort",
+            FlowFilter {
+                dst_port: Some(5432),
+                ..Default::default()
+            },
+            Box::new(|r| r.key.dst_port == 5432),
+        ),
+        (
+            "srcPort",
+            FlowFilter {
+                src_port: Some(r0.key.src_port),
+                ..Default::default()
+            },
+            {
+                let p = r0.key.src_port;
+                Box::new(move |r| r.key.src_port == p)
+            },
+        ),
+        (
+            "protocol",
+            FlowFilter {
+                protocol: Some(17),
+                ..Default::default()
+            },
+            Box::new(|r| r.key.proto == 17),
+        ),
+        (
+            "combined",
+            FlowFilter {
+                namespace: Some("payments".into()),
+                flow_type: Some(2),
+                dst_port: Some(80),
+                ..Default::default()
+            },
+            Box::new(|r| {
+                (&*r.src_namespace == "payments" || &*r.dst_namespace == "payments")
+                    && r.flow_type == 2
+                    && r.key.dst_port == 80
+            }),
+        ),
+    ];
+    for (name, filter, pred) in cases {
+        let got = store.flows(&all(filter)).unwrap();
+        let want = recs.iter().filter(|r| pred(r)).count();
+        assert_eq!(got.len(), want, "filter {name}");
+        assert!(got.len() < recs.len(), "filter {name} narrows nothing");
+        assert!(
+            !got.is_empty(),
+            "filter {name} matched nothing: the seeded data should cover it"
+        );
+    }
+
+    // Pages: limit/offset walk the same order without overlap.
+    let q = |offset| FlowQuery {
+        filter: FlowFilter::default(),
+        limit: 100,
+        offset,
+    };
+    let (a, b) = (store.flows(&q(0)).unwrap(), store.flows(&q(100)).unwrap());
+    assert_eq!(a.len(), 100);
+    let ids: HashSet<i64> = a.iter().chain(&b).map(|r| r.id).collect();
+    assert_eq!(ids.len(), 200);
+    assert_eq!(a[..], everything[..100]);
+}
+
+#[test]
+fn stored_record_reads_back_field_for_field() {
+    let (store, recs) = seeded("roundtrip", 50, 60);
+    let rows = store.flows(&all(FlowFilter::default())).unwrap();
+    // Same end second: ties go newest-inserted first, so match on id order.
+    let mut rows = rows;
+    rows.sort_by_key(|r| r.id);
+    for (r, row) in recs.iter().zip(&rows) {
+        assert_eq!(row.source_ip, r.key.src.to_string());
+        assert_eq!(row.destination_ip, r.key.dst.to_string());
+        assert_eq!(
+            (row.source_transport_port, row.destination_transport_port),
+            (r.key.src_port, r.key.dst_port)
+        );
+        assert_eq!(row.flow_end_seconds, r.end_secs as u64);
+        assert_eq!(row.octet_delta_count, r.deltas[1]);
+        assert_eq!(row.reverse_octet_total_count, r.totals[3]);
+        assert_eq!(row.source_pod_name, &*r.src_pod);
+        assert_eq!(row.destination_node_name, &*r.dst_node);
+        assert_eq!(row.destination_service_port_name, &*r.service_port_name);
+        assert_eq!(
+            row.destination_cluster_ip,
+            r.cluster_ip.map(|i| i.to_string())
+        );
+        assert_eq!(row.ingress_network_policy_name, &*r.ingress.name);
+        assert_eq!(row.egress_network_policy_rule_action, r.egress.action);
+        assert_eq!(row.source_pod_labels, &*r.src_labels);
+        assert_eq!(
+            row.from_source_node.map(|n| n.totals),
+            r.from_source.map(|n| n.totals)
+        );
+        assert_eq!(
+            row.from_destination_node.map(|n| n.flow_end_seconds),
+            r.from_destination.map(|n| n.end_secs as u64)
+        );
+        assert_eq!(row.correlated, r.correlated);
+        assert_eq!(row.cluster_id, &*r.cluster_id);
+        assert_eq!(row.inserted_at, T0 as u64 + 60);
+    }
+}
+
+/// Every rollup row equals the sum over the `flows` rows it covers, and vice versa.
+#[test]
+fn rollups_equal_sums_over_flows() {
+    let (store, _) = seeded("rollups", 4000, 1800);
+    let c = rusqlite::Connection::open(store.path()).unwrap();
+    let m = "SUM(d_packets), SUM(d_octets), SUM(d_rev_packets), SUM(d_rev_octets), COUNT(*)";
+    let m_swapped =
+        "SUM(d_rev_packets), SUM(d_rev_octets), SUM(d_packets), SUM(d_octets), COUNT(*)";
+    let r = "packets, octets, rev_packets, rev_octets, records";
+    let checks = [
+        (
+            format!(
+                "SELECT minute, src_ns, src_pod, src_node, dst_ns, dst_pod, dst_node, flow_type, {r} FROM r_pod_pair"
+            ),
+            format!(
+                "SELECT end_secs / 60 * 60, src_ns, src_pod, src_node, dst_ns, dst_pod, dst_node, flow_type, {m} FROM flows WHERE flow_type IN (1, 2) GROUP BY 1, 2, 3, 4, 5, 6, 7, 8"
+            ),
+        ),
+        (
+            format!(
+                "SELECT minute, src_ns, src_pod, src_node, service, cluster_ip, {r} FROM r_pod_service"
+            ),
+            format!(
+                "SELECT end_secs / 60 * 60, src_ns, src_pod, src_node, service, COALESCE(cluster_ip, ''), {m} FROM flows WHERE service != '' GROUP BY 1, 2, 3, 4, 5, 6"
+            ),
+        ),
+        (
+            format!("SELECT minute, flow_type, ns, pod, node, ext_ip, {r} FROM r_pod_external"),
+            format!(
+                "SELECT * FROM (SELECT end_secs / 60 * 60, flow_type, src_ns, src_pod, src_node, dst_ip, {m} FROM flows WHERE flow_type = 3 GROUP BY 1, 2, 3, 4, 5, 6 \
+                 UNION ALL SELECT end_secs / 60 * 60, flow_type, dst_ns, dst_pod, dst_node, src_ip, {m_swapped} FROM flows WHERE flow_type = 4 GROUP BY 1, 2, 3, 4, 5, 6)"
+            ),
+        ),
+        (
+            format!("SELECT minute, src_node, dst_node, flow_type, {r} FROM r_node_pair"),
+            format!(
+                "SELECT end_secs / 60 * 60, src_node, dst_node, flow_type, {m} FROM flows GROUP BY 1, 2, 3, 4"
+            ),
+        ),
+        (
+            format!(
+                "SELECT minute, eg_ns, eg_name, eg_action, in_ns, in_name, in_action, src_ns, src_pod, dst_ns, dst_pod, {r} FROM r_policy"
+            ),
+            format!(
+                "SELECT end_secs / 60 * 60, eg_ns, eg_name, eg_action, in_ns, in_name, in_action, src_ns, src_pod, dst_ns, dst_pod, {m} FROM flows WHERE in_name != '' OR eg_name != '' GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11"
+            ),
+        ),
+    ];
+    for (rollup, flows) in checks {
+        let n: i64 = c
+            .query_row(&format!("SELECT COUNT(*) FROM ({rollup})"), [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert!(n > 0, "empty rollup: {rollup}");
+        for (a, b) in [(&rollup, &flows), (&flows, &rollup)] {
+            let diff: i64 = c
+                .query_row(&format!("SELECT COUNT(*) FROM ({a} EXCEPT {b})"), [], |r| {
+                    r.get(0)
+                })
+                .unwrap();
+            assert_eq!(diff, 0, "rows of\n  {a}\nnot in\n  {b}");
+        }
+    }
+}
+
+#[test]
+fn dashboard_queries_agree_with_the_records() {
+    let (store, recs) = seeded("dash", 3000, 3600);
+    let f = DashFilter::range(TimeRange::new(T0 as u64, T0 as u64 + 3600));
+    let pod_bytes: u64 = recs
+        .iter()
+        .filter(|r| matches!(r.flow_type, 1 | 2))
+        .map(|r| r.deltas[1] + r.deltas[3])
+        .sum();
+    let top = store
+        .top(&TopQuery {
+            filter: f.clone(),
+            by: TopBy::PodPair,
+            limit: 100_000,
+        })
+        .unwrap();
+    assert_eq!(top.iter().map(|t| t.bytes).sum::<u64>(), pod_bytes);
+    assert!(top.windows(2).all(|w| w[0].bytes >= w[1].bytes));
+
+    let all_bytes: u64 = recs.iter().map(|r| r.deltas[1] + r.deltas[3]).sum();
+    let pairs = store
+        .top(&TopQuery {
+            filter: f.clone(),
+            by: TopBy::NodePair,
+            limit: 1000,
+        })
+        .unwrap();
+    assert_eq!(pairs.iter().map(|t| t.bytes).sum::<u64>(), all_bytes);
+
+    // A Node filter narrows the Node-pair view to rows touching that Node.
+    let f2 = DashFilter {
+        node: Some("node-1".into()),
+        ..f.clone()
+    };
+    let n1 = store
+        .top(&TopQuery {
+            filter: f2,
+            by: TopBy::NodePair,
+            limit: 1000,
+        })
+        .unwrap();
+    assert!(!n1.is_empty() && n1.len() < pairs.len());
+    assert!(
+        n1.iter()
+            .all(|t| t.src == "node-1" || t.dst.as_deref() == Some("node-1"))
+    );
+
+    let ts = store
+        .timeseries(&SeriesQuery {
+            filter: f.clone(),
+            by: SeriesBy::NodePair,
+            limit: 50,
+        })
+        .unwrap();
+    let ts_bytes: u64 = ts
+        .series
+        .iter()
+        .flat_map(|s| &s.points)
+        .map(|p| (p[1] + p[2]) * 60 / 8)
+        .sum();
+    // Points are bits/s rounded down per minute: within a few bytes per point of the total.
+    let points = ts.series.iter().map(|s| s.points.len() as u64).sum::<u64>();
+    assert!(
+        ts_bytes <= all_bytes && all_bytes - ts_bytes <= points * 16,
+        "{ts_bytes} vs {all_bytes}"
+    );
+
+    let m = store.node_matrix(&f).unwrap();
+    assert_eq!(m.nodes.len(), 5);
+    let internal: u64 = recs
+        .iter()
+        .filter(|r| !r.src_node.is_empty() && !r.dst_node.is_empty())
+        .map(|r| r.deltas[1] + r.deltas[3])
+        .sum();
+    assert_eq!(m.cells.iter().map(|c| c.bytes).sum::<u64>(), internal);
+
+    let sk = store
+        .sankey(&SankeyQuery {
+            filter: f.clone(),
+            by: SankeyBy::Policy,
+            limit: 500,
+        })
+        .unwrap();
+    let pol_bytes: u64 = recs
+        .iter()
+        .filter(|r| !r.ingress.name.is_empty() || !r.egress.name.is_empty())
+        .map(|r| r.deltas[1] + r.deltas[3])
+        .sum();
+    assert_eq!(sk.links.iter().map(|l| l.bytes).sum::<u64>(), pol_bytes);
+    assert!(
+        sk.links
+            .iter()
+            .all(|l| l.source.starts_with("s:") && l.target.starts_with("d:"))
+    );
+
+    let pf = store
+        .policy_flows(&PolicyQuery {
+            filter: f.clone(),
+            ingress: Some(NamedRef {
+                namespace: Some("payments".into()),
+                name: "db-ingress".into(),
+            }),
+            egress: None,
+            limit: 1000,
+        })
+        .unwrap();
+    assert!(!pf.is_empty());
+    assert!(
+        pf.iter()
+            .all(|p| p.ingress.name == "db-ingress" && p.ingress.namespace == "payments")
+    );
+    let want: u64 = recs
+        .iter()
+        .filter(|r| &*r.ingress.name == "db-ingress" && &*r.ingress.namespace == "payments")
+        .map(|r| r.deltas[1] + r.deltas[3])
+        .sum();
+    assert_eq!(pf.iter().map(|p| p.bytes).sum::<u64>(), want);
+
+    // A range before the data is empty, not an error.
+    let before = DashFilter::range(TimeRange::new(0, 60));
+    assert!(
+        store
+            .top(&TopQuery {
+                filter: before.clone(),
+                by: TopBy::Pod,
+                limit: 10
+            })
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .sankey(&SankeyQuery {
+                filter: before,
+                by: SankeyBy::PodPair,
+                limit: 10
+            })
+            .unwrap()
+            .nodes
+            .is_empty()
+    );
+}
+
+#[test]
+fn retention_by_age_deletes_whole_old_minutes_only() {
+    let dir = tmpdir("ret-age");
+    let cfg = SqliteConfig {
+        max_age: Some(Duration::from_secs(3600)),
+        ..SqliteConfig::new(&dir)
+    };
+    let store = SqliteStore::open(cfg).unwrap();
+    let recs = Synth::new(3, 3, 20).batch(3000, T0, 3 * 3600);
+    store.insert(&recs, T0 as u64).unwrap();
+    let now = T0 as u64 + 3 * 3600 + 30;
+    let rep = store.enforce_retention(now).unwrap();
+    let cutoff = (now - 3600) / 60 * 60;
+    assert_eq!(rep.cutoff_secs, cutoff);
+    let kept = recs.iter().filter(|r| r.end_secs as u64 >= cutoff).count();
+    assert_eq!(rep.deleted_records as usize, recs.len() - kept);
+    assert!(rep.deleted_rollup_rows > 0);
+    let st = store.stats().unwrap();
+    assert_eq!(st.records as usize, kept);
+    assert!(st.oldest_end_secs.unwrap() >= cutoff);
+    // Rollups start at the same minute as the records.
+    let top = store
+        .top(&TopQuery {
+            filter: DashFilter::range(TimeRange::new(0, cutoff)),
+            by: TopBy::NodePair,
+            limit: 10,
+        })
+        .unwrap();
+    assert!(
+        top.is_empty(),
+        "rollups older than the cutoff survived: {top:?}"
+    );
+    // A second pass has nothing left to do.
+    assert_eq!(store.enforce_retention(now).unwrap().deleted_records, 0);
+}
+
+#[test]
+fn retention_by_size_deletes_oldest_until_it_fits() {
+    let dir = tmpdir("ret-size");
+    let store = SqliteStore::open(SqliteConfig::new(&dir)).unwrap();
+    let recs = Synth::new(5, 5, 40).batch(20_000, T0, 6 * 3600);
+    for c in recs.chunks(5000) {
+        store.insert(c, T0 as u64).unwrap();
+    }
+    let before = store.stats().unwrap();
+    let limit = before.bytes.unwrap() / 2;
+    drop(store);
+    let cfg = SqliteConfig {
+        max_bytes: Some(limit),
+        ..SqliteConfig::new(&dir)
+    };
+    let store = SqliteStore::open(cfg).unwrap();
+    let rep = store.enforce_retention(0).unwrap();
+    let after = store.stats().unwrap();
+    assert!(after.bytes.unwrap() <= limit, "{after:?} over {limit}");
+    assert!(
+        rep.deleted_records > 0 && after.records > 0,
+        "{rep:?} {after:?}"
+    );
+    assert_eq!(
+        after.newest_end_secs, before.newest_end_secs,
+        "the newest data must stay"
+    );
+    assert!(after.oldest_end_secs.unwrap() >= rep.cutoff_secs);
+    assert_eq!(after.records + rep.deleted_records, before.records);
+}
+
+#[test]
+fn open_errors_name_the_path() {
+    let dir = tmpdir("open-err");
+    std::fs::create_dir_all(&dir).unwrap();
+    // A file where the data directory should be.
+    let file = dir.join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    let e = SqliteStore::open(SqliteConfig::new(&file))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not-a-dir"), "{e}");
+    // A data file that is not SQLite.
+    let bad = dir.join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(bad.join("flows.sqlite"), vec![7u8; 8192]).unwrap();
+    let e = SqliteStore::open(SqliteConfig::new(&bad))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("flows.sqlite") && e.contains("not a database"),
+        "{e}"
+    );
+}
