@@ -352,3 +352,166 @@ fn set_counter(c: &mut NodeCounters, offset: u16, n: u64) {
         _ => c.deltas[2 * dir + 1] = n,
     }
 }
+
+impl AggregatedRecord {
+    /// Calls `f(ie_name, value)` for every element of the record in [`Layout::AggregatedV4/V6`]
+    /// order (the address elements of the flow's family; both original-exporter elements). JSON
+    /// sinks and stores key their fields by these registry names, as `flowlens decode` does.
+    pub fn visit<'a>(&'a self, mut f: impl FnMut(&'static str, crate::model::IeValue<'a>)) {
+        use crate::model::IeValue::*;
+        let v4 = self.key.src.is_ipv4();
+        f("flowStartSeconds", DateTimeSeconds(self.start_secs as u64));
+        f("flowEndSeconds", DateTimeSeconds(self.end_secs as u64));
+        f("flowEndReason", Unsigned8(self.end_reason));
+        f("sourceTransportPort", Unsigned16(self.key.src_port));
+        f("destinationTransportPort", Unsigned16(self.key.dst_port));
+        f("protocolIdentifier", Unsigned8(self.key.proto));
+        f("packetTotalCount", Unsigned64(self.totals[0]));
+        f("octetTotalCount", Unsigned64(self.totals[1]));
+        f("packetDeltaCount", Unsigned64(self.deltas[0]));
+        f("octetDeltaCount", Unsigned64(self.deltas[1]));
+        f(
+            if v4 {
+                "sourceIPv4Address"
+            } else {
+                "sourceIPv6Address"
+            },
+            Ip(self.key.src),
+        );
+        f(
+            if v4 {
+                "destinationIPv4Address"
+            } else {
+                "destinationIPv6Address"
+            },
+            Ip(self.key.dst),
+        );
+        f("reversePacketTotalCount", Unsigned64(self.totals[2]));
+        f("reverseOctetTotalCount", Unsigned64(self.totals[3]));
+        f("reversePacketDeltaCount", Unsigned64(self.deltas[2]));
+        f("reverseOctetDeltaCount", Unsigned64(self.deltas[3]));
+        f("sourcePodName", String(&self.src_pod));
+        f("sourcePodNamespace", String(&self.src_namespace));
+        f("sourceNodeName", String(&self.src_node));
+        f("destinationPodName", String(&self.dst_pod));
+        f("destinationPodNamespace", String(&self.dst_namespace));
+        f("destinationNodeName", String(&self.dst_node));
+        if let Some(ip) = self.cluster_ip {
+            f(
+                if ip.is_ipv4() {
+                    "destinationClusterIPv4"
+                } else {
+                    "destinationClusterIPv6"
+                },
+                Ip(ip),
+            );
+        }
+        f("destinationServicePort", Unsigned16(self.service_port));
+        f(
+            "destinationServicePortName",
+            String(&self.service_port_name),
+        );
+        for (dir, p) in [("ingress", &self.ingress), ("egress", &self.egress)] {
+            let (name, ns, kind, rule, action) = if dir == "ingress" {
+                (
+                    "ingressNetworkPolicyName",
+                    "ingressNetworkPolicyNamespace",
+                    "ingressNetworkPolicyType",
+                    "ingressNetworkPolicyRuleName",
+                    "ingressNetworkPolicyRuleAction",
+                )
+            } else {
+                (
+                    "egressNetworkPolicyName",
+                    "egressNetworkPolicyNamespace",
+                    "egressNetworkPolicyType",
+                    "egressNetworkPolicyRuleName",
+                    "egressNetworkPolicyRuleAction",
+                )
+            };
+            f(name, String(&p.name));
+            f(ns, String(&p.namespace));
+            f(kind, Unsigned8(p.kind));
+            f(rule, String(&p.rule));
+            f(action, Unsigned8(p.action));
+        }
+        f("tcpState", String(&self.tcp_state));
+        f("flowType", Unsigned8(self.flow_type));
+        f("sourcePodLabels", String(&self.src_labels));
+        f("destinationPodLabels", String(&self.dst_labels));
+        const SRC: [&str; 8] = [
+            "packetTotalCountFromSourceNode",
+            "octetTotalCountFromSourceNode",
+            "packetDeltaCountFromSourceNode",
+            "octetDeltaCountFromSourceNode",
+            "reversePacketTotalCountFromSourceNode",
+            "reverseOctetTotalCountFromSourceNode",
+            "reversePacketDeltaCountFromSourceNode",
+            "reverseOctetDeltaCountFromSourceNode",
+        ];
+        const DST: [&str; 8] = [
+            "packetTotalCountFromDestinationNode",
+            "octetTotalCountFromDestinationNode",
+            "packetDeltaCountFromDestinationNode",
+            "octetDeltaCountFromDestinationNode",
+            "reversePacketTotalCountFromDestinationNode",
+            "reverseOctetTotalCountFromDestinationNode",
+            "reversePacketDeltaCountFromDestinationNode",
+            "reverseOctetDeltaCountFromDestinationNode",
+        ];
+        let (s, d) = (
+            self.from_source.unwrap_or_default(),
+            self.from_destination.unwrap_or_default(),
+        );
+        for (names, c) in [(SRC, &s), (DST, &d)] {
+            let vals = [
+                c.totals[0],
+                c.totals[1],
+                c.deltas[0],
+                c.deltas[1],
+                c.totals[2],
+                c.totals[3],
+                c.deltas[2],
+                c.deltas[3],
+            ];
+            for (n, v) in names.into_iter().zip(vals) {
+                f(n, Unsigned64(v));
+            }
+        }
+        f("throughput", Unsigned64(self.throughput));
+        f("reverseThroughput", Unsigned64(self.reverse_throughput));
+        f("throughputFromSourceNode", Unsigned64(s.throughput));
+        f("throughputFromDestinationNode", Unsigned64(d.throughput));
+        f(
+            "reverseThroughputFromSourceNode",
+            Unsigned64(s.reverse_throughput),
+        );
+        f(
+            "reverseThroughputFromDestinationNode",
+            Unsigned64(d.reverse_throughput),
+        );
+        f(
+            "flowEndSecondsFromSourceNode",
+            DateTimeSeconds(s.end_secs as u64),
+        );
+        f(
+            "flowEndSecondsFromDestinationNode",
+            DateTimeSeconds(d.end_secs as u64),
+        );
+        f(
+            "originalObservationDomainId",
+            Unsigned64(self.original_domain as u64),
+        );
+        f("clusterId", String(&self.cluster_id));
+        if let Some(ip) = self.original_exporter {
+            f(
+                if ip.is_ipv4() {
+                    "originalExporterIPv4Address"
+                } else {
+                    "originalExporterIPv6Address"
+                },
+                Ip(ip),
+            );
+        }
+    }
+}

@@ -511,3 +511,34 @@ fn flowlens_agents_filling_both_ends_are_told_apart_by_observation_domain() {
     assert!(recs[0].correlated);
     assert_eq!(agg.stats().correlated, 1);
 }
+
+#[test]
+fn visit_names_every_element_from_the_registry() {
+    let mut agg = Aggregator::new(AggregatorConfig::default());
+    let h = half(
+        &mut agg,
+        key(30, false),
+        true,
+        [1, 2, 3, 4],
+        1_764_000_001,
+        END_OF_FLOW,
+    );
+    agg.handle_half(T0, SRC_NODE, h);
+    agg.flush_all(T0);
+    let r = drain(&mut agg).pop().unwrap();
+    let mut names = Vec::new();
+    r.visit(|n, _| names.push(n));
+    for n in &names {
+        assert!(
+            crate::ie::by_name(n).is_some(),
+            "{n} is not in the registry"
+        );
+    }
+    // Every aggregated-layout element of the flow's family appears.
+    for n in Layout::AggregatedV4.names() {
+        assert!(
+            names.contains(&n) || n == "originalExporterIPv6Address",
+            "{n} missing from visit"
+        );
+    }
+}
