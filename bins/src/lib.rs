@@ -6,3 +6,4 @@ pub mod conntrack_cmd;
 pub mod decode;
 pub mod registry_cmd;
 pub mod sample;
+pub mod sinks;

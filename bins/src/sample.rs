@@ -28,17 +28,22 @@ fn messages(cfg: EncoderConfig, layouts: &[Layout], n: u64) -> Vec<bytes::Bytes>
     std::iter::from_fn(|| enc.poll_transmit()).collect()
 }
 
+/// The agents' messages of the capture (IPFIX over UDP from node-a), in order.
+pub fn agent_messages() -> Vec<bytes::Bytes> {
+    messages(
+        EncoderConfig::datagram(0x0a0a, 576, Duration::from_secs(60)),
+        &[Layout::AgentV4, Layout::AgentV6],
+        12,
+    )
+}
+
 /// The capture, as pcap bytes (Ethernet link type).
 pub fn capture() -> Vec<u8> {
     let mac_a = [2, 0, 0, 0, 0, 1];
     let mac_b = [2, 0, 0, 0, 0, 2];
     let mut frames: Vec<Vec<u8>> = Vec::new();
     // Agent on node-a: UDP, small datagrams.
-    for m in messages(
-        EncoderConfig::datagram(0x0a0a, 576, Duration::from_secs(60)),
-        &[Layout::AgentV4, Layout::AgentV6],
-        12,
-    ) {
+    for m in agent_messages() {
         let mut f = Vec::new();
         let b = PacketBuilder::ethernet2(mac_a, mac_b)
             .ipv4([192, 168, 49, 2], [192, 168, 49, 9], 64)
