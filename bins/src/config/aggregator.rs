@@ -1,0 +1,219 @@
+//! `flowlens-aggregator --config FILE`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use flowcore::config::{CollectorAddr, Duration as GoDuration, Transport};
+
+use super::{LogConfig, TlsFiles};
+
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct AggregatorFile {
+    /// Where the agents' records come in.
+    pub listen_addr: String,
+    /// `tls`, `tcp` or `udp` (Antrea's key). Must match the agents' `enableTLSToFlowAggregator`.
+    pub aggregator_transport_protocol: String,
+    /// DNS name (or IP) the agents dial; it goes into the generated server certificate.
+    pub flow_aggregator_address: String,
+    /// IPFIX to a further collector, `HOST:[PORT][:PROTO]`; optional.
+    pub external_flow_collector_addr: Option<String>,
+    /// Antrea's older key for the active timeout; used when `activeFlowRecordTimeout` is unset.
+    pub flow_export_interval: Option<GoDuration>,
+    pub active_flow_record_timeout: Option<GoDuration>,
+    pub inactive_flow_record_timeout: GoDuration,
+    /// How long an inter-Node record waits for the other Node's before it goes out uncorrelated.
+    pub correlation_timeout: GoDuration,
+    /// In-flight flows at most (memory bound; ~270 bytes each).
+    pub max_flows: usize,
+    pub cluster_id: String,
+    /// Server certificate, key and the CA that client certificates must chain to. With
+    /// `tlsDir`, missing files are generated there on first start (and rotated before expiry).
+    pub tls: TlsFiles,
+    pub tls_dir: Option<PathBuf>,
+    /// JSON lines output; optional.
+    pub json_lines: Option<JsonLinesFile>,
+    /// Static metadata to fill records whose partner never came (instead of the Kubernetes API).
+    pub metadata_file: Option<PathBuf>,
+    /// `/metrics`, `/healthz`, `/readyz`, and `/api/flows` (in-flight flows, for `flowlens observe`).
+    pub metrics_addr: String,
+    pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JsonLinesFile {
+    pub path: PathBuf,
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: u64,
+    #[serde(default = "default_max_files")]
+    pub max_files: usize,
+}
+
+fn default_max_bytes() -> u64 {
+    100 << 20
+}
+fn default_max_files() -> usize {
+    5
+}
+
+impl Default for AggregatorFile {
+    fn default() -> Self {
+        AggregatorFile {
+            listen_addr: "0.0.0.0:4739".into(),
+            aggregator_transport_protocol: "tls".into(),
+            flow_aggregator_address: "flow-aggregator.flow-aggregator.svc".into(),
+            external_flow_collector_addr: None,
+            flow_export_interval: None,
+            active_flow_record_timeout: None,
+            inactive_flow_record_timeout: Duration::from_secs(90).into(),
+            correlation_timeout: Duration::from_secs(15).into(),
+            max_flows: 1_000_000,
+            cluster_id: String::new(),
+            tls: TlsFiles::default(),
+            tls_dir: None,
+            json_lines: None,
+            metadata_file: None,
+            metrics_addr: "0.0.0.0:9391".into(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct AggregatorConfig {
+    pub listen_addr: SocketAddr,
+    pub transport: Transport,
+    pub server_name: String,
+    pub external: Option<CollectorAddr>,
+    pub active_timeout: Duration,
+    pub inactive_timeout: Duration,
+    pub correlation_timeout: Duration,
+    pub max_flows: usize,
+    pub cluster_id: String,
+    pub tls: TlsFiles,
+    pub tls_dir: Option<PathBuf>,
+    pub json_lines: Option<JsonLinesFile>,
+    pub metadata_file: Option<PathBuf>,
+    pub metrics_addr: SocketAddr,
+    pub log: LogConfig,
+}
+
+impl AggregatorFile {
+    pub fn validate(self) -> anyhow::Result<AggregatorConfig> {
+        let listen_addr = self.listen_addr.parse().with_context(|| {
+            format!(
+                "listenAddr {:?} is not an IP:port such as 0.0.0.0:4739",
+                self.listen_addr
+            )
+        })?;
+        let transport: Transport = self
+            .aggregator_transport_protocol
+            .parse()
+            .map_err(|e| anyhow::anyhow!("aggregatorTransportProtocol: {e}"))?;
+        let external = self
+            .external_flow_collector_addr
+            .as_deref()
+            .map(|a| {
+                a.parse::<CollectorAddr>()
+                    .context("externalFlowCollectorAddr")
+            })
+            .transpose()?;
+        let active: Duration = self
+            .active_flow_record_timeout
+            .or(self.flow_export_interval)
+            .map_or(Duration::from_secs(60), Into::into);
+        if active < Duration::from_secs(1) {
+            bail!("activeFlowRecordTimeout (or flowExportInterval) must be at least 1s");
+        }
+        let inactive: Duration = self.inactive_flow_record_timeout.into();
+        let correlation: Duration = self.correlation_timeout.into();
+        if inactive < correlation {
+            bail!(
+                "inactiveFlowRecordTimeout ({}) is shorter than correlationTimeout ({}); a flow would be forgotten before its partner may arrive",
+                self.inactive_flow_record_timeout,
+                self.correlation_timeout
+            );
+        }
+        if transport == Transport::Tls
+            && self.tls_dir.is_none()
+            && (self.tls.ca_cert.is_none() || self.tls.cert.is_none() || self.tls.key.is_none())
+        {
+            bail!(
+                "aggregatorTransportProtocol is tls but neither tlsDir (generate certificates there) nor tls.caCert, tls.cert and tls.key are set"
+            );
+        }
+        if self.max_flows == 0 {
+            bail!("maxFlows must be at least 1");
+        }
+        let metrics_addr = self.metrics_addr.parse().with_context(|| {
+            format!(
+                "metricsAddr {:?} is not an IP:port such as 0.0.0.0:9391",
+                self.metrics_addr
+            )
+        })?;
+        Ok(AggregatorConfig {
+            listen_addr,
+            transport,
+            server_name: self.flow_aggregator_address,
+            external,
+            active_timeout: active,
+            inactive_timeout: inactive,
+            correlation_timeout: correlation,
+            max_flows: self.max_flows,
+            cluster_id: self.cluster_id,
+            tls: self.tls,
+            tls_dir: self.tls_dir,
+            json_lines: self.json_lines,
+            metadata_file: self.metadata_file,
+            metrics_addr,
+            log: self.log,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::parse_yaml;
+    use super::*;
+
+    #[test]
+    fn antrea_keys_carry_over() {
+        let c = parse_yaml::<AggregatorFile>(
+            "externalFlowCollectorAddr: \"192.168.86.86:4739:tcp\"\nflowExportInterval: 30s\naggregatorTransportProtocol: tcp\n",
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        assert_eq!(c.active_timeout, Duration::from_secs(30));
+        assert_eq!(c.transport, Transport::Tcp);
+        assert_eq!(c.external.unwrap().port, 4739);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        for (yaml, want) in [
+            (
+                "aggregatorTransportProtocol: quic\n",
+                "aggregatorTransportProtocol",
+            ),
+            ("aggregatorTransportProtocol: tls\n", "tlsDir"),
+            (
+                "aggregatorTransportProtocol: tcp\ninactiveFlowRecordTimeout: 5s\n",
+                "correlationTimeout",
+            ),
+            (
+                "aggregatorTransportProtocol: tcp\nlistenAddr: \":4739\"\n",
+                "listenAddr",
+            ),
+        ] {
+            let e = parse_yaml::<AggregatorFile>(yaml)
+                .and_then(|f| f.validate().map(|_| ()))
+                .unwrap_err();
+            assert!(format!("{e:#}").contains(want), "{yaml:?}: {e:#}");
+        }
+    }
+}
