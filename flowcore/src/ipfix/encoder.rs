@@ -79,7 +79,8 @@ pub struct Encoder {
     set: Option<(usize, TemplateId)>,
     msg_records: u32,
     sequence: u32,
-    out: VecDeque<Bytes>,
+    /// Finished messages and how many data records each carries.
+    out: VecDeque<(Bytes, u32)>,
     templates_due: bool,
     templates_sent: Option<Timestamp>,
     scratch: Vec<u8>,
@@ -247,6 +248,13 @@ impl Encoder {
 
     /// The next finished message.
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        self.out.pop_front().map(|(m, _)| m)
+    }
+
+    /// The next finished message and the number of data records in it. Records go into messages
+    /// in the order they were written, so a caller that tracks per-record state (acknowledgements)
+    /// takes that many from the front of its own queue.
+    pub fn poll_message(&mut self) -> Option<(Bytes, u32)> {
         self.out.pop_front()
     }
 
@@ -337,13 +345,14 @@ impl Encoder {
         h[4..8].copy_from_slice(&(now.as_secs() as u32).to_be_bytes());
         h[8..12].copy_from_slice(&self.sequence.to_be_bytes());
         h[12..16].copy_from_slice(&self.cfg.domain.to_be_bytes());
+        let records = self.msg_records;
         self.sequence = self.sequence.wrapping_add(self.msg_records);
         self.stats.messages += 1;
         self.stats.records += self.msg_records as u64;
         self.stats.bytes += len as u64;
         self.msg_records = 0;
         self.msg_open = false;
-        self.out.push_back(self.buf.split().freeze());
+        self.out.push_back((self.buf.split().freeze(), records));
     }
 }
 

@@ -792,3 +792,21 @@ fn flow_record_round_trips_through_the_agent_layout() {
     assert_eq!(h.meta.flow_type, 2);
     assert_eq!(h.end_secs, 1_764_000_060);
 }
+
+#[test]
+fn poll_message_counts_the_records_of_each_message_in_write_order() {
+    let mut enc = encoder_with_layouts(1400);
+    for i in 0..100 {
+        write_flow(&mut enc, T0, Layout::AgentV4, i).unwrap();
+    }
+    enc.flush(T0);
+    let mut dec = Decoder::new(DecoderConfig::default());
+    let mut total = 0;
+    while let Some((m, n)) = enc.poll_message() {
+        let mut seen = 0;
+        dec.decode(T0, &m, |_| seen += 1).unwrap();
+        assert_eq!(seen, n);
+        total += n;
+    }
+    assert_eq!(total, 100);
+}
