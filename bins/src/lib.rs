@@ -2,6 +2,7 @@
 //! so the command-line binary stays a thin dispatcher.
 
 pub mod collector;
+pub mod agent;
 pub mod config;
 pub mod conntrack_cmd;
 pub mod decode;

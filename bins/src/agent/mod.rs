@@ -1,0 +1,3 @@
+//! `flowlens-agent`: conntrack → flowcore exporter → IPFIX to the aggregator(s).
+
+pub mod pipeline;
