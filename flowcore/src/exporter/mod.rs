@@ -538,8 +538,9 @@ impl FlowExporter {
         // Live connections are bounded by eviction; ended ones awaiting their final
         // acknowledgement (collector down) by refusing new ones at twice the bound.
         let max = self.cfg.max_connections;
-        if (self.store.indexed() >= max && !self.evict_one(now))
-            || self.store.occupied() >= max.saturating_mul(2)
+        // (The hard bound first: evicting to then refuse would lose a connection for nothing.)
+        if self.store.occupied() >= max.saturating_mul(2)
+            || (self.store.indexed() >= max && !self.evict_one(now))
         {
             self.stats.refused_store_full += 1;
             return None;
