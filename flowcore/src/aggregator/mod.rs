@@ -109,6 +109,8 @@ pub struct AggregatorStats {
     pub evicted: u64,
     pub records_out: u64,
     pub flows_in_flight: u64,
+    /// Uncorrelated flows whose missing end was filled in from the aggregator's own metadata.
+    pub filled_from_metadata: u64,
     /// Distinct Kubernetes metadata sets shared by the flows in flight.
     pub metadata_entries: u64,
 }
@@ -247,6 +249,8 @@ pub struct Aggregator {
     timers: BTreeSet<(Timestamp, u32, u32)>,
     out: VecDeque<AggregatedRecord>,
     metas: MetaTable,
+    /// The aggregator's own view of the cluster, for filling in flows whose partner never came.
+    metadata: Option<crate::metadata::MetadataIndex>,
     tombstones: HashMap<CorrelationKey, Tombstone>,
     tombstone_order: VecDeque<(Timestamp, CorrelationKey)>,
     stats: AggregatorStats,
@@ -259,6 +263,7 @@ impl Aggregator {
         Aggregator {
             hasher: foldhash::fast::FixedState::with_seed(cfg.hash_seed),
             metas: MetaTable::new(cfg.hash_seed),
+            metadata: None,
             cfg,
             strings,
             cluster_id,
@@ -286,6 +291,14 @@ impl Aggregator {
     /// Interned strings (for callers building halves themselves).
     pub fn strings(&mut self) -> &mut Interner {
         &mut self.strings
+    }
+
+    /// Kubernetes metadata (from the aggregator's own informers or a static file), used to fill in
+    /// the other end of flows exported without their partner.
+    pub fn handle_metadata(&mut self, now: Timestamp, update: crate::metadata::MetadataUpdate) {
+        self.metadata
+            .get_or_insert_with(|| crate::metadata::MetadataIndex::new(Duration::from_secs(60)))
+            .apply(now, update);
     }
 
     /// Flows in flight.
@@ -635,11 +648,13 @@ impl Aggregator {
     /// Last export of a flow (if it has anything not yet exported, or was never exported), then
     /// forget it.
     fn finish(&mut self, fid: u32, now: Timestamp, reason: u8) {
-        let Some(flow) = self.flows[fid as usize].as_ref() else {
+        let Some(flow) = self.flows[fid as usize].as_mut() else {
             return;
         };
         if flow.dirty || flow.last_export.is_none() {
             if flow.awaiting_partner {
+                // The partner will not come now: exported uncorrelated (and filled in).
+                flow.awaiting_partner = false;
                 self.stats.uncorrelated += 1;
             }
             self.export(fid, now, reason);
@@ -692,6 +707,17 @@ impl Aggregator {
         let flow = self.flows[fid as usize]
             .as_mut()
             .expect("exported flows exist");
+        if flow.needs_partner()
+            && !flow.correlated()
+            && !flow.awaiting_partner
+            && let Some(md) = &self.metadata
+        {
+            let mut m = *self.metas.get(flow.meta);
+            if fill_from_metadata(&mut m, flow.key, flow.start_secs, md, &mut self.strings) {
+                self.stats.filled_from_metadata += 1;
+                self.metas.update(&mut flow.meta, m);
+            }
+        }
         let rec = record::build(
             flow,
             self.metas.get(flow.meta),
@@ -715,6 +741,47 @@ impl Aggregator {
     pub fn poll_record(&mut self) -> Option<AggregatedRecord> {
         self.out.pop_front()
     }
+}
+
+/// Fills the Pod, Namespace and Node of whichever end `m` lacks from `md`, for the Pods that held
+/// the addresses when the flow started. Returns whether anything was filled.
+fn fill_from_metadata(
+    m: &mut FlowMeta,
+    key: CorrelationKey,
+    start_secs: u32,
+    md: &crate::metadata::MetadataIndex,
+    strings: &mut Interner,
+) -> bool {
+    let at = Timestamp::from_secs(start_secs as u64);
+    let mut filled = false;
+    let mut lookup = |ip, pod: &mut Sym, ns: &mut Sym, node: &mut Sym| {
+        if !pod.is_empty() {
+            return;
+        }
+        let Some(p) = md.pod_at(ip, at).and_then(|id| md.pod(id)) else {
+            return;
+        };
+        let names = md.interner();
+        *pod = strings.intern(names.resolve(p.name));
+        *ns = strings.intern(names.resolve(p.namespace));
+        if let Some(n) = p.node {
+            *node = strings.intern(names.resolve(n));
+        }
+        filled = true;
+    };
+    lookup(
+        key.src,
+        &mut m.src_pod,
+        &mut m.src_namespace,
+        &mut m.src_node,
+    );
+    lookup(
+        key.dst,
+        &mut m.dst_pod,
+        &mut m.dst_namespace,
+        &mut m.dst_node,
+    );
+    filled
 }
 
 fn add(a: [u64; 4], b: [u64; 4]) -> [u64; 4] {

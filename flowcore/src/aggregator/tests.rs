@@ -542,3 +542,43 @@ fn visit_names_every_element_from_the_registry() {
         );
     }
 }
+
+#[test]
+fn an_uncorrelated_flow_is_filled_from_the_aggregators_metadata() {
+    use crate::metadata::{MetadataUpdate, PodInfo, PodPhase};
+    let mut agg = Aggregator::new(AggregatorConfig::default());
+    let k = key(40, false);
+    agg.handle_metadata(
+        T0,
+        MetadataUpdate::Pod(PodInfo {
+            uid: "u-1".into(),
+            namespace: "shop".into(),
+            name: "frontend-1".into(),
+            node: "node-a".into(),
+            ips: vec![k.src],
+            labels: Default::default(),
+            ports: vec![],
+            host_network: false,
+            phase: PodPhase::Running,
+            created: Timestamp::from_secs(1_700_000_000),
+            deleted: None,
+        }),
+    );
+    // Only the destination Node reports; the source Node's record never comes.
+    let h = half(
+        &mut agg,
+        k,
+        false,
+        [5, 500, 5, 500],
+        1_764_000_005,
+        END_ACTIVE,
+    );
+    agg.handle_half(T0, DST_NODE, h);
+    agg.handle_timeout(T0 + Duration::from_secs(10));
+    let r = drain(&mut agg).pop().unwrap();
+    assert!(!r.correlated);
+    assert_eq!(&*r.src_pod, "frontend-1");
+    assert_eq!(&*r.src_node, "node-a");
+    assert_eq!(&*r.dst_pod, "catalog-1");
+    assert_eq!(agg.stats().filled_from_metadata, 1);
+}
