@@ -301,6 +301,22 @@ impl Aggregator {
             .apply(now, update);
     }
 
+    /// Every flow in flight as it would be exported now (nothing is marked exported), for queries
+    /// of live flows. Deltas are since the last export.
+    pub fn in_flight(&self, now: Timestamp) -> impl Iterator<Item = AggregatedRecord> + '_ {
+        self.flows.iter().flatten().map(move |f| {
+            record::build(
+                f,
+                self.metas.get(f.meta),
+                now,
+                END_ACTIVE,
+                &self.strings,
+                self.cluster_id,
+                &self.exporters,
+            )
+        })
+    }
+
     /// Flows in flight.
     pub fn len(&self) -> usize {
         self.index.len()

@@ -582,3 +582,22 @@ fn an_uncorrelated_flow_is_filled_from_the_aggregators_metadata() {
     assert_eq!(&*r.dst_pod, "catalog-1");
     assert_eq!(agg.stats().filled_from_metadata, 1);
 }
+
+#[test]
+fn in_flight_lists_live_flows_without_exporting_them() {
+    let mut agg = Aggregator::new(AggregatorConfig::default());
+    let h = half(
+        &mut agg,
+        key(50, false),
+        false,
+        [5, 500, 5, 500],
+        1_764_000_005,
+        END_ACTIVE,
+    );
+    agg.handle_half(T0, DST_NODE, h);
+    let live: Vec<_> = agg.in_flight(T0).collect();
+    assert_eq!(live.len(), 1);
+    assert_eq!(&*live[0].dst_pod, "catalog-1");
+    assert!(drain(&mut agg).is_empty());
+    assert_eq!(agg.stats().records_out, 0);
+}
