@@ -3,6 +3,7 @@
 //! A sans-IO state machine in quinn-proto's shape. The driver feeds it
 //! - [`FlowExporter::handle_dump`] with a *complete* conntrack table every poll interval,
 //! - [`FlowExporter::handle_destroy`] with destroy events (final counters of short connections),
+//! - [`FlowExporter::handle_entries`] with partial tables or NEW/UPDATE events, if any,
 //! - [`FlowExporter::handle_metadata`] with informer events,
 //! - [`FlowExporter::handle_timeout`] when [`FlowExporter::poll_timeout`] says so,
 //!
@@ -276,6 +277,15 @@ impl FlowExporter {
             self.tombstones.retain(|_, seen| *seen == epoch);
         }
         self.meta.expire(now);
+    }
+
+    /// Entries that are not a complete table (a partial dump, conntrack NEW/UPDATE events):
+    /// tracked and updated like a dump's, but nothing is ended for being absent.
+    pub fn handle_entries(&mut self, now: Timestamp, entries: &[ConntrackEntry]) {
+        self.flush_retry(now);
+        for e in entries {
+            self.observe(now, e);
+        }
     }
 
     /// A conntrack destroy event: the connection ended with these final counters.

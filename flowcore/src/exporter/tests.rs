@@ -877,3 +877,58 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn ipv6_service_flow_and_partial_updates() {
+    let mut ex = cluster(ExporterConfig::default());
+    ex.handle_metadata(
+        secs(0),
+        MetadataUpdate::Node(NodeInfo {
+            name: "n1".into(),
+            addresses: vec![ip("fd00::1")],
+            pod_cidrs: vec!["fd00:1:1::/64".parse().unwrap()],
+        }),
+    );
+    ex.handle_metadata(
+        secs(0),
+        MetadataUpdate::Pod(pod("u6", "shop", "web-6", "n1", "fd00:1:1::11", "web")),
+    );
+    ex.handle_metadata(
+        secs(0),
+        MetadataUpdate::Service(ServiceInfo {
+            namespace: "shop".into(),
+            name: "web6".into(),
+            cluster_ips: vec![ip("fd00:96::10")],
+            ports: vec![ServicePortInfo {
+                name: String::new(),
+                protocol: 6,
+                port: 80,
+                node_port: None,
+            }],
+            ..ServiceInfo::default()
+        }),
+    );
+    let e = entry(
+        "fd00:1:1::10",
+        40000,
+        "fd00:96::10",
+        80,
+        Some(("fd00:1:1::11", 8080)),
+    );
+    // A partial update never ends what it does not list.
+    ex.handle_entries(secs(1), &[e]);
+    ex.handle_entries(secs(2), &[]);
+    assert_eq!(ex.stats().tracked, 1);
+    ex.handle_dump(secs(3), &[]);
+    let r = drain(&mut ex, secs(3));
+    assert_eq!(r.len(), 1);
+    let json = serde_json::to_value(r[0].resolved(ex.interner())).unwrap();
+    assert_eq!(json["sourceIPv6Address"], "fd00:1:1::10");
+    assert_eq!(json["destinationIPv6Address"], "fd00:1:1::11");
+    assert_eq!(json["destinationClusterIPv6"], "fd00:96::10");
+    assert_eq!(json["destinationServicePortName"], "shop/web6");
+    // The source has no known Pod, but it is in this Node's Pod CIDR: tracked as local.
+    assert!(json.get("sourcePodName").is_none());
+    assert_eq!(json["sourceNodeName"], "n1");
+    assert_eq!(json["flowType"], 1);
+}

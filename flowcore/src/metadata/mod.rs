@@ -159,6 +159,57 @@ struct NodeEntry {
     pod_cidrs: Vec<Cidr>,
 }
 
+/// Longest-prefix match over Pod CIDRs: one hash map per prefix length in use (Pod CIDRs share
+/// one or two lengths), so a lookup is a couple of hash probes however many Nodes there are.
+/// Runs for every new connection and every ignored dump entry.
+#[derive(Clone, Debug, Default)]
+struct CidrIndex {
+    /// Longest prefix first.
+    by_len: Vec<(u8, bool, HashMap<IpAddr, Sym>)>,
+}
+
+impl CidrIndex {
+    fn push_cidr(&mut self, c: Cidr, node: Sym) {
+        let v6 = c.addr().is_ipv6();
+        let i = match self
+            .by_len
+            .iter()
+            .position(|(l, f, _)| *l == c.prefix() && *f == v6)
+        {
+            Some(i) => i,
+            None => {
+                self.by_len.push((c.prefix(), v6, HashMap::new()));
+                self.by_len.sort_by(|a, b| b.0.cmp(&a.0));
+                self.by_len
+                    .iter()
+                    .position(|(l, f, _)| *l == c.prefix() && *f == v6)
+                    .unwrap_or(0)
+            }
+        };
+        if let Some((_, _, m)) = self.by_len.get_mut(i) {
+            m.insert(c.addr(), node);
+        }
+    }
+
+    fn remove_cidr(&mut self, c: Cidr, node: Sym) {
+        let v6 = c.addr().is_ipv6();
+        for (l, f, m) in &mut self.by_len {
+            if *l == c.prefix() && *f == v6 && m.get(&c.addr()) == Some(&node) {
+                m.remove(&c.addr());
+            }
+        }
+        self.by_len.retain(|(_, _, m)| !m.is_empty());
+    }
+
+    fn lookup(&self, ip: IpAddr) -> Option<Sym> {
+        let v6 = ip.is_ipv6();
+        self.by_len
+            .iter()
+            .filter(|(_, f, _)| *f == v6)
+            .find_map(|(l, _, m)| m.get(&Cidr::new(ip, *l).addr()).copied())
+    }
+}
+
 /// A Service port an address resolved to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ServiceHit {
@@ -221,6 +272,7 @@ pub struct MetadataIndex {
     /// NodePort → port name (Node address checked separately).
     node_ports: HashMap<(u8, u16), Sym>,
     namespaces: HashMap<Box<str>, Labels>,
+    pod_cidr_index: CidrIndex,
     empty_labels: Labels,
     policies: PolicySet,
     rule_names: [Vec<Sym>; 2],
@@ -244,6 +296,7 @@ impl MetadataIndex {
             service_by_addr: HashMap::new(),
             node_ports: HashMap::new(),
             namespaces: HashMap::new(),
+            pod_cidr_index: CidrIndex::default(),
             empty_labels: Labels::default(),
             policies: PolicySet::new(),
             rule_names: [Vec::new(), Vec::new()],
@@ -446,6 +499,9 @@ impl MetadataIndex {
         for a in &n.addresses {
             self.node_by_addr.insert(*a, name);
         }
+        for c in &n.pod_cidrs {
+            self.pod_cidr_index.push_cidr(*c, name);
+        }
         self.nodes.insert(
             name,
             NodeEntry {
@@ -464,6 +520,9 @@ impl MetadataIndex {
                 if self.node_by_addr.get(&a) == Some(&sym) {
                     self.node_by_addr.remove(&a);
                 }
+            }
+            for c in old.pod_cidrs {
+                self.pod_cidr_index.remove_cidr(c, sym);
             }
         }
     }
@@ -535,13 +594,9 @@ impl MetadataIndex {
         self.node_by_addr.get(&ip).copied()
     }
 
-    /// The Node whose Pod CIDR contains `ip`.
+    /// The Node whose Pod CIDR contains `ip` (the longest prefix if several do).
     pub fn node_by_pod_cidr(&self, ip: IpAddr) -> Option<Sym> {
-        // Nodes are few next to connections, and this runs once per new connection.
-        self.nodes
-            .iter()
-            .find(|(_, n)| n.pod_cidrs.iter().any(|c| c.contains(ip)))
-            .map(|(s, _)| *s)
+        self.pod_cidr_index.lookup(ip)
     }
 
     /// What `ip` was at time `at`.

@@ -163,3 +163,39 @@ fn services_by_cluster_ip_load_balancer_and_node_port() {
     assert_eq!(m.service(ip("10.96.0.10"), 6, 80), None);
     assert_eq!(m.service(ip("192.168.1.1"), 6, 30080), None);
 }
+
+#[test]
+fn pod_cidr_lookup_is_longest_prefix_and_follows_node_updates() {
+    let mut m = MetadataIndex::new(Duration::from_secs(60));
+    let node = |name: &str, cidrs: &[&str]| {
+        MetadataUpdate::Node(NodeInfo {
+            name: name.into(),
+            addresses: vec![],
+            pod_cidrs: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
+        })
+    };
+    m.apply(Timestamp::ZERO, node("wide", &["10.0.0.0/16"]));
+    m.apply(
+        Timestamp::ZERO,
+        node("narrow", &["10.0.5.0/24", "fd00:5::/64"]),
+    );
+    let name = |m: &MetadataIndex, a: &str| {
+        m.node_by_pod_cidr(ip(a))
+            .map(|s| m.interner().resolve(s).to_string())
+    };
+    assert_eq!(name(&m, "10.0.5.9").as_deref(), Some("narrow"));
+    assert_eq!(name(&m, "10.0.6.9").as_deref(), Some("wide"));
+    assert_eq!(name(&m, "fd00:5::9").as_deref(), Some("narrow"));
+    assert_eq!(name(&m, "10.1.0.1"), None);
+    m.apply(Timestamp::ZERO, node("narrow", &["10.0.7.0/24"]));
+    assert_eq!(name(&m, "10.0.5.9").as_deref(), Some("wide"));
+    assert_eq!(name(&m, "fd00:5::9"), None);
+    assert_eq!(name(&m, "10.0.7.1").as_deref(), Some("narrow"));
+    m.apply(
+        Timestamp::ZERO,
+        MetadataUpdate::NodeDeleted {
+            name: "wide".into(),
+        },
+    );
+    assert_eq!(name(&m, "10.0.6.9"), None);
+}
