@@ -6,6 +6,7 @@ pub mod agent;
 pub mod config;
 pub mod conntrack_cmd;
 pub mod decode;
+pub mod ops;
 pub mod registry_cmd;
 pub mod sample;
 pub mod sinks;
