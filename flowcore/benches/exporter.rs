@@ -19,7 +19,7 @@ use criterion::{Criterion, Throughput, criterion_group};
 use flowcore::exporter::{ExporterConfig, FlowExporter};
 use flowcore::metadata::{MetadataUpdate, NodeInfo, PodInfo, PodPhase};
 use flowcore::model::{ConntrackEntry, Counters, TcpState, Timestamp, Tuple};
-use flowcore::policy::Labels;
+use flowcore::policy::{LabelSelector, Labels, NetworkPolicy, Peer, PolicyTypes, Rule};
 
 struct Counting;
 static LIVE: AtomicI64 = AtomicI64::new(0);
@@ -202,7 +202,66 @@ fn footprint() {
     drop(black_box(ex));
 }
 
-criterion_group!(benches, dump);
+/// One export round: every connection idle-due at once, `handle_timeout` (scan + queue), then
+/// `poll_record` + `ack` of all 1 M records (enrichment and policy evaluation included).
+fn export_round(c: &mut Criterion) {
+    let mut g = c.benchmark_group("export_round");
+    g.throughput(Throughput::Elements(N as u64));
+    g.sample_size(10);
+    let mut entries = table();
+    let mut ex = exporter();
+    ex.handle_metadata(T0, MetadataUpdate::Policy(egress_policy()));
+    let mut now = T0 + Duration::from_secs(1);
+    ex.handle_dump(now, &entries);
+    let mut round = 0;
+    g.bench_function("1M_records_timeout_poll_ack", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                round += 1;
+                bump(&mut entries, 1, round);
+                now = now + Duration::from_secs(1);
+                ex.handle_dump(now, &entries);
+                now = now + Duration::from_secs(16);
+                let t = Instant::now();
+                ex.handle_timeout(now);
+                let mut n = 0;
+                while let Some(x) = ex.poll_record(now) {
+                    black_box(&x.record);
+                    let _ = ex.ack(x.id);
+                    n += 1;
+                }
+                total += t.elapsed();
+                assert_eq!(n, N);
+            }
+            total
+        })
+    });
+    g.finish();
+}
+
+/// The client Pods may talk to Pods of their own namespace (egress isolated).
+fn egress_policy() -> NetworkPolicy {
+    NetworkPolicy {
+        namespace: "bench".into(),
+        name: "clients-egress".into(),
+        pod_selector: LabelSelector::labels([("app", "client")]),
+        ingress: vec![],
+        egress: vec![Rule {
+            peers: vec![Peer::Pods {
+                pod_selector: Some(LabelSelector::all()),
+                namespace_selector: None,
+            }],
+            ports: vec![],
+        }],
+        policy_types: PolicyTypes {
+            ingress: false,
+            egress: true,
+        },
+    }
+}
+
+criterion_group!(benches, dump, export_round);
 
 fn main() {
     footprint();

@@ -179,7 +179,7 @@ impl CidrIndex {
             Some(i) => i,
             None => {
                 self.by_len.push((c.prefix(), v6, HashMap::new()));
-                self.by_len.sort_by(|a, b| b.0.cmp(&a.0));
+                self.by_len.sort_by_key(|e| std::cmp::Reverse(e.0));
                 self.by_len
                     .iter()
                     .position(|(l, f, _)| *l == c.prefix() && *f == v6)
