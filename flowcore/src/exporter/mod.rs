@@ -264,13 +264,15 @@ impl FlowExporter {
         // Sweep: missing → ended; and every other live connection gets its timers checked
         // (the pass above saw them all, except those it just created or ended).
         let epoch = self.epoch;
-        for slot in 0..self.store.conns.len() {
-            let c = &self.store.conns[slot];
+        for slot in 0..self.store.slots() {
+            let Some(c) = self.store.get(slot) else {
+                continue;
+            };
             if !c.has(flag::OCCUPIED) || c.has(flag::ENDING) {
                 continue;
             }
             if c.seen_epoch != epoch {
-                self.end(slot as u32, now, FlowEndReason::EndOfFlow);
+                self.end(slot, now, FlowEndReason::EndOfFlow);
             }
         }
         if !self.tombstones.is_empty() {
@@ -293,7 +295,9 @@ impl FlowExporter {
         let at = e.stop.unwrap_or(now);
         let h = hash_key(e.zone, &e.orig);
         if let Some(slot) = self.store.find(h, e.zone, &e.orig) {
-            let c = &mut self.store.conns[slot as usize];
+            let Some(c) = self.store.get_mut(slot) else {
+                return;
+            };
             let new = counters(e);
             if Self::same_identity(c, e) && new.checked_sub(c.totals).is_some() {
                 if new != c.totals {
@@ -327,10 +331,12 @@ impl FlowExporter {
             return;
         }
         self.next_check = None;
-        for slot in 0..self.store.conns.len() {
-            let c = &self.store.conns[slot];
+        for slot in 0..self.store.slots() {
+            let Some(c) = self.store.get(slot) else {
+                continue;
+            };
             if c.has(flag::OCCUPIED) && !c.has(flag::ENDING) {
-                self.consider(slot as u32, now);
+                self.consider(slot, now);
             }
         }
         // Scan at most once per granularity, however dense the deadlines.
@@ -349,7 +355,7 @@ impl FlowExporter {
     /// The next record to send, built at `now`. Answer it with `ack` or `nack`.
     pub fn poll_record(&mut self, now: Timestamp) -> Option<Export> {
         while let Some(slot) = self.ready.pop_front() {
-            let Some(c) = self.store.conns.get_mut(slot as usize) else {
+            let Some(c) = self.store.get_mut(slot) else {
                 continue;
             };
             c.flags &= !flag::QUEUED;
@@ -359,9 +365,13 @@ impl FlowExporter {
             let Some(reason) = FlowEndReason::from_u8(c.reason) else {
                 continue;
             };
-            c.flags |= flag::INFLIGHT;
             let totals = c.totals;
-            let record = self.build_record(slot, reason);
+            let Some(record) = self.build_record(slot, reason) else {
+                continue;
+            };
+            if let Some(c) = self.store.get_mut(slot) {
+                c.flags |= flag::INFLIGHT;
+            }
             let id = self.next_id;
             self.next_id += 1;
             self.inflight.insert(
@@ -390,7 +400,7 @@ impl FlowExporter {
             .ok_or(AckError::UnknownExport(id))?;
         self.stats.records_acked += 1;
         let slot = f.slot;
-        let Some(c) = self.store.conns.get_mut(slot as usize) else {
+        let Some(c) = self.store.get_mut(slot) else {
             return Ok(());
         };
         c.flags &= !(flag::INFLIGHT | flag::FRESH);
@@ -414,7 +424,7 @@ impl FlowExporter {
             .remove(&id.0)
             .ok_or(AckError::UnknownExport(id))?;
         self.stats.records_nacked += 1;
-        if let Some(c) = self.store.conns.get_mut(f.slot as usize) {
+        if let Some(c) = self.store.get_mut(f.slot) {
             c.flags &= !flag::INFLIGHT;
             self.retry.push(f.slot);
             self.retry_at = min_ts(self.retry_at, f.polled_at + self.cfg.timer_granularity);
@@ -424,10 +434,12 @@ impl FlowExporter {
 
     /// Ends every live connection with reason 4 (forced end); drain `poll_record` after.
     pub fn shutdown(&mut self, now: Timestamp) {
-        for slot in 0..self.store.conns.len() {
-            let c = &self.store.conns[slot];
+        for slot in 0..self.store.slots() {
+            let Some(c) = self.store.get(slot) else {
+                continue;
+            };
             if c.has(flag::OCCUPIED) && !c.has(flag::ENDING) {
-                self.end(slot as u32, now, FlowEndReason::ForcedEnd);
+                self.end(slot, now, FlowEndReason::ForcedEnd);
             }
         }
         self.next_check = None;
@@ -470,7 +482,9 @@ impl FlowExporter {
     fn observe(&mut self, now: Timestamp, e: &ConntrackEntry) {
         let h = hash_key(e.zone, &e.orig);
         if let Some(slot) = self.store.find(h, e.zone, &e.orig) {
-            let c = &mut self.store.conns[slot as usize];
+            let Some(c) = self.store.get_mut(slot) else {
+                return;
+            };
             let new = counters(e);
             if Self::same_identity(c, e) && new.checked_sub(c.totals).is_some() {
                 c.seen_epoch = self.epoch;
@@ -588,11 +602,11 @@ impl FlowExporter {
     /// Second-chance clock over the slab: evicts one live connection without a record in
     /// flight, preferring ones without recent traffic.
     fn evict_one(&mut self, now: Timestamp) -> bool {
-        let n = self.store.conns.len();
+        let n = self.store.slots() as usize;
         for _ in 0..2 * n {
             let slot = self.hand % n.max(1);
             self.hand = slot + 1;
-            let Some(c) = self.store.conns.get_mut(slot) else {
+            let Some(c) = self.store.get_mut(slot as u32) else {
                 return false;
             };
             if !c.has(flag::OCCUPIED) || c.has(flag::ENDING) || c.has(flag::INFLIGHT) {
@@ -620,7 +634,7 @@ impl FlowExporter {
 
     /// Ends a live connection: out of the index, final record queued (after any in flight).
     fn end(&mut self, slot: u32, at: Timestamp, reason: FlowEndReason) {
-        let Some(c) = self.store.conns.get_mut(slot as usize) else {
+        let Some(c) = self.store.get_mut(slot) else {
             return;
         };
         if c.has(flag::ENDING) {
@@ -638,7 +652,7 @@ impl FlowExporter {
     }
 
     fn queue(&mut self, slot: u32) {
-        if let Some(c) = self.store.conns.get_mut(slot as usize)
+        if let Some(c) = self.store.get_mut(slot)
             && !c.has(flag::QUEUED)
         {
             c.flags |= flag::QUEUED;
@@ -648,7 +662,7 @@ impl FlowExporter {
 
     /// Queues a live connection whose export is due, else notes its deadline.
     fn consider(&mut self, slot: u32, now: Timestamp) {
-        let Some(c) = self.store.conns.get_mut(slot as usize) else {
+        let Some(c) = self.store.get_mut(slot) else {
             return;
         };
         if c.has(flag::QUEUED) || c.has(flag::INFLIGHT) {
@@ -677,7 +691,7 @@ impl FlowExporter {
         self.retry_at = None;
         let retry = std::mem::take(&mut self.retry);
         for &slot in &retry {
-            let Some(c) = self.store.conns.get(slot as usize) else {
+            let Some(c) = self.store.get(slot) else {
                 continue;
             };
             if !c.has(flag::OCCUPIED) || c.has(flag::INFLIGHT) {
@@ -693,8 +707,8 @@ impl FlowExporter {
         self.retry.clear();
     }
 
-    fn build_record(&mut self, slot: u32, reason: FlowEndReason) -> FlowRecord {
-        let c = self.store.conns[slot as usize];
+    fn build_record(&mut self, slot: u32, reason: FlowEndReason) -> Option<FlowRecord> {
+        let c = *self.store.get(slot)?;
         let key = FlowKey {
             src: c.orig.src,
             dst: c.reply_src,
@@ -729,7 +743,7 @@ impl FlowExporter {
         let pod = |id: Option<PodId>| id.and_then(|id| meta.pod(id));
         let (sp, dp) = (pod(src_pod), pod(dst_pod));
         let deltas = c.totals.checked_sub(c.acked).unwrap_or_default();
-        FlowRecord {
+        Some(FlowRecord {
             flow_start: c.start,
             flow_end: c.last_activity,
             flow_end_reason: reason,
@@ -752,7 +766,7 @@ impl FlowExporter {
             source_pod_labels: sp.map(|p| p.labels_json),
             destination_pod_labels: dp.map(|p| p.labels_json),
             cluster_id: self.cluster_id,
-        }
+        })
     }
 }
 

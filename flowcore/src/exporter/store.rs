@@ -127,10 +127,17 @@ pub(crate) fn hash_key(zone: u16, t: &Tuple) -> u64 {
     mix(h, 0x9e37_79b9_7f4a_7c15)
 }
 
+/// Connections per slab chunk: growth allocates one chunk (168 KiB), never a doubling of the
+/// whole slab, so the slab wastes at most one chunk instead of up to half its size.
+const CHUNK_BITS: u32 = 10;
+const CHUNK: usize = 1 << CHUNK_BITS;
+
 /// Slab + index.
 #[derive(Debug, Default)]
 pub(crate) struct Store {
-    pub conns: Vec<Conn>,
+    chunks: Vec<Box<[Conn]>>,
+    /// Slots handed out so far (occupied or free).
+    slots: u32,
     free: Vec<u32>,
     /// `(hash >> 32) << 32 | (slot + 1)`; 0 = empty. Length is a power of two (or 0).
     buckets: Vec<u64>,
@@ -141,11 +148,36 @@ pub(crate) struct Store {
 impl Store {
     pub fn with_capacity(n: usize) -> Store {
         let mut s = Store {
-            conns: Vec::with_capacity(n),
+            chunks: Vec::with_capacity(n.div_ceil(CHUNK)),
             ..Store::default()
         };
         s.grow_index_for(n);
         s
+    }
+
+    /// Slots handed out so far; every slot below is valid for `get`.
+    pub fn slots(&self) -> u32 {
+        self.slots
+    }
+
+    #[inline]
+    pub fn get(&self, slot: u32) -> Option<&Conn> {
+        if slot >= self.slots {
+            return None;
+        }
+        self.chunks
+            .get((slot >> CHUNK_BITS) as usize)?
+            .get(slot as usize & (CHUNK - 1))
+    }
+
+    #[inline]
+    pub fn get_mut(&mut self, slot: u32) -> Option<&mut Conn> {
+        if slot >= self.slots {
+            return None;
+        }
+        self.chunks
+            .get_mut((slot >> CHUNK_BITS) as usize)?
+            .get_mut(slot as usize & (CHUNK - 1))
     }
 
     /// Occupied slots (live + ending).
@@ -160,7 +192,8 @@ impl Store {
 
     /// Bytes held by the store's own allocations.
     pub fn heap_bytes(&self) -> usize {
-        self.conns.capacity() * size_of::<Conn>()
+        self.chunks.len() * CHUNK * size_of::<Conn>()
+            + self.chunks.capacity() * size_of::<Box<[Conn]>>()
             + self.free.capacity() * 4
             + self.buckets.capacity() * 8
     }
@@ -186,7 +219,7 @@ impl Store {
             }
             if b >> 32 == tag {
                 let slot = (b as u32).wrapping_sub(1);
-                if let Some(c) = self.conns.get(slot as usize)
+                if let Some(c) = self.get(slot)
                     && c.zone == zone
                     && c.orig == *orig
                 {
@@ -217,16 +250,22 @@ impl Store {
     /// Stores `conn` in a free slot (not indexed yet).
     pub fn alloc(&mut self, conn: Conn) -> u32 {
         self.occupied += 1;
-        match self.free.pop() {
-            Some(slot) => {
-                self.conns[slot as usize] = conn;
-                slot
-            }
-            None => {
-                self.conns.push(conn);
-                (self.conns.len() - 1) as u32
-            }
+        if let Some(slot) = self.free.pop()
+            && let Some(c) = self.get_mut(slot)
+        {
+            *c = conn;
+            return slot;
         }
+        let slot = self.slots;
+        if (slot as usize) >> CHUNK_BITS >= self.chunks.len() {
+            self.chunks
+                .push(vec![Conn::default(); CHUNK].into_boxed_slice());
+        }
+        self.slots += 1;
+        if let Some(c) = self.get_mut(slot) {
+            *c = conn;
+        }
+        slot
     }
 
     /// Adds `slot` (holding a key not yet indexed) to the index.
@@ -283,7 +322,7 @@ impl Store {
 
     /// Frees an (unindexed) slot.
     pub fn release(&mut self, slot: u32) {
-        if let Some(c) = self.conns.get_mut(slot as usize)
+        if let Some(c) = self.get_mut(slot)
             && c.has(flag::OCCUPIED)
         {
             c.flags = 0;
