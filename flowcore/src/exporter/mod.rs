@@ -7,7 +7,8 @@
 //! - [`FlowExporter::handle_metadata`] with informer events,
 //! - [`FlowExporter::handle_timeout`] when [`FlowExporter::poll_timeout`] says so,
 //!
-//! and pulls [`FlowExporter::poll_record`] until `None`, sending each record and answering
+//! and, after each of those calls, pulls [`FlowExporter::poll_record`] until `None` (records
+//! become ready only inside `handle_*` and `ack`/`nack`), sending each record and answering
 //! [`FlowExporter::ack`] (sent) or [`FlowExporter::nack`] (not sent; retried one timer tick
 //! later). Every polled record must be answered: a connection with a record in flight is not
 //! exported again, and an ended one is not forgotten, until then.
@@ -18,7 +19,8 @@
 //!   connection: the old one is ended first (end-of-flow record), so deltas are never negative
 //!   and never merge two connections.
 //! - Flow key: source from the original tuple, destination the real endpoint from the reply
-//!   tuple; the Service from the original destination when it was DNATed.
+//!   tuple; the Service from the original destination (ClusterIP:port, LoadBalancer IP:port,
+//!   Node address:NodePort).
 //! - Deltas are totals minus the totals of the last *acknowledged* record: a nacked record
 //!   changes nothing, and the next record carries what it missed.
 //! - A connection with unexported traffic is exported when it has been quiet for the idle
@@ -573,9 +575,6 @@ impl FlowExporter {
         if e.start.is_some() {
             flags |= flag::CT_START;
         }
-        if e.orig.dst != e.reply.src || e.orig.dst_port != e.reply.src_port {
-            flags |= flag::DNAT;
-        }
         let conn = Conn {
             orig: e.orig,
             reply_src: e.reply.src,
@@ -723,11 +722,9 @@ impl FlowExporter {
             _ => None,
         };
         let (src_pod, dst_pod) = (pod_of(src_kind), pod_of(dst_kind));
-        let service = if c.has(flag::DNAT) {
-            self.meta.service(c.orig.dst, c.orig.proto, c.orig.dst_port)
-        } else {
-            None
-        };
+        // The address the client dialled, DNATed or not (a Service without endpoints is still
+        // the Service the client asked for).
+        let service = self.meta.service(c.orig.dst, c.orig.proto, c.orig.dst_port);
         let (ingress, egress) = self.meta.evaluate_policies(
             (key.src, src_pod),
             (key.dst, dst_pod),

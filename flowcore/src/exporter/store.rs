@@ -29,8 +29,6 @@ pub(crate) mod flag {
     pub const CT_START: u8 = 1 << 4;
     /// Never acknowledged: due for a first export even with zero counters.
     pub const FRESH: u8 = 1 << 5;
-    /// The original destination differs from the real one (DNAT: a Service).
-    pub const DNAT: u8 = 1 << 6;
     /// Saw traffic since the eviction hand last passed (second chance).
     pub const RECENT: u8 = 1 << 7;
 }
