@@ -932,3 +932,38 @@ fn ipv6_service_flow_and_partial_updates() {
     assert_eq!(json["sourceNodeName"], "n1");
     assert_eq!(json["flowType"], 1);
 }
+
+#[test]
+fn records_name_the_pod_that_had_the_ip_when_the_connection_started() {
+    let mut ex = cluster(ExporterConfig::default());
+    // web-0 (10.1.1.11) talks to client; then web-0 is deleted and web-9 gets its IP.
+    let old = entry("10.1.1.10", 40000, "10.1.1.11", 8080, None);
+    ex.handle_dump(secs(2), &[old]);
+    ex.handle_metadata(secs(10), MetadataUpdate::PodDeleted { uid: "u2".into() });
+    let mut p = pod("u9", "shop", "web-9", "n1", "10.1.1.11", "web");
+    p.created = secs(12);
+    ex.handle_metadata(secs(12), MetadataUpdate::Pod(p));
+    let new = ConntrackEntry {
+        id: 2,
+        start: Some(secs(13)),
+        ..entry("10.1.1.10", 40001, "10.1.1.11", 8080, None)
+    };
+    ex.handle_dump(secs(14), &[old, new]);
+    ex.shutdown(secs(15));
+    let recs = drain(&mut ex, secs(15));
+    let names: Vec<_> = recs
+        .iter()
+        .map(|r| {
+            (
+                r.key.src_port,
+                ex.interner()
+                    .resolve(r.destination_pod_name.unwrap())
+                    .to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        names,
+        vec![(40000, "web-0".to_string()), (40001, "web-9".to_string())]
+    );
+}

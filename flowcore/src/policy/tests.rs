@@ -368,3 +368,236 @@ fn labels_json_is_sorted_and_escaped() {
     let l = Labels::new([("tier", "web"), ("app", "a\"b"), ("tier", "db")]);
     assert_eq!(l.to_json(), r#"{"app":"a\"b","tier":"db"}"#);
 }
+
+// --- hand cases from the Kubernetes documentation's examples ---------------------------------
+
+struct Fixture {
+    ports: Vec<ContainerPort>,
+    web: Labels,
+    client: Labels,
+    prod: Labels,
+    dev: Labels,
+}
+
+fn fixture() -> Fixture {
+    Fixture {
+        ports: vec![ContainerPort {
+            name: "http".into(),
+            protocol: 6,
+            port: 8080,
+        }],
+        web: Labels::new([("app", "web")]),
+        client: Labels::new([("app", "client")]),
+        prod: Labels::new([("env", "prod")]),
+        dev: Labels::new([("env", "dev")]),
+    }
+}
+
+fn ingress_only(rules: Vec<Rule>) -> NetworkPolicy {
+    NetworkPolicy {
+        namespace: "shop".into(),
+        name: "p".into(),
+        pod_selector: LabelSelector::labels([("app", "web")]),
+        ingress: rules,
+        egress: vec![],
+        policy_types: PolicyTypes {
+            ingress: true,
+            egress: false,
+        },
+    }
+}
+
+fn verdict(policy: NetworkPolicy, src: Endpoint, dst: Endpoint, port: u16) -> Verdict {
+    let mut set = PolicySet::new();
+    set.upsert(policy);
+    set.evaluate(
+        &FlowView {
+            src,
+            dst,
+            proto: 6,
+            dst_port: port,
+        },
+        Direction::Ingress,
+    )
+}
+
+#[test]
+fn pod_and_namespace_selector_in_one_peer_is_and_in_two_peers_is_or() {
+    let f = fixture();
+    let web = PodView {
+        namespace: "shop",
+        labels: &f.web,
+        namespace_labels: &f.prod,
+        ports: &f.ports,
+    };
+    let dst = Endpoint {
+        ip: "10.0.0.2".parse().unwrap(),
+        pod: Some(web),
+    };
+    // A client Pod in a dev namespace.
+    let dev_client = PodView {
+        namespace: "other",
+        labels: &f.client,
+        namespace_labels: &f.dev,
+        ports: &[],
+    };
+    let src = Endpoint {
+        ip: "10.0.0.1".parse().unwrap(),
+        pod: Some(dev_client),
+    };
+    let both = Peer::Pods {
+        pod_selector: Some(LabelSelector::labels([("app", "client")])),
+        namespace_selector: Some(LabelSelector::labels([("env", "prod")])),
+    };
+    let rule = |peers| Rule {
+        peers,
+        ports: vec![],
+    };
+    assert_eq!(
+        verdict(ingress_only(vec![rule(vec![both])]), src, dst, 8080),
+        Verdict::WouldDeny
+    );
+    let either = vec![
+        Peer::Pods {
+            pod_selector: None,
+            namespace_selector: Some(LabelSelector::labels([("env", "prod")])),
+        },
+        Peer::Pods {
+            pod_selector: Some(LabelSelector::labels([("app", "client")])),
+            namespace_selector: Some(LabelSelector::all()),
+        },
+    ];
+    assert_eq!(
+        verdict(ingress_only(vec![rule(either)]), src, dst, 8080),
+        Verdict::Allowed { policy: 0, rule: 0 }
+    );
+    // podSelector alone only selects Pods of the policy's own namespace.
+    let same_ns = Peer::Pods {
+        pod_selector: Some(LabelSelector::labels([("app", "client")])),
+        namespace_selector: None,
+    };
+    assert_eq!(
+        verdict(ingress_only(vec![rule(vec![same_ns])]), src, dst, 8080),
+        Verdict::WouldDeny
+    );
+}
+
+#[test]
+fn ip_block_except_end_port_and_named_port() {
+    let f = fixture();
+    let web = PodView {
+        namespace: "shop",
+        labels: &f.web,
+        namespace_labels: &f.prod,
+        ports: &f.ports,
+    };
+    let dst = Endpoint {
+        ip: "10.0.0.2".parse().unwrap(),
+        pod: Some(web),
+    };
+    let ext = |ip: &str| Endpoint {
+        ip: ip.parse().unwrap(),
+        pod: None,
+    };
+    let block = Peer::IpBlock {
+        cidr: "172.17.0.0/16".parse().unwrap(),
+        except: vec!["172.17.1.0/24".parse().unwrap()],
+    };
+    let range = PolicyPort {
+        protocol: 6,
+        port: Some(PortSpec::Number(8000)),
+        end_port: Some(8100),
+    };
+    let p = ingress_only(vec![Rule {
+        peers: vec![block],
+        ports: vec![range],
+    }]);
+    assert_eq!(
+        verdict(p.clone(), ext("172.17.2.3"), dst, 8080),
+        Verdict::Allowed { policy: 0, rule: 0 }
+    );
+    assert_eq!(
+        verdict(p.clone(), ext("172.17.1.3"), dst, 8080),
+        Verdict::WouldDeny
+    );
+    assert_eq!(verdict(p, ext("172.17.2.3"), dst, 8101), Verdict::WouldDeny);
+    let named = PolicyPort {
+        protocol: 6,
+        port: Some(PortSpec::Name("http".into())),
+        end_port: None,
+    };
+    let p = ingress_only(vec![Rule {
+        peers: vec![],
+        ports: vec![named],
+    }]);
+    assert_eq!(
+        verdict(p.clone(), ext("1.2.3.4"), dst, 8080),
+        Verdict::Allowed { policy: 0, rule: 0 }
+    );
+    assert_eq!(verdict(p, ext("1.2.3.4"), dst, 80), Verdict::WouldDeny);
+}
+
+#[test]
+fn isolation_needs_the_policy_type_and_empty_rules_deny_all() {
+    let f = fixture();
+    let web = PodView {
+        namespace: "shop",
+        labels: &f.web,
+        namespace_labels: &f.prod,
+        ports: &f.ports,
+    };
+    let dst = Endpoint {
+        ip: "10.0.0.2".parse().unwrap(),
+        pod: Some(web),
+    };
+    let src = Endpoint {
+        ip: "1.2.3.4".parse().unwrap(),
+        pod: None,
+    };
+    // Default deny: selects, lists Ingress, no rules.
+    assert_eq!(
+        verdict(ingress_only(vec![]), src, dst, 80),
+        Verdict::WouldDeny
+    );
+    // An egress-only policy does not isolate for ingress.
+    let mut egress_only = ingress_only(vec![]);
+    egress_only.policy_types = PolicyTypes {
+        ingress: false,
+        egress: true,
+    };
+    assert_eq!(verdict(egress_only, src, dst, 80), Verdict::NotIsolated);
+    // An empty rule allows everything.
+    assert_eq!(
+        verdict(ingress_only(vec![Rule::default()]), src, dst, 80),
+        Verdict::Allowed { policy: 0, rule: 0 }
+    );
+    // The first admitting policy by (namespace, name), then rule index.
+    let mut set = PolicySet::new();
+    let mut b = ingress_only(vec![Rule::default()]);
+    b.name = "b".into();
+    let mut a = ingress_only(vec![
+        Rule {
+            peers: vec![Peer::IpBlock {
+                cidr: "9.9.9.9/32".parse().unwrap(),
+                except: vec![],
+            }],
+            ports: vec![],
+        },
+        Rule::default(),
+    ]);
+    a.name = "a".into();
+    set.upsert(b);
+    set.upsert(a);
+    let v = set.evaluate(
+        &FlowView {
+            src,
+            dst,
+            proto: 6,
+            dst_port: 80,
+        },
+        Direction::Ingress,
+    );
+    assert_eq!(v, Verdict::Allowed { policy: 0, rule: 1 });
+    assert_eq!(set.get(0).map(|p| p.name.as_str()), Some("a"));
+    assert_eq!(rule_name(Direction::Egress, 3), "egress-3");
+}
