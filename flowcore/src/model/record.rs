@@ -280,96 +280,108 @@ impl FlowRecord {
     /// Calls `f(ie_name, value)` for every IE present in the record, in the reference table's
     /// order; names are the registry's (`crate::ie::by_name` finds id, PEN and type).
     pub fn visit<'a>(&self, interner: &'a Interner, mut f: impl FnMut(&'static str, IeValue<'a>)) {
-        use IeValue::*;
-        let s = |sym: Option<Sym>| sym.map(|s| String(interner.resolve(s)));
-        f(
-            "flowStartSeconds",
-            DateTimeSeconds(self.flow_start.as_secs()),
-        );
-        f("flowEndSeconds", DateTimeSeconds(self.flow_end.as_secs()));
-        f("flowEndReason", Unsigned8(self.flow_end_reason as u8));
-        let k = &self.key;
-        let v6 = k.src.is_ipv6();
-        f(
-            if v6 {
-                "sourceIPv6Address"
-            } else {
-                "sourceIPv4Address"
-            },
-            Ip(k.src),
-        );
-        f(
-            if k.dst.is_ipv6() {
-                "destinationIPv6Address"
-            } else {
-                "destinationIPv4Address"
-            },
-            Ip(k.dst),
-        );
-        f("sourceTransportPort", Unsigned16(k.src_port));
-        f("destinationTransportPort", Unsigned16(k.dst_port));
-        f("protocolIdentifier", Unsigned8(k.proto));
-        let (t, d) = (&self.totals, &self.deltas);
-        f("packetTotalCount", Unsigned64(t.packets));
-        f("octetTotalCount", Unsigned64(t.octets));
-        f("packetDeltaCount", Unsigned64(d.packets));
-        f("octetDeltaCount", Unsigned64(d.octets));
-        f("reversePacketTotalCount", Unsigned64(t.reverse_packets));
-        f("reverseOctetTotalCount", Unsigned64(t.reverse_octets));
-        f("reversePacketDeltaCount", Unsigned64(d.reverse_packets));
-        f("reverseOctetDeltaCount", Unsigned64(d.reverse_octets));
-        let mut opt = |name: &'static str, v: Option<IeValue<'a>>| {
+        self.visit_all(interner, |name, v| {
             if let Some(v) = v {
                 f(name, v)
             }
-        };
-        opt("sourcePodNamespace", s(self.source_pod_namespace));
-        opt("sourcePodName", s(self.source_pod_name));
-        opt("destinationPodNamespace", s(self.destination_pod_namespace));
-        opt("destinationPodName", s(self.destination_pod_name));
-        opt("sourceNodeName", s(self.source_node_name));
-        opt("destinationNodeName", s(self.destination_node_name));
-        match self.destination_cluster_ip {
-            Some(ip @ IpAddr::V4(_)) => opt("destinationClusterIPv4", Some(Ip(ip))),
-            Some(ip @ IpAddr::V6(_)) => opt("destinationClusterIPv6", Some(Ip(ip))),
-            None => {}
-        }
-        opt(
+        })
+    }
+
+    /// Calls `f(ie_name, value)` for every IE a flow record can carry — the same names in the
+    /// same order for every record, `None` where this one lacks it (the other address family,
+    /// no Service, no policy…). A fixed IPFIX template is this list; absent values go on the wire
+    /// as zero / empty.
+    pub fn visit_all<'a>(
+        &self,
+        interner: &'a Interner,
+        mut f: impl FnMut(&'static str, Option<IeValue<'a>>),
+    ) {
+        use IeValue::*;
+        let s = |sym: Option<Sym>| sym.map(|s| String(interner.resolve(s)));
+        let v4 = |ip: IpAddr| ip.is_ipv4().then_some(Ip(ip));
+        let v6 = |ip: IpAddr| ip.is_ipv6().then_some(Ip(ip));
+        let k = &self.key;
+        let (t, d) = (&self.totals, &self.deltas);
+        let (i, e) = (&self.ingress_policy, &self.egress_policy);
+        let cip = self.destination_cluster_ip;
+        let u8v = |v: Option<u8>| v.map(Unsigned8);
+        // IANA, as the reference's table lists them.
+        f(
+            "flowStartSeconds",
+            Some(DateTimeSeconds(self.flow_start.as_secs())),
+        );
+        f(
+            "flowEndSeconds",
+            Some(DateTimeSeconds(self.flow_end.as_secs())),
+        );
+        f("flowEndReason", Some(Unsigned8(self.flow_end_reason as u8)));
+        f("sourceIPv4Address", v4(k.src));
+        f("destinationIPv4Address", v4(k.dst));
+        f("sourceIPv6Address", v6(k.src));
+        f("destinationIPv6Address", v6(k.dst));
+        f("sourceTransportPort", Some(Unsigned16(k.src_port)));
+        f("destinationTransportPort", Some(Unsigned16(k.dst_port)));
+        f("protocolIdentifier", Some(Unsigned8(k.proto)));
+        f("packetTotalCount", Some(Unsigned64(t.packets)));
+        f("octetTotalCount", Some(Unsigned64(t.octets)));
+        f("packetDeltaCount", Some(Unsigned64(d.packets)));
+        f("octetDeltaCount", Some(Unsigned64(d.octets)));
+        // RFC 5103 reverse.
+        f(
+            "reversePacketTotalCount",
+            Some(Unsigned64(t.reverse_packets)),
+        );
+        f("reverseOctetTotalCount", Some(Unsigned64(t.reverse_octets)));
+        f(
+            "reversePacketDeltaCount",
+            Some(Unsigned64(d.reverse_packets)),
+        );
+        f("reverseOctetDeltaCount", Some(Unsigned64(d.reverse_octets)));
+        // Antrea.
+        f("sourcePodNamespace", s(self.source_pod_namespace));
+        f("sourcePodName", s(self.source_pod_name));
+        f("destinationPodNamespace", s(self.destination_pod_namespace));
+        f("destinationPodName", s(self.destination_pod_name));
+        f("sourceNodeName", s(self.source_node_name));
+        f("destinationNodeName", s(self.destination_node_name));
+        f("destinationClusterIPv4", cip.and_then(v4));
+        f("destinationClusterIPv6", cip.and_then(v6));
+        f(
             "destinationServicePort",
             self.destination_service_port.map(Unsigned16),
         );
-        opt(
+        f(
             "destinationServicePortName",
             s(self.destination_service_port_name),
         );
-        let (i, e) = (&self.ingress_policy, &self.egress_policy);
-        opt("ingressNetworkPolicyName", s(i.name));
-        opt("ingressNetworkPolicyNamespace", s(i.namespace));
-        opt("egressNetworkPolicyName", s(e.name));
-        opt("egressNetworkPolicyNamespace", s(e.namespace));
-        opt("tcpState", self.tcp_state.map(|t| String(t.name())));
-        opt("flowType", Some(Unsigned8(self.flow_type as u8)));
-        opt(
+        f("ingressNetworkPolicyName", s(i.name));
+        f("ingressNetworkPolicyNamespace", s(i.namespace));
+        f("egressNetworkPolicyName", s(e.name));
+        f("egressNetworkPolicyNamespace", s(e.namespace));
+        f("tcpState", self.tcp_state.map(|t| String(t.name())));
+        f("flowType", Some(Unsigned8(self.flow_type as u8)));
+        // DESIGN.md additions.
+        f(
             "ingressNetworkPolicyType",
-            i.policy_type.map(|t| Unsigned8(t as u8)),
+            u8v(i.policy_type.map(|t| t as u8)),
         );
-        opt(
+        f(
             "egressNetworkPolicyType",
-            e.policy_type.map(|t| Unsigned8(t as u8)),
+            u8v(e.policy_type.map(|t| t as u8)),
         );
-        opt("ingressNetworkPolicyRuleName", s(i.rule_name));
-        opt("egressNetworkPolicyRuleName", s(e.rule_name));
-        opt(
+        f("ingressNetworkPolicyRuleName", s(i.rule_name));
+        f("egressNetworkPolicyRuleName", s(e.rule_name));
+        f(
             "ingressNetworkPolicyRuleAction",
-            i.action.map(|a| Unsigned8(a as u8)),
+            u8v(i.action.map(|a| a as u8)),
         );
-        opt(
+        f(
             "egressNetworkPolicyRuleAction",
-            e.action.map(|a| Unsigned8(a as u8)),
+            u8v(e.action.map(|a| a as u8)),
         );
-        opt("sourcePodLabels", s(self.source_pod_labels));
-        opt("destinationPodLabels", s(self.destination_pod_labels));
-        opt("clusterId", s(self.cluster_id));
+        f("sourcePodLabels", s(self.source_pod_labels));
+        f("destinationPodLabels", s(self.destination_pod_labels));
+        f("clusterId", s(self.cluster_id));
     }
 
     /// A view that serializes as a map from IE name to value (strings resolved), the shape of
@@ -492,6 +504,16 @@ mod tests {
                 };
                 assert!(ok, "{name}: {v:?} vs {:?}", ie.data_type);
             });
+            let mut all = Vec::new();
+            r.visit_all(&i, |name, _| all.push(name));
+            assert_eq!(all.len(), 34 + 6 + 2 + 1, "visit_all is the fixed list");
+            let mut none = Vec::new();
+            FlowRecord {
+                ingress_policy: PolicyFields::default(),
+                ..r
+            }
+            .visit_all(&i, |name, _| none.push(name));
+            assert_eq!(all, none);
             // The reference's 34 IEs less the other family's source, destination and ClusterIP,
             // + 2×3 policy fields + 2 label sets + clusterId.
             assert_eq!(n, 34 - 3 + 6 + 2 + 1);
