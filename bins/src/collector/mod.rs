@@ -11,6 +11,7 @@ pub mod query;
 pub mod sqlite;
 pub mod store;
 pub mod synth;
+pub mod ui;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
