@@ -38,20 +38,27 @@ pub fn require_tool(tool: &str, package: &str) -> PathBuf {
     )
 }
 
-/// A child process that is killed and reaped when dropped, also when the test panics.
+/// A child process, in a process group of its own, that is ended with its whole group when
+/// dropped, also when the test panics: peers such as nfacctd (plugin processes) and tshark
+/// (dumpcap) fork helpers that would outlive a kill of the parent alone.
 pub struct ChildGuard {
     child: Child,
     what: String,
+    /// The leader has been reaped: its id may be reused, so its group is no longer signalled.
+    reaped: bool,
 }
 
 impl ChildGuard {
     pub fn spawn(cmd: &mut Command, what: &str) -> ChildGuard {
+        use std::os::unix::process::CommandExt;
         let child = cmd
+            .process_group(0)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
         ChildGuard {
             child,
             what: what.to_string(),
+            reaped: false,
         }
     }
 
@@ -61,7 +68,9 @@ impl ChildGuard {
 
     /// Whether the process has exited (and with what), without waiting.
     pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.try_wait().expect("try_wait")
+        let st = self.child.try_wait().expect("try_wait");
+        self.reaped |= st.is_some();
+        st
     }
 
     /// Waits at most `timeout` for the process to exit by itself; panics (after killing it) if
@@ -77,12 +86,43 @@ impl ChildGuard {
     }
 }
 
+impl ChildGuard {
+    /// Signals the child's process group (its id: the child leads the group).
+    fn signal_group(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([sig, "--", &format!("-{}", self.child.id())])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 impl Drop for ChildGuard {
     fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
+        if self.reaped {
+            return;
         }
+        // TERM first so peers can stop their helpers, then KILL for whatever is left. The
+        // leader is not reaped before the KILL, so the group id cannot have been reused.
+        self.signal_group("-TERM");
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline && !exited(self.child.id()) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.signal_group("-KILL");
         let _ = self.child.wait();
+    }
+}
+
+/// Whether process `pid` (our unreaped child) has exited: a zombie, or gone.
+fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(s) => s
+            .rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('Z')),
+        Err(_) => true,
     }
 }
 
