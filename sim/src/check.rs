@@ -1,0 +1,559 @@
+//! The invariants, and the per-(connection, Node) accounting they read.
+//!
+//! Stage by stage, for every connection and every Node whose conntrack table shows it:
+//! 1. *observation*: the exporter was told the connection's final counters (by a dump or a
+//!    destroy event), unless the event was lost or the agent was down — both counted;
+//! 2. *exporter*: every record's deltas are its totals minus the last acknowledged totals
+//!    (never negative), its totals never exceed the truth, its flowType is the truth; the last
+//!    acknowledged record is final (reason 3/4/5) and carries the last observed totals, unless the
+//!    store evicted it (reason 5, counted) or the agent restarted before exporting (counted);
+//! 3. *transport*: records reach the aggregator unless a UDP datagram was lost or had no template
+//!    (both counted, and the counts add up to what exporters sent);
+//! 4. *aggregator*: per-Node totals never go down and deltas are totals minus the previous
+//!    export; the last per-Node totals equal what the exporter sent last, unless a crash lost
+//!    them; the per-Node deltas add up to the totals (no double count); flowType, Pods, Nodes,
+//!    Service and policy fields equal the ground truth; every inter-Node flow is correlated
+//!    unless a fault touched it.
+//!
+//! Known core issues (double counts after an aggregator restart or an agent re-export) are
+//! counted separately and fail the run only with `strict`.
+
+use flowcore::aggregator::AggregatedRecord;
+use flowcore::exporter::Export;
+use flowcore::model::{BiCounters, FlowEndReason, FlowType};
+
+use crate::cluster::{SEC, Verdict};
+use crate::run::Sim;
+use crate::scenario::Transport;
+
+/// The first invariant a run broke.
+#[derive(Clone, Debug)]
+pub struct Violation {
+    pub step: u64,
+    /// Virtual time since the run started, nanoseconds.
+    pub time: u64,
+    pub conn: Option<u32>,
+    pub what: String,
+    /// History of `conn` (from a traced re-run).
+    pub trace: Vec<String>,
+}
+
+/// What is known of one connection at one Node, stage by stage.
+#[derive(Clone, Debug, Default)]
+pub struct Track {
+    /// Last counters shown to the exporter, and by which exporter incarnation.
+    pub obs: Option<(u32, BiCounters)>,
+    /// Totals of the last acknowledged record (the exporter's delta baseline).
+    pub acked: BiCounters,
+    pub final_acked: Option<(FlowEndReason, BiCounters)>,
+    /// Exporter incarnations that exported it (bit per incarnation, saturating at 31).
+    pub exporters: u32,
+    pub evicted: bool,
+    pub lost_net: bool,
+    pub lost_restart: bool,
+    pub missed_event: bool,
+    pub meta_degraded: bool,
+    pub delivered: Option<BiCounters>,
+    pub crash_lost: bool,
+    pub crash_touched: bool,
+    /// Aggregator incarnation and per-Node totals of the last aggregated record.
+    pub out: Option<(u32, [u64; 4])>,
+    pub delta_sum: [u64; 4],
+    /// Why the aggregator recounted totals it had already exported (a known issue), if it did.
+    pub recount: Option<usize>,
+    /// When the aggregator last put out this Node's counters.
+    pub out_at: u64,
+    pub agg_evicted: bool,
+    pub correlated: bool,
+    /// (View 0 only) when the aggregator last put out any record of the connection.
+    pub conn_out_at: u64,
+    /// (View 0 only) the aggregator went quiet on the connection for longer than its inactive
+    /// timeout: it forgot the flow.
+    pub forgotten: bool,
+}
+
+fn arr(c: BiCounters) -> [u64; 4] {
+    [c.packets, c.octets, c.reverse_packets, c.reverse_octets]
+}
+
+impl Track {
+    pub fn observe(&mut self, inc: u32, c: BiCounters) {
+        self.obs = Some((inc, c));
+    }
+
+    pub fn on_agent_down(&mut self, inc: u32) {
+        if let Some((i, c)) = self.obs
+            && i == inc
+            && self.final_acked.is_none_or(|(_, f)| f != c)
+        {
+            self.lost_restart = true;
+        }
+        // The next exporter starts from nothing: its first delta is its first total.
+        self.acked = BiCounters::default();
+    }
+
+    pub fn on_aggregator_crash(&mut self) {
+        let Some(d) = self.delivered else { return };
+        self.crash_touched = true;
+        if self.out.is_none_or(|(_, o)| o != arr(d)) {
+            self.crash_lost = true;
+        }
+    }
+}
+
+fn name_of(v: Verdict, sim: &Sim, egress: bool) -> (String, String, u8, String, u8) {
+    match v {
+        None => (String::new(), String::new(), 0, String::new(), 0),
+        Some(None) => (String::new(), String::new(), 0, String::new(), 2),
+        Some(Some((p, r))) => {
+            let pol = &sim.cl.policies[p];
+            (
+                pol.name.clone(),
+                sim.cl.namespaces[pol.ns].clone(),
+                1,
+                format!("{}-{r}", if egress { "egress" } else { "ingress" }),
+                1,
+            )
+        }
+    }
+}
+
+impl Sim {
+    pub(crate) fn check_exporter_record(&mut self, n: usize, (c, vi): (u32, u8), ex: &Export) {
+        let r = &ex.record;
+        let t = &self.tracks[c as usize][vi as usize];
+        let conn = &self.conns[c as usize];
+        self.summary.invariants_checked += 4;
+        let want = r.totals.checked_sub(t.acked);
+        let truth = conn.counters(self.now);
+        let err = if want != Some(r.deltas) {
+            Some(format!(
+                "exporter delta {:?} is not totals {:?} minus last acknowledged {:?}",
+                r.deltas, r.totals, t.acked
+            ))
+        } else if truth.checked_sub(r.totals).is_none() {
+            Some(format!(
+                "exporter totals {:?} exceed the truth {truth:?}",
+                r.totals
+            ))
+        } else if r.flow_type != conn.flow_type && !t.meta_degraded {
+            Some(format!(
+                "exporter flowType {:?}, truth {:?}",
+                r.flow_type, conn.flow_type
+            ))
+        } else if r.flow_end_reason == FlowEndReason::EndOfFlow
+            && !conn.destroyed
+            && self.now < conn.t_close
+        {
+            Some("end-of-flow record for a connection still open".to_string())
+        } else {
+            None
+        };
+        let id = ex.id;
+        let reason = r.flow_end_reason;
+        let (tot, del) = (r.totals, r.deltas);
+        if self.traced(c) {
+            let line = {
+                format!(
+                    "node {n} exporter record {id:?} reason {reason:?} totals {tot:?} deltas {del:?}"
+                )
+            };
+            self.push_trace(line);
+        }
+        if let Some(e) = err {
+            self.fail(Some(c), format!("node {} ({}): {e}", n, self.node_name(n)));
+        }
+    }
+
+    pub(crate) fn on_ack(&mut self, n: usize, (c, vi): (u32, u8), ex: &Export) {
+        let inc = self.node_incarnation(n);
+        let t = &mut self.tracks[c as usize][vi as usize];
+        t.acked = ex.record.totals;
+        t.exporters |= 1 << inc.min(31);
+        if ex.record.flow_end_reason.is_final() {
+            t.final_acked = Some((ex.record.flow_end_reason, ex.record.totals));
+        }
+        if ex.record.flow_end_reason == FlowEndReason::LackOfResources {
+            t.evicted = true;
+        }
+        self.acked_total += 1;
+    }
+
+    pub(crate) fn on_delivered(&mut self, c: u32, vi: u8, totals: BiCounters) {
+        self.tracks[c as usize][vi as usize].delivered = Some(totals);
+        self.delivered_total += 1;
+        if self.traced(c) {
+            let line = format!("delivered to aggregator: {totals:?}");
+            self.push_trace(line);
+        }
+    }
+
+    pub(crate) fn on_output(&mut self, o: AggregatedRecord) {
+        self.summary.aggregator_out += 1;
+        let Some(c) = self.by_key.get(&o.key).and_then(|v| {
+            v.iter().rev().copied().find(|&c| {
+                self.conns[c as usize]
+                    .views
+                    .iter()
+                    .any(|v| (v.start_node / SEC) as u32 == o.start_secs)
+            })
+        }) else {
+            self.fail(
+                None,
+                format!(
+                    "aggregated record for no known connection: {:?} start {}",
+                    o.key, o.start_secs
+                ),
+            );
+            return;
+        };
+        if self.traced(c) {
+            let line = {
+                format!(
+                    "aggregated reason {} correlated {} src {:?} dst {:?}",
+                    o.end_reason, o.correlated, o.from_source, o.from_destination
+                )
+            };
+            self.push_trace(line);
+        }
+        let inc = self.agg_incarnation;
+        let now = self.now;
+        {
+            let t0 = &mut self.tracks[c as usize][0];
+            if t0.conn_out_at > 0 && now.saturating_sub(t0.conn_out_at) > 90 * SEC {
+                t0.forgotten = true;
+            }
+            t0.conn_out_at = now;
+        }
+        let forgotten = self.tracks[c as usize][0].forgotten;
+        for (side, nc) in [o.from_source, o.from_destination].into_iter().enumerate() {
+            let Some(nc) = nc else { continue };
+            let Some(vi) = self.conns[c as usize].view_for_side(side) else {
+                self.fail(Some(c), format!("aggregated record has side {side} counters but no Node of that side saw the connection"));
+                return;
+            };
+            self.summary.invariants_checked += 3;
+            let t = &mut self.tracks[c as usize][vi];
+            let prev = match t.out {
+                Some((i, p)) if i == inc => p,
+                _ => [0; 4],
+            };
+            let went_down = (0..4).any(|i| nc.totals[i] < prev[i]);
+            let want: [u64; 4] = std::array::from_fn(|i| nc.totals[i].saturating_sub(prev[i]));
+            let mut err = None;
+            if went_down {
+                err = Some(format!(
+                    "per-Node totals went down: {:?} after {prev:?}",
+                    nc.totals
+                ));
+            } else if nc.deltas != want {
+                let cause = if nc.deltas != nc.totals {
+                    None
+                } else if t.crash_touched {
+                    Some(0)
+                } else if t.exporters.count_ones() > 1 {
+                    Some(1)
+                } else if forgotten {
+                    Some(2)
+                } else if t.agg_evicted {
+                    Some(3)
+                } else {
+                    None
+                };
+                match cause {
+                    Some(k) => t.recount = t.recount.or(Some(k)),
+                    None if nc.deltas == nc.totals => {
+                        err = Some(format!(
+                            "per-Node deltas {:?} recount the totals already exported ({prev:?}): double count",
+                            nc.deltas
+                        ))
+                    }
+                    None => {
+                        err = Some(format!(
+                            "per-Node deltas {:?}, expected {want:?}",
+                            nc.deltas
+                        ))
+                    }
+                }
+            }
+            for i in 0..4 {
+                t.delta_sum[i] += nc.deltas[i];
+            }
+            t.out = Some((inc, nc.totals));
+            t.out_at = now;
+            if o.end_reason == 5 {
+                t.agg_evicted = true;
+            }
+            if let Some(e) = err {
+                self.fail(Some(c), e);
+                return;
+            }
+        }
+        if o.correlated && o.flow_type == FlowType::InterNode as u8 {
+            self.tracks[c as usize][0].correlated = true;
+        }
+        self.check_fields(c, &o);
+    }
+
+    fn check_fields(&mut self, c: u32, o: &AggregatedRecord) {
+        let conn = &self.conns[c as usize];
+        let degraded = self.tracks[c as usize].iter().any(|t| t.meta_degraded);
+        self.summary.invariants_checked += 6;
+        let mut errs: Vec<String> = Vec::new();
+        if o.flow_type != conn.flow_type as u8 {
+            errs.push(format!(
+                "flowType {} != {}",
+                o.flow_type, conn.flow_type as u8
+            ));
+        }
+        let pod = |p: Option<(usize, usize)>| match p {
+            Some((s, i)) => {
+                let slot = &self.cl.slots[s];
+                (
+                    slot.incarnations[i].name.clone(),
+                    self.cl.namespaces[self.cl.apps[slot.app].ns].clone(),
+                    self.node_name(slot.node).to_string(),
+                )
+            }
+            None => Default::default(),
+        };
+        let (sp, sns, snode) = pod(conn.src_pod);
+        let (dp, dns, dnode) = pod(conn.dst_pod);
+        if !degraded
+            && (*o.src_pod != *sp
+                || *o.src_namespace != *sns
+                || *o.dst_pod != *dp
+                || *o.dst_namespace != *dns
+                || *o.src_node != *snode
+                || *o.dst_node != *dnode)
+        {
+            errs.push(format!(
+                "Pods/Nodes {}/{}@{} -> {}/{}@{}, truth {sns}/{sp}@{snode} -> {dns}/{dp}@{dnode}",
+                o.src_namespace, o.src_pod, o.src_node, o.dst_namespace, o.dst_pod, o.dst_node
+            ));
+        }
+        let svc = conn.service.map(|(s, p)| {
+            let s = &self.cl.services[s];
+            s.port_name(&self.cl, &s.ports[p])
+        });
+        let have_source = o.from_source.is_some() || conn.flow_type != FlowType::InterNode;
+        let (want_ip, want_port, want_name) = match (conn.dialled, &svc) {
+            (Some((ip, port)), Some(name)) => (Some(ip), port, name.clone()),
+            _ => (None, 0, String::new()),
+        };
+        let svc_ok = (o.cluster_ip == want_ip
+            && o.service_port == want_port
+            && *o.service_port_name == *want_name)
+            // Only the source Node sees the DNAT: a destination-only record has no Service.
+            || (!have_source && o.cluster_ip.is_none() && o.service_port == 0);
+        let late_destination = o.from_source.is_some_and(|s| s.deltas == [0; 4])
+            && o.from_destination.is_some()
+            && o.cluster_ip.is_none();
+        if !svc_ok && late_destination {
+            self.known[4] += 1;
+        } else if !svc_ok {
+            errs.push(format!(
+                "Service {:?}:{} {:?}, truth {want_ip:?}:{want_port} {want_name:?}",
+                o.cluster_ip, o.service_port, o.service_port_name
+            ));
+        }
+        if !degraded {
+            for (egress, got, v) in [
+                (false, &o.ingress, conn.ingress),
+                (true, &o.egress, conn.egress),
+            ] {
+                let (name, ns, kind, rule, action) = name_of(v, self, egress);
+                if *got.name != *name
+                    || *got.namespace != *ns
+                    || got.kind != kind
+                    || *got.rule != *rule
+                    || got.action != action
+                {
+                    errs.push(format!(
+                        "{} policy {:?}, truth {ns}/{name} kind {kind} rule {rule} action {action}",
+                        if egress { "egress" } else { "ingress" },
+                        got
+                    ));
+                }
+            }
+        }
+        if !errs.is_empty() {
+            self.fail(
+                Some(c),
+                format!(
+                    "aggregated record fields differ from the truth: {}",
+                    errs.join("; ")
+                ),
+            );
+        }
+    }
+
+    pub(crate) fn final_checks(&mut self) {
+        let mut short: [u64; 6] = [0; 6];
+        let mut known = self.known;
+        let mut uncorrelated = 0u64;
+        let refused_any = self.summary.faults.exporter_refused > 0 || self.nodes_refused();
+        for c in 0..self.conns.len() {
+            let conn = &self.conns[c];
+            let truth = conn.final_counters();
+            let mut faulted = false;
+            for vi in 0..conn.views.len() {
+                let t = &self.tracks[c][vi];
+                self.summary.invariants_checked += 4;
+                let obs = t.obs.map(|o| o.1);
+                let node = conn.views[vi].node;
+                let fail = |what: String| Some(format!("node {node}: {what}"));
+                let mut err = None;
+                if obs != Some(truth) {
+                    if t.missed_event || t.lost_restart {
+                        short[0] += 1;
+                    } else {
+                        err = fail(format!(
+                            "the exporter was never shown the final counters {truth:?} (last {obs:?})"
+                        ));
+                    }
+                }
+                match (t.final_acked, obs) {
+                    (None, None) => {}
+                    (None, Some(_)) => {
+                        if t.lost_restart {
+                            short[1] += 1;
+                        } else if refused_any && t.exporters == 0 {
+                            short[2] += 1;
+                        } else {
+                            err = err.or(fail(
+                                "observed, but no final record was acknowledged".into(),
+                            ));
+                        }
+                    }
+                    (Some((_, f)), Some(o)) if f != o => {
+                        if t.evicted {
+                            short[3] += 1;
+                        } else if t.lost_restart {
+                            short[1] += 1;
+                        } else {
+                            err = err.or(fail(format!(
+                                "final record totals {f:?}, last observed {o:?}"
+                            )));
+                        }
+                    }
+                    _ => {}
+                }
+                let sent = t.final_acked.map(|f| arr(f.1));
+                let out = t.out.map(|o| o.1);
+                if sent.is_some() && out != sent {
+                    if t.lost_net {
+                        short[4] += 1;
+                    } else if t.crash_lost {
+                        short[5] += 1;
+                    } else if t.lost_restart && t.exporters == 0 {
+                        short[1] += 1;
+                    } else {
+                        err = err.or(fail(format!(
+                            "aggregated per-Node totals {out:?}, exporter's final {sent:?}"
+                        )));
+                    }
+                }
+                if let Some(o) = out
+                    && t.delta_sum != o
+                {
+                    match t.recount {
+                        Some(k) => known[k] += 1,
+                        None => {
+                            err = err.or(fail(format!(
+                                "per-Node deltas add up to {:?}, totals {o:?}",
+                                t.delta_sum
+                            )))
+                        }
+                    }
+                    if self.strict() && err.is_none() {
+                        err = fail(format!(
+                            "double count: deltas add up to {:?}, totals {o:?}",
+                            t.delta_sum
+                        ));
+                    }
+                }
+                faulted |= t.lost_net
+                    || t.lost_restart
+                    || t.missed_event
+                    || t.evicted
+                    || t.crash_lost
+                    || t.agg_evicted
+                    || t.exporters == 0;
+                if let Some(e) = err {
+                    self.now = conn.t_destroy;
+                    self.fail(Some(c as u32), e);
+                    return;
+                }
+            }
+            if conn.flow_type == FlowType::InterNode && !self.tracks[c][0].correlated {
+                let (from, to) = (
+                    conn.t_start.saturating_sub(15 * SEC),
+                    conn.t_destroy + 120 * SEC,
+                );
+                let nodes: Vec<usize> = conn.views.iter().map(|v| v.node).collect();
+                faulted |= self
+                    .fault_windows
+                    .iter()
+                    .any(|&(n, a, b)| a <= to && from <= b && n.is_none_or(|n| nodes.contains(&n)));
+                if !faulted {
+                    self.fail(
+                        Some(c as u32),
+                        "inter-Node flow never correlated and no fault explains it".into(),
+                    );
+                    return;
+                }
+                uncorrelated += 1;
+            }
+        }
+        // Transport accounting: every record sent is delivered or counted as dropped.
+        self.summary.invariants_checked += 1;
+        let lost = self.summary.faults.records_dropped + self.summary.faults.records_undecodable;
+        if self.acked_total != self.delivered_total + lost {
+            self.fail(
+                None,
+                format!(
+                    "records acknowledged {} != delivered {} + dropped {lost} ({:?})",
+                    self.acked_total,
+                    self.delivered_total,
+                    self.transport()
+                ),
+            );
+        }
+        if self.transport() == Transport::Tcp && lost != 0 {
+            self.fail(None, "records lost over TCP".into());
+        }
+        let names = [
+            "lost or missed destroy event",
+            "agent restarted before exporting",
+            "exporter store full (refused)",
+            "exporter store full (evicted)",
+            "UDP datagram lost / no template",
+            "aggregator crashed before exporting",
+        ];
+        self.summary.shortfalls = names
+            .iter()
+            .zip(short)
+            .filter(|(_, n)| *n > 0)
+            .map(|(s, n)| (s.to_string(), n))
+            .collect();
+        if uncorrelated > 0 {
+            self.summary
+                .shortfalls
+                .push(("inter-Node flow uncorrelated (fault)".into(), uncorrelated));
+        }
+        let issues = [
+            "double count after aggregator restart (deltas recounted from zero)",
+            "double count after agent restart re-export (aggregator forgot the flow)",
+            "double count: aggregator forgot a quiet flow (inactive timeout + tombstone) and recounted its late record",
+            "double count after aggregator eviction (store full)",
+            "late destination half of a finished flow: record without Service fields",
+        ];
+        self.summary.known_issues = issues
+            .iter()
+            .zip(known)
+            .filter(|(_, n)| *n > 0)
+            .map(|(s, n)| (s.to_string(), n))
+            .collect();
+    }
+}
