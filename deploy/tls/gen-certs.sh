@@ -40,10 +40,11 @@ issue server "flowlens-aggregator.$NS.svc" serverAuth "$sans"
 issue client "flowlens-agent" clientAuth "DNS:flowlens-agent"
 
 kubectl get namespace "$NS" >/dev/null 2>&1 || kubectl create namespace "$NS"
-for pair in "flowlens-aggregator-tls server" "flowlens-agent-tls client"; do
-  set -- $pair
+secret() { # name, file stem
   kubectl -n "$NS" create secret generic "$1" \
     --from-file=ca.crt=ca.crt --from-file=tls.crt="$2.crt" --from-file=tls.key="$2.key" \
     --dry-run=client -o yaml | kubectl apply -f -
-done
+}
+secret flowlens-aggregator-tls server
+secret flowlens-agent-tls client
 echo "Secrets flowlens-aggregator-tls and flowlens-agent-tls are in namespace $NS; the CA key is in $PWD/ca.key"

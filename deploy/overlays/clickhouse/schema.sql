@@ -195,19 +195,28 @@ TTL minute + INTERVAL 90 DAY;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS flowlens.flows_pod_external_1m_mv TO flowlens.flows_pod_external_1m AS
 SELECT
-    toStartOfMinute(flowEndSeconds) AS minute,
-    flowType,
-    if(flowType = 3, sourcePodNamespace, destinationPodNamespace) AS podNamespace,
-    if(flowType = 3, sourcePodName, destinationPodName) AS podName,
-    if(flowType = 3, sourceNodeName, destinationNodeName) AS nodeName,
-    if(flowType = 3, destinationIP, sourceIP) AS externalIP,
-    sum(if(flowType = 3, packetDeltaCount, reversePacketDeltaCount)) AS packetDeltaCount,
-    sum(if(flowType = 3, octetDeltaCount, reverseOctetDeltaCount)) AS octetDeltaCount,
-    sum(if(flowType = 3, reversePacketDeltaCount, packetDeltaCount)) AS reversePacketDeltaCount,
-    sum(if(flowType = 3, reverseOctetDeltaCount, octetDeltaCount)) AS reverseOctetDeltaCount,
+    minute, flowType, podNamespace, podName, nodeName, externalIP,
+    sum(sentPackets) AS packetDeltaCount,
+    sum(sentOctets) AS octetDeltaCount,
+    sum(receivedPackets) AS reversePacketDeltaCount,
+    sum(receivedOctets) AS reverseOctetDeltaCount,
     count() AS records
-FROM flowlens.flows
-WHERE flowType IN (3, 4)
+FROM
+(
+    SELECT
+        toStartOfMinute(flowEndSeconds) AS minute,
+        flowType,
+        if(flowType = 3, sourcePodNamespace, destinationPodNamespace) AS podNamespace,
+        if(flowType = 3, sourcePodName, destinationPodName) AS podName,
+        if(flowType = 3, sourceNodeName, destinationNodeName) AS nodeName,
+        if(flowType = 3, destinationIP, sourceIP) AS externalIP,
+        if(flowType = 3, packetDeltaCount, reversePacketDeltaCount) AS sentPackets,
+        if(flowType = 3, octetDeltaCount, reverseOctetDeltaCount) AS sentOctets,
+        if(flowType = 3, reversePacketDeltaCount, packetDeltaCount) AS receivedPackets,
+        if(flowType = 3, reverseOctetDeltaCount, octetDeltaCount) AS receivedOctets
+    FROM flowlens.flows
+    WHERE flowType IN (3, 4)
+)
 GROUP BY minute, flowType, podNamespace, podName, nodeName, externalIP;
 
 -- Node to Node (every record; an external end has an empty Node name).
