@@ -33,7 +33,7 @@ use kube::runtime::watcher::{self, Event};
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::convert;
 use crate::services::ServiceJoin;
@@ -241,24 +241,27 @@ impl Informers {
         let (ready_tx, ready_rx) = watch::channel(false);
         let counters = Arc::new(Counters::default());
         let mut mapper = Mapper::new(counters.clone());
-        let task = tokio::spawn(async move {
-            let mut out = Vec::new();
-            while let Some((kind, ev)) = streams.next().await {
-                mapper.handle(kind, ev, &mut out);
-                for u in out.drain(..) {
-                    if tx.send(u).await.is_err() {
-                        debug!("metadata update receiver dropped; informers stop");
-                        return;
+        let task = tokio::spawn(
+            async move {
+                let mut out = Vec::new();
+                while let Some((kind, ev)) = streams.next().await {
+                    mapper.handle(kind, ev, &mut out);
+                    for u in out.drain(..) {
+                        if tx.send(u).await.is_err() {
+                            debug!("metadata update receiver dropped; informers stop");
+                            return;
+                        }
+                    }
+                    // Only now: ready means "the initial lists are on the channel", so an agent
+                    // that drains the channel up to this point has the whole cluster.
+                    if mapper.all_listed() && !*ready_tx.borrow() {
+                        info!("informers ready: every initial list received");
+                        ready_tx.send_replace(true);
                     }
                 }
-                // Only now: ready means "the initial lists are on the channel", so an agent
-                // that drains the channel up to this point has the whole cluster.
-                if mapper.all_listed() && !*ready_tx.borrow() {
-                    info!("informers ready: every initial list received");
-                    ready_tx.send_replace(true);
-                }
             }
-        });
+            .instrument(info_span!("informers")),
+        );
         Informers {
             updates: rx,
             handle: InformerHandle {

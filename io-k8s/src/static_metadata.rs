@@ -14,7 +14,8 @@
 use std::fmt;
 use std::path::Path;
 
-use flowcore::metadata::MetadataUpdate;
+use flowcore::metadata::{MetadataIndex, MetadataUpdate};
+use flowcore::model::Timestamp;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -90,6 +91,15 @@ pub struct StaticMetadata {
     pub updates: Vec<MetadataUpdate>,
     /// Objects of kinds flowlens does not use, as `Kind namespace/name`.
     pub ignored: Vec<String>,
+}
+
+impl StaticMetadata {
+    /// Applies every update to `index` as observed at `now`.
+    pub fn apply_to(self, index: &mut MetadataIndex, now: Timestamp) {
+        for u in self.updates {
+            index.apply(now, u);
+        }
+    }
 }
 
 /// Reads and converts `path`.

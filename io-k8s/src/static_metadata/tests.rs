@@ -17,10 +17,7 @@ fn example_index() -> MetadataIndex {
     let m = load(Path::new(EXAMPLE)).expect("example loads");
     assert!(m.ignored.is_empty(), "{:?}", m.ignored);
     let mut index = MetadataIndex::new(Duration::from_secs(60));
-    let now = Timestamp::from_secs(1_800_000_000);
-    for u in m.updates {
-        index.apply(now, u);
-    }
+    m.apply_to(&mut index, Timestamp::from_secs(1_800_000_000));
     index
 }
 
