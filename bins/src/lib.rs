@@ -10,3 +10,4 @@ pub mod ops;
 pub mod registry_cmd;
 pub mod sample;
 pub mod sinks;
+pub mod transport;

@@ -1,0 +1,231 @@
+//! Prometheus counters of the collecting and exporting processes: everything a user would alert
+//! on (sessions, throughput, malformed input by reason, loss the sequence numbers reveal, drops,
+//! reconnects). Cheap to clone (each metric is an `Arc`); register once with a registry.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use flowcore::config::Transport;
+use flowcore::ipfix::DecodeError;
+
+/// Transport label.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum TransportLabel {
+    Tcp,
+    Udp,
+    Tls,
+}
+
+impl From<Transport> for TransportLabel {
+    fn from(t: Transport) -> Self {
+        match t {
+            Transport::Tcp => TransportLabel::Tcp,
+            Transport::Udp => TransportLabel::Udp,
+            Transport::Tls => TransportLabel::Tls,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabels {
+    pub transport: TransportLabel,
+}
+
+/// Why a message was malformed: the [`DecodeError`] variant, coarse enough for a label.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum MalformedReason {
+    Truncated,
+    BadVersion,
+    BadMessageLength,
+    BadSetLength,
+    BadTemplate,
+    TooManyTemplates,
+    TooManyDomains,
+    RecordOverrun,
+    StreamFraming,
+}
+
+impl From<&DecodeError> for MalformedReason {
+    fn from(e: &DecodeError) -> Self {
+        use DecodeError as E;
+        match e {
+            E::Truncated { .. } => MalformedReason::Truncated,
+            E::BadVersion { .. } => MalformedReason::BadVersion,
+            E::BadMessageLength { .. } => MalformedReason::BadMessageLength,
+            E::BadSetLength { .. } => MalformedReason::BadSetLength,
+            E::BadTemplateId { .. }
+            | E::BadFieldLength { .. }
+            | E::TooManyFields { .. }
+            | E::BadScopeCount { .. }
+            | E::EmptyRecord { .. } => MalformedReason::BadTemplate,
+            E::TooManyTemplates { .. } => MalformedReason::TooManyTemplates,
+            E::TooManyDomains { .. } => MalformedReason::TooManyDomains,
+            E::RecordOverrun { .. } => MalformedReason::RecordOverrun,
+            E::StreamBadLength { .. } => MalformedReason::StreamFraming,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MalformedLabels {
+    pub reason: MalformedReason,
+}
+
+/// Why a UDP datagram was not handed on.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum UdpDropReason {
+    /// The consumer's channel was full.
+    ChannelFull,
+    /// A new exporter address while `max_sessions` were already tracked.
+    TooManySessions,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UdpDropLabels {
+    pub reason: UdpDropReason,
+}
+
+/// The collecting process.
+#[derive(Clone, Debug, Default)]
+pub struct CollectorMetrics {
+    pub sessions_open: Gauge,
+    pub sessions: Family<TransportLabels, Counter>,
+    /// Connections refused because `max_sessions` were open.
+    pub sessions_rejected: Counter,
+    pub tls_handshake_failures: Counter,
+    pub messages: Counter,
+    pub records: Counter,
+    pub malformed: Family<MalformedLabels, Counter>,
+    pub sequence_gaps: Counter,
+    pub records_missing: Counter,
+    /// Data sets skipped for want of a template (never sent, withdrawn, expired).
+    pub sets_without_template: Counter,
+    pub udp_dropped_messages: Family<UdpDropLabels, Counter>,
+    pub udp_dropped_records: Counter,
+}
+
+impl CollectorMetrics {
+    /// Registers under `prefix` (e.g. `flowlens_collector`).
+    pub fn register(&self, registry: &mut Registry, prefix: &str) {
+        let r = registry.sub_registry_with_prefix(prefix);
+        r.register(
+            "sessions_open",
+            "IPFIX sessions open now",
+            self.sessions_open.clone(),
+        );
+        r.register("sessions", "IPFIX sessions opened", self.sessions.clone());
+        r.register(
+            "sessions_rejected",
+            "Connections closed at once because max_sessions were open",
+            self.sessions_rejected.clone(),
+        );
+        r.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed (bad or missing client certificate, timeout, not TLS)",
+            self.tls_handshake_failures.clone(),
+        );
+        r.register("messages", "IPFIX messages decoded", self.messages.clone());
+        r.register(
+            "records",
+            "IPFIX data records decoded",
+            self.records.clone(),
+        );
+        r.register(
+            "malformed",
+            "Malformed IPFIX messages, each closing its session",
+            self.malformed.clone(),
+        );
+        r.register(
+            "sequence_gaps",
+            "Messages whose sequence number was not the expected one",
+            self.sequence_gaps.clone(),
+        );
+        r.register(
+            "records_missing",
+            "Data records the sequence numbers say were sent but never arrived",
+            self.records_missing.clone(),
+        );
+        r.register(
+            "sets_without_template",
+            "Data sets skipped because their template was unknown or expired",
+            self.sets_without_template.clone(),
+        );
+        r.register(
+            "udp_dropped_messages",
+            "UDP messages dropped before the consumer",
+            self.udp_dropped_messages.clone(),
+        );
+        r.register(
+            "udp_dropped_records",
+            "Data records in UDP messages dropped because the consumer's channel was full",
+            self.udp_dropped_records.clone(),
+        );
+    }
+}
+
+/// The exporting process.
+#[derive(Clone, Debug, Default)]
+pub struct ExporterMetrics {
+    /// 1 while a session is up.
+    pub session_up: Gauge,
+    pub sessions: Counter,
+    pub connect_failures: Counter,
+    /// Sessions that ended by error or by the collector closing them.
+    pub disconnects: Counter,
+    pub messages_sent: Counter,
+    pub bytes_sent: Counter,
+    /// Messages refused because the send queue was full.
+    pub queue_drops: Counter,
+    /// Messages not written: built for a session that has since ended, or no session was up.
+    pub messages_failed: Counter,
+}
+
+impl ExporterMetrics {
+    /// Registers under `prefix` (e.g. `flowlens_agent_export`).
+    pub fn register(&self, registry: &mut Registry, prefix: &str) {
+        let r = registry.sub_registry_with_prefix(prefix);
+        r.register(
+            "session_up",
+            "1 while a session to the collector is up",
+            self.session_up.clone(),
+        );
+        r.register(
+            "sessions",
+            "Sessions established to the collector",
+            self.sessions.clone(),
+        );
+        r.register(
+            "connect_failures",
+            "Failed attempts to connect to the collector",
+            self.connect_failures.clone(),
+        );
+        r.register(
+            "disconnects",
+            "Sessions lost to an error or closed by the collector",
+            self.disconnects.clone(),
+        );
+        r.register(
+            "messages_sent",
+            "IPFIX messages written to the socket",
+            self.messages_sent.clone(),
+        );
+        r.register(
+            "bytes_sent",
+            "IPFIX bytes written to the socket",
+            self.bytes_sent.clone(),
+        );
+        r.register(
+            "queue_drops",
+            "Messages refused because the send queue was full",
+            self.queue_drops.clone(),
+        );
+        r.register(
+            "messages_failed",
+            "Messages not written because their session ended or none was up",
+            self.messages_failed.clone(),
+        );
+    }
+}
