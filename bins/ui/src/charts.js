@@ -7,7 +7,10 @@ const PALETTE = ['#3b6fd8', '#e8833a', '#3aa776', '#c2455a', '#8e5cc9', '#2fa3b5
   '#d65db1', '#6b7d94', '#7bb33a'];
 
 /** Short animations: dashboards refresh often, and a half-drawn chart reads as missing data. */
-export const ANIM = { animationDuration: 300, animationDurationUpdate: 200 };
+/** Tests set `window.FLOWLENS_NO_ANIMATION` before the page loads, so screenshots show the end state. */
+export const ANIM = window.FLOWLENS_NO_ANIMATION
+  ? { animation: false }
+  : { animationDuration: 300, animationDurationUpdate: 200 };
 
 const registry = new Map();
 
@@ -76,7 +79,7 @@ export function sankey(data, value, { tooltip } = {}) {
       data: nodes,
       links,
       left: 8,
-      right: 150,
+      right: 175,
       top: 8,
       bottom: 8,
       nodeGap: 5,
@@ -180,13 +183,12 @@ export function heatmap(matrix) {
       confine: true,
       formatter: (p) => `${esc(matrix.nodes[p.value[1]])} → ${esc(matrix.nodes[p.value[0]])}<br><b>${p.value[2].toFixed(3)} Mbps</b>`,
     },
-    grid: { left: 8, right: 16, top: 8, bottom: 56, containLabel: true },
-    xAxis: { type: 'category', data: matrix.nodes, name: 'destination', nameLocation: 'middle', nameGap: 24, splitArea: { show: true } },
-    yAxis: { type: 'category', data: matrix.nodes, name: 'source', nameLocation: 'middle', nameGap: 56, splitArea: { show: true } },
+    grid: { left: 8, right: 16, top: 8, bottom: 44, containLabel: true },
+    xAxis: { type: 'category', data: matrix.nodes, splitArea: { show: true }, axisLabel: { fontSize: 11, hideOverlap: true } },
+    yAxis: { type: 'category', data: matrix.nodes, splitArea: { show: true }, axisLabel: { fontSize: 11 } },
     visualMap: {
       min: 0,
       max,
-      calculable: true,
       orient: 'horizontal',
       left: 'center',
       bottom: 0,

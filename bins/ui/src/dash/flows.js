@@ -20,7 +20,7 @@ const FIELDS = [
 const PAGE = 50;
 
 function layout() {
-  const inputs = FIELDS.map(([k, label, ph]) => `<label>${label} <input name="${k}" size="11" placeholder="${ph}"></label>`).join('');
+  const inputs = FIELDS.map(([k, label, ph]) => `<label>${label} <input name="${k}" size="9" placeholder="${ph}"></label>`).join('');
   const types = Object.entries(FLOW_TYPES).map(([v, n]) => `<option value="${v}">${n}</option>`).join('');
   return `<h1 class="sr-only">Flow Records</h1>
   <form id="flow-filters" class="filters" aria-label="Flow record filters">
@@ -79,9 +79,21 @@ function bind(root, params) {
     const o = Number(new URLSearchParams(location.hash.split('?')[1]).get('offset') || 0);
     update({ offset: o + PAGE });
   });
-  root.querySelector('#b-records').addEventListener('click', (e) => {
+  const toggle = (e) => {
     const tr = e.target.closest('tr[data-i]');
-    if (tr) tr.nextElementSibling?.classList.contains('detail') && tr.nextElementSibling.toggleAttribute('hidden');
+    const detail = tr && tr.nextElementSibling;
+    if (detail && detail.classList.contains('detail')) {
+      detail.toggleAttribute('hidden');
+      tr.setAttribute('aria-expanded', String(!detail.hidden));
+    }
+  };
+  const body = root.querySelector('#b-records');
+  body.addEventListener('click', toggle);
+  body.addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' || e.key === ' ') {
+      e.preventDefault();
+      toggle(e);
+    }
   });
 }
 
@@ -99,6 +111,9 @@ function showNarrowing(root, local) {
 
 async function load(root, ctx) {
   bind(root, ctx.params);
+  // Until this load answers, the pager must not page through stale rows.
+  root.querySelector('#next').disabled = true;
+  root.querySelector('#page').textContent = '';
   await ctx.panel('records', async (el) => {
     const names = await flowParamNames();
     const wanted = Object.fromEntries(FILTER_KEYS.map((k) => [k, ctx.params.get(k) || '']));
@@ -115,7 +130,7 @@ async function load(root, ctx) {
     if (local.length) rows = rows.filter(test).slice(offset, offset + PAGE);
     const detail = (r) => `<tr class="detail" hidden><td colspan="${COLUMNS.length}"><pre>${esc(JSON.stringify(r, null, 2))}</pre></td></tr>`;
     el.innerHTML = rows.length
-      ? table(rows, COLUMNS, { caption: 'Click a row for the whole record', rowAttrs: (r) => `data-i="${r.id}" tabindex="0"` })
+      ? table(rows, COLUMNS, { caption: 'Click a row for the whole record', rowAttrs: (r) => `data-i="${r.id}" tabindex="0" aria-expanded="false"` })
       : '<p class="empty">No flow records match these filters in this range.</p>';
     // Insert the detail rows after each record row.
     const trs = el.querySelectorAll('tbody tr[data-i]');

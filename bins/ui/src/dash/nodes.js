@@ -12,7 +12,7 @@ function layout() {
   <div class="grid g2">
     ${panel('inter', 'Inter-Node throughput (source Node → destination Node)')}
     ${panel('intra', 'Intra-Node throughput')}
-    ${panel('heat', 'Average Mbps per Node pair', { hint: 'click a cell → flow records' })}
+    ${panel('heat', 'Average Mbps per Node pair', { hint: 'rows: source · columns: destination · click → records' })}
     ${panel('pernode', 'Tx and Rx bytes per Node')}
   </div>`;
 }

@@ -6,7 +6,7 @@ import { api } from '../api.js';
 import * as charts from '../charts.js';
 import { panel, table } from '../dom.js';
 import { ACTIONS, bytes, esc, policy as policyName } from '../format.js';
-import { go, update } from '../route.js';
+import { go, linkTo, update } from '../route.js';
 
 function layout() {
   return `<h1 class="sr-only">Network Policy</h1>
@@ -17,9 +17,9 @@ function layout() {
     <button type="button" id="policy-clear">Clear</button>
     <datalist id="dl-egress"></datalist><datalist id="dl-ingress"></datalist>
   </form>
-  <div class="grid g2">
-    ${panel('sankey', 'Bytes by egress policy (source) → ingress policy (destination)', { cls: 'tall', hint: 'hover for Pod pairs · click → flow records' })}
-    ${panel('pairs', 'Pod pairs under these policies', { chart: false, cls: 'tall scroll' })}
+  <div class="grid g2 policy">
+    ${panel('sankey', 'Bytes by egress policy (source) → ingress policy (destination)', { cls: 'xtall', hint: 'hover for Pod pairs · click → records' })}
+    ${panel('pairs', 'Pod pairs under these policies', { chart: false, cls: 'xtall scroll', hint: 'click a Pod → records' })}
   </div>`;
 }
 
@@ -62,10 +62,21 @@ function group(flows) {
 }
 
 function tooltip(l) {
-  const pairs = l.pairs.slice(0, 8).map((f) => `${esc(f.srcPod)} → ${esc(f.dstPod)}: ${bytes(f.bytes)}`).join('<br>');
+  const pairs = l.pairs.slice(0, 8).map((f) => `${esc(f.srcPod || '(external)')} → ${esc(f.dstPod || '(external)')}: ${bytes(f.bytes)}`).join('<br>');
   const more = l.pairs.length > 8 ? `<br>… ${l.pairs.length - 8} more` : '';
   const act = (p) => (ACTIONS[p.action] ? ` (${ACTIONS[p.action]})` : '');
   return `<b>${esc(policyName(l.egress))}${act(l.egress)} → ${esc(policyName(l.ingress))}${act(l.ingress)}</b><br>${bytes(l.bytes)} in ${l.pairs.length} Pod pair(s)<br>${pairs}${more}`;
+}
+
+/** Flow Records of one row: its Pods (an empty side is external) under its policies. */
+function pairLink(f) {
+  return linkTo('flows', {
+    srcPod: f.srcPod,
+    dstPod: f.dstPod,
+    external: f.srcPod && f.dstPod ? '' : '1',
+    egressPolicy: key(f.egress),
+    ingressPolicy: key(f.ingress),
+  });
 }
 
 async function load(root, ctx) {
@@ -97,18 +108,12 @@ async function load(root, ctx) {
       const { flows } = await data;
       const act = (p) => (ACTIONS[p.action] ? ` <small>(${ACTIONS[p.action]})</small>` : '');
       el.innerHTML = flows.length ? table(flows.slice(0, 200), [
-        { label: 'Source Pod', cell: (f) => `<a href="#" data-src="${esc(f.srcPod)}" data-dst="${esc(f.dstPod)}">${esc(f.srcPod)}</a>` },
-        { label: 'Destination Pod', cell: (f) => esc(f.dstPod) },
+        { label: 'Source Pod', cls: 'nowrap', cell: (f) => `<a href="${esc(pairLink(f))}" title="Flow records of this Pod pair">${esc(f.srcPod || '(external)')}</a>` },
+        { label: 'Destination Pod', cell: (f) => esc(f.dstPod || '(external)') },
+        { label: 'Bytes', cell: (f) => bytes(f.bytes), cls: 'num' },
         { label: 'Egress policy', cell: (f) => esc(policyName(f.egress)) + act(f.egress) },
         { label: 'Ingress policy', cell: (f) => esc(policyName(f.ingress)) + act(f.ingress) },
-        { label: 'Bytes', cell: (f) => bytes(f.bytes), cls: 'num' },
       ]) : '<p class="empty">No flows under these policies in this range.</p>';
-      for (const a of el.querySelectorAll('a[data-src]')) {
-        a.addEventListener('click', (e) => {
-          e.preventDefault();
-          go('flows', { srcPod: a.dataset.src, dstPod: a.dataset.dst });
-        });
-      }
     }),
   ]);
 }
