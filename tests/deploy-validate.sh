@@ -2,7 +2,8 @@
 # Offline checks of deploy/: every kustomization renders (kubectl kustomize), validates against
 # the Kubernetes schemas and flowlens's own rules (deploy/tools/validate_manifests.py), the
 # Dockerfiles and shell scripts lint clean, the TLS script issues a verifiable CA/server/client
-# set, and the ClickHouse schema applies and fills its rollups. The shipped config files and the
+# set, the ClickHouse schema applies and fills its rollups, and every key of the binaries' config
+# structs is documented in the shipped config files. The shipped config files and the
 # Logstash definitions are checked by cargo tests (bins: shipped_deploy_configs_*,
 # tests/deploy_logstash.rs).
 #
@@ -70,6 +71,8 @@ for dir in deploy/base deploy/overlays/*/; do
   check "render + validate $dir" render_and_validate "$dir"
 done
 
+check "every config key is documented in the shipped configs" \
+  "$VENV/bin/python" deploy/tools/check_config_keys.py .
 check "hadolint deploy/images/*.Dockerfile" "$VENV/bin/hadolint" deploy/images/*.Dockerfile
 check "shellcheck deploy/**/*.sh tests/deploy-validate.sh" \
   "$VENV/bin/shellcheck" deploy/quickstart.sh deploy/tls/gen-certs.sh tests/deploy-validate.sh

@@ -3,12 +3,12 @@
 # Build from the repository root (BuildKit reads flowlens.Dockerfile.dockerignore beside this file):
 #   docker build -f deploy/images/flowlens.Dockerfile -t flowlens:dev .
 
-# The web UI's ECharts bundle from the npm registry: bins/build.rs embeds it, and it runs for
-# every binary of the bins package. Skipped when the tree has no UI yet.
+# The web UI's ECharts bundle from the npm registry (checksum-verified by vendor.sh):
+# bins/build.rs embeds it, and that build script runs for every binary of the bins package.
 FROM node:22-bookworm-slim AS ui
 WORKDIR /src
-COPY bins/ bins/
-RUN if [ -f bins/ui/vendor.sh ]; then sh bins/ui/vendor.sh; fi && mkdir -p bins/ui/vendor
+COPY bins/ui/vendor.sh bins/ui/vendor.sh
+RUN sh bins/ui/vendor.sh
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
