@@ -9,5 +9,6 @@ pub mod decode;
 pub mod ops;
 pub mod registry_cmd;
 pub mod sample;
+pub mod sim_cmd;
 pub mod sinks;
 pub mod transport;

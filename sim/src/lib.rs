@@ -16,6 +16,7 @@ pub mod conn;
 pub mod rng;
 pub mod run;
 pub mod scenario;
+pub mod trace;
 
 pub use check::Violation;
 pub use run::{FaultCounts, Sim, SimConfig, Summary};

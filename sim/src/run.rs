@@ -54,6 +54,8 @@ pub struct SimConfig {
     pub trace_conn: Option<u32>,
     /// Known core issues fail the run instead of being counted.
     pub strict: bool,
+    /// Record this Node's conntrack (dumps and destroy events) as a trace.
+    pub record_node: Option<usize>,
 }
 
 impl SimConfig {
@@ -67,6 +69,7 @@ impl SimConfig {
             conn_rate: 0.05,
             trace_conn: None,
             strict: false,
+            record_node: None,
         }
     }
 }
@@ -112,6 +115,8 @@ pub struct Summary {
     pub known_issues: Vec<(String, u64)>,
     pub steps: u64,
     pub violation: Option<Violation>,
+    /// The recorded trace (`record_node`), `flowlens-trace v1` text.
+    pub trace: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -195,8 +200,9 @@ pub struct Sim {
     pub(crate) violation: Option<Violation>,
     agg_in_total: u64,
     pub(crate) acked_total: u64,
+    recorder: Option<(usize, crate::trace::TraceWriter)>,
     /// Known core issues by kind (see `check::final_checks`).
-    pub(crate) known: [u64; 5],
+    pub(crate) known: [u64; 7],
     last_traced_obs: Option<(u32, BiCounters)>,
     pub(crate) delivered_total: u64,
 }
@@ -327,7 +333,8 @@ impl Sim {
             violation: None,
             agg_in_total: 0,
             acked_total: 0,
-            known: [0; 5],
+            recorder: None,
+            known: [0; 7],
             last_traced_obs: None,
             delivered_total: 0,
             cl,
@@ -367,6 +374,15 @@ impl Sim {
             sim.push(EPOCH + phase, Ev::Dump(i));
         }
         sim.nodes = node_sims;
+        if let Some(n) = sim.cfg.record_node.filter(|&n| n < sim.nodes.len()) {
+            let mut w = crate::trace::TraceWriter::new();
+            for (_, u) in &sim.cl.updates {
+                if let MetadataUpdate::Node(info) = u {
+                    w.node(info);
+                }
+            }
+            sim.recorder = Some((n, w));
+        }
         sim.push(EPOCH, Ev::Arrival);
         sim
     }
@@ -485,6 +501,7 @@ impl Sim {
         }
         self.finish_summary();
         let mut s = std::mem::take(&mut self.summary);
+        s.trace = self.recorder.take().map(|(_, w)| w.text);
         s.violation = self.violation.take();
         if let Some(v) = &mut s.violation {
             v.trace = std::mem::take(&mut self.trace);
@@ -1024,6 +1041,11 @@ impl Sim {
             let node = &mut self.nodes[v.node];
             let tn = node.now(now);
             node.exporter.handle_destroy(tn, &entry);
+            if let Some((rn, w)) = &mut self.recorder
+                && *rn == v.node
+            {
+                w.destroy(tn, &entry);
+            }
             let inc = node.incarnation;
             let t = &mut self.tracks[c as usize][vi];
             t.observe(inc, entry_counters(&entry));
@@ -1050,6 +1072,11 @@ impl Sim {
         self.summary.conn_events += node.buf.len() as u64;
         let tn = node.now(now);
         node.exporter.handle_dump(tn, &node.buf);
+        if let Some((rn, w)) = &mut self.recorder
+            && *rn == n
+        {
+            w.dump(tn, &node.buf);
+        }
         if let Some(tc) = self.cfg.trace_conn
             && let Some(&(_, vi)) = self.nodes[n].live.iter().find(|(c, _)| *c == tc)
             && self.tracks[tc as usize][vi as usize].obs != self.last_traced_obs

@@ -1,7 +1,7 @@
 //! `flowlens`: collector, demo, simulator, decoder and conntrack tools in one binary.
 
 use clap::{Parser, Subcommand};
-use flowlens_bins::{conntrack_cmd, decode, registry_cmd};
+use flowlens_bins::{conntrack_cmd, decode, registry_cmd, sim_cmd};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -23,6 +23,10 @@ enum Cmd {
     Conntrack(conntrack_cmd::ConntrackCmd),
     /// Print the information-element registry (Logstash definitions, JSON or CSV).
     Registry(registry_cmd::RegistryArgs),
+    /// Deterministic simulated cluster runs with fault injection and invariant checks.
+    Sim(sim_cmd::SimArgs),
+    /// Feed a conntrack trace through one exporter core; records as JSON lines.
+    Replay(sim_cmd::ReplayArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -31,6 +35,8 @@ fn main() -> std::process::ExitCode {
         Cmd::Decode(a) => decode::run(a),
         Cmd::Conntrack(c) => c.run(),
         Cmd::Registry(a) => registry_cmd::run(a),
+        Cmd::Sim(a) => sim_cmd::run(a),
+        Cmd::Replay(a) => sim_cmd::replay(a),
     };
     match res {
         Ok(()) => std::process::ExitCode::SUCCESS,
