@@ -415,6 +415,26 @@ async function main() {
     await settled(before);
     const c6h = (await chartsById())['c-series'];
     assert(c15.sum < c6h.sum, 'a shorter range does not show less traffic');
+    // A custom range: the last 20 minutes as absolute times.
+    await page.selectOption('#range', 'custom');
+    assert(await page.isVisible('#start') && await page.isVisible('#end'), 'custom range inputs hidden');
+    const local = (secs) => {
+      const d = new Date(secs * 1000 - new Date().getTimezoneOffset() * 60000);
+      return d.toISOString().slice(0, 19);
+    };
+    const now = Math.floor(Date.now() / 1000);
+    await page.fill('#start', local(now - 1200));
+    await page.fill('#end', local(now));
+    before = await loads();
+    await page.click('#controls button[type=submit]');
+    await page.waitForFunction(() => /[?&]end=\d+/.test(location.hash), null, { timeout: 5000 });
+    await settled(before);
+    const q = hashParams(new URL(page.url()).hash);
+    assert(Math.abs(Number(q.get('start')) - (now - 1200)) <= 1, `custom start ${q.get('start')}`);
+    const c20 = (await chartsById())['c-series'];
+    assert(c20.sum > 0 && c20.sum < c6h.sum, 'custom range not applied');
+    await fresh('#/overview');
+    await settled(0);
     before = await loads();
     await page.selectOption('#refresh', '10');
     await settled(before);

@@ -10,7 +10,7 @@ import { go } from '../route.js';
 function layout() {
   return `<h1 class="sr-only">Overview</h1>
   <div class="grid g3">
-    ${panel('kpi', 'Summary', { chart: false })}
+    ${panel('kpi', 'Summary', { chart: false, hint: 'Node filter only' })}
     ${panel('types', 'Traffic by flow type', { hint: 'Node filter only · click → records' })}
     ${panel('series', 'Throughput by flow type', { hint: 'Node filter only' })}
     ${panel('pods', 'Top Pods by bytes', { hint: 'click → flow records' })}
