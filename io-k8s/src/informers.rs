@@ -244,7 +244,17 @@ impl Informers {
         let task = tokio::spawn(
             async move {
                 let mut out = Vec::new();
-                while let Some((kind, ev)) = streams.next().await {
+                loop {
+                    // A dropped receiver ends the watches at once, even on a quiet cluster.
+                    let next = tokio::select! {
+                        biased;
+                        _ = tx.closed() => None,
+                        next = streams.next() => next,
+                    };
+                    let Some((kind, ev)) = next else {
+                        debug!("metadata update receiver dropped or streams ended; informers stop");
+                        return;
+                    };
                     mapper.handle(kind, ev, &mut out);
                     for u in out.drain(..) {
                         if tx.send(u).await.is_err() {
@@ -272,7 +282,7 @@ impl Informers {
         }
     }
 
-    /// Stops the watches.
+    /// Stops the watches now. Dropping `updates` stops them too.
     pub fn shutdown(self) {
         self.task.abort();
     }

@@ -48,6 +48,11 @@ impl Consumer {
     }
 
     async fn next(&mut self) {
+        self.update().await;
+    }
+
+    /// The next update (applied to the index too).
+    async fn update(&mut self) -> MetadataUpdate {
         let u = timeout(GUARD, self.informers.updates.recv())
             .await
             .expect("an update within the guard time")
@@ -58,7 +63,8 @@ impl Consumer {
             _ => {}
         }
         self.now = self.now.saturating_add(Duration::from_secs(1));
-        self.index.apply(self.now, u);
+        self.index.apply(self.now, u.clone());
+        u
     }
 
     /// Consumes updates until the Pod log has `n` entries.
@@ -268,4 +274,151 @@ async fn api_errors_back_off_and_node_local_pod_watch() {
     .expect("Node watch started");
     assert!(!node_watch.contains("fieldSelector"), "{node_watch}");
     c.informers.shutdown();
+}
+
+/// Watch events of the other kinds, released one kind at a time so the order is fixed:
+/// EndpointSlice changes re-emit their Service with new backends, a slice that arrives before its
+/// Service shows up when the Service does, and deletes of Services, policies and Nodes and a
+/// Namespace relabel reach the index.
+#[tokio::test]
+async fn replay_service_slice_policy_namespace_node_events() {
+    let api = FakeApi::start().await;
+    api.list(PODS, ListReply::ok(fixture("pods-list-1.json")));
+    api.list(NODES, ListReply::ok(fixture("nodes-list.json")));
+    api.list(NAMESPACES, ListReply::ok(fixture("namespaces-list.json")));
+    api.list(SERVICES, ListReply::ok(fixture("services-list.json")));
+    api.list(
+        ENDPOINT_SLICES,
+        ListReply::ok(fixture("endpointslices-list.json")),
+    );
+    api.list(
+        NETWORK_POLICIES,
+        ListReply::ok(fixture("networkpolicies-list.json")),
+    );
+    let mut gates = Vec::new();
+    for (path, file) in [
+        (ENDPOINT_SLICES, "endpointslices-watch.jsonl"),
+        (SERVICES, "services-watch.jsonl"),
+        (NETWORK_POLICIES, "networkpolicies-watch.jsonl"),
+        (NAMESPACES, "namespaces-watch.jsonl"),
+        (NODES, "nodes-watch.jsonl"),
+    ] {
+        let gate = Arc::new(Notify::new());
+        api.watch_reply(
+            path,
+            WatchReply {
+                lines: fixture(file),
+                close: false,
+                gate: Some(gate.clone()),
+            },
+        );
+        gates.push(gate);
+    }
+
+    let informers = Informers::spawn(api.client(), InformerConfig::default());
+    let handle = informers.handle.clone();
+    let mut c = Consumer::new(informers);
+    timeout(GUARD, async {
+        loop {
+            tokio::select! {
+                biased;
+                r = handle.ready() => break assert!(r),
+                _ = c.next() => {}
+            }
+        }
+    })
+    .await
+    .expect("ready");
+    while let Ok(u) = c.informers.updates.try_recv() {
+        c.index.apply(c.now, u);
+    }
+    let st = c.index.stats();
+    assert_eq!((st.pods, st.nodes, st.services, st.policies), (3, 2, 1, 2));
+
+    let mut updates = Vec::new();
+    // EndpointSlices: db's slice arrives before the db Service exists, so it emits nothing yet;
+    // then web's slice loses web-2 (unready now) and gains web-4. (In this order: once web's
+    // update is out, the db slice, earlier on the same stream, has been handled.)
+    gates[0].notify_one();
+    updates.push(c.update().await);
+    // Services: db added (with the slice seen before), web deleted.
+    gates[1].notify_one();
+    updates.push(c.update().await);
+    updates.push(c.update().await);
+    gates[2].notify_one();
+    updates.push(c.update().await);
+    gates[3].notify_one();
+    updates.push(c.update().await);
+    gates[4].notify_one();
+    updates.push(c.update().await);
+    let summary: Vec<String> = updates.iter().map(summarize).collect();
+    assert_eq!(
+        summary,
+        [
+            "Service shop/web backends [10.244.1.10, 10.244.2.11]",
+            "Service data/db backends [10.244.2.30]",
+            "ServiceDeleted shop/web",
+            "PolicyDeleted data/default-deny",
+            "Namespace shop team=storefront",
+            "NodeDeleted node-b",
+        ]
+    );
+
+    let idx = &c.index;
+    assert!(idx.service(ip("10.96.12.34"), 6, 80).is_none());
+    assert!(idx.service(ip("192.168.10.11"), 6, 30080).is_none());
+    let hit = idx
+        .service(ip("10.96.40.1"), 6, 5432)
+        .expect("db ClusterIP");
+    assert_eq!(idx.interner().resolve(hit.port_name), "data/db:postgres");
+    assert_eq!(idx.stats().policies, 1);
+    assert_eq!(idx.namespace_labels("shop").get("team"), Some("storefront"));
+    assert!(idx.node_by_address(ip("192.168.10.12")).is_none());
+    assert!(idx.node_by_address(ip("192.168.10.11")).is_some());
+    assert_eq!(handle.stats(Kind::EndpointSlice).applied, 3);
+    assert_eq!(handle.stats(Kind::Service).deleted, 1);
+    c.informers.shutdown();
+}
+
+/// Dropping the update receiver stops the informers even while nothing happens.
+#[tokio::test]
+async fn dropping_the_receiver_stops_the_informers() {
+    let api = FakeApi::start().await;
+    let never = Arc::new(Notify::new());
+    api.list(
+        NETWORK_POLICIES,
+        ListReply {
+            gate: Some(never.clone()),
+            ..ListReply::ok(fixture("networkpolicies-list.json"))
+        },
+    );
+    let informers = Informers::spawn(api.client(), InformerConfig::default());
+    let handle = informers.handle.clone();
+    drop(informers.updates);
+    let ready = timeout(GUARD, handle.ready())
+        .await
+        .expect("the task ended");
+    assert!(!ready, "stopped before every list arrived");
+}
+
+fn summarize(u: &MetadataUpdate) -> String {
+    match u {
+        MetadataUpdate::Service(s) => format!(
+            "Service {}/{} backends {:?}",
+            s.namespace, s.name, s.backends
+        ),
+        MetadataUpdate::ServiceDeleted { namespace, name } => {
+            format!("ServiceDeleted {namespace}/{name}")
+        }
+        MetadataUpdate::PolicyDeleted { namespace, name } => {
+            format!("PolicyDeleted {namespace}/{name}")
+        }
+        MetadataUpdate::Namespace(n) => format!(
+            "Namespace {} team={}",
+            n.name,
+            n.labels.get("team").unwrap_or("")
+        ),
+        MetadataUpdate::NodeDeleted { name } => format!("NodeDeleted {name}"),
+        other => format!("{other:?}"),
+    }
 }

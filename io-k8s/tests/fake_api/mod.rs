@@ -59,6 +59,8 @@ pub struct WatchReply {
     pub lines: String,
     /// true: end the response after the lines (a dropped watch); false: keep it open.
     pub close: bool,
+    /// The lines are held until notified (to order events across kinds).
+    pub gate: Option<Arc<Notify>>,
 }
 
 #[derive(Default)]
@@ -107,11 +109,19 @@ impl FakeApi {
     }
 
     pub fn watch(&self, path: &'static str, lines: String, close: bool) {
+        self.watch_reply(
+            path,
+            WatchReply {
+                lines,
+                close,
+                gate: None,
+            },
+        );
+    }
+
+    pub fn watch_reply(&self, path: &'static str, reply: WatchReply) {
         let mut s = self.script.lock().unwrap();
-        s.watches
-            .entry(path)
-            .or_default()
-            .push_back(WatchReply { lines, close });
+        s.watches.entry(path).or_default().push_back(reply);
     }
 
     /// A kube client for this server, over plain HTTP.
@@ -177,16 +187,23 @@ async fn serve(
             .watches
             .get_mut(key)
             .and_then(VecDeque::pop_front);
-        let (lines, close) = match reply {
-            Some(r) => (r.lines, r.close),
-            None => (String::new(), false),
+        let (lines, close, gate) = match reply {
+            Some(r) => (r.lines, r.close, r.gate),
+            None => (String::new(), false, None),
         };
         let chunks: Vec<Result<Frame<Bytes>, Infallible>> = lines
             .lines()
             .filter(|l| !l.is_empty())
             .map(|l| Ok(Frame::data(Bytes::from(format!("{l}\n")))))
             .collect();
-        let stream = futures::stream::iter(chunks);
+        // The response head goes out at once (as the API server's does); a gate holds the events.
+        let mut chunks = Some(chunks);
+        let stream = futures::stream::once(async move {
+            if let Some(g) = gate {
+                g.notified().await;
+            }
+        })
+        .flat_map(move |()| futures::stream::iter(chunks.take().unwrap_or_default()));
         let body = if close {
             BodyExt::boxed(StreamBody::new(stream))
         } else {
