@@ -16,7 +16,9 @@ use flowcore::ie::DataType;
 use flowcore::ipfix::{EncodeError, Encoder, FieldSpec, Layout};
 use flowcore::model::Timestamp;
 
+pub mod decode_cmp;
 pub mod pcap;
+pub mod traffic;
 pub mod tshark;
 
 /// Export time used for the encoded test records (2025-11-24T16:00:00Z).
@@ -225,6 +227,46 @@ pub fn free_udp_port() -> u16 {
     udp_listener().local_addr().expect("local_addr").port()
 }
 
+/// Runs an exporter that sends IPFIX by UDP to 127.0.0.1 and exits by itself (softflowd reading
+/// a capture, pmacctd with `pcap_savefile`); `args` may contain `{port}`, replaced by the port of
+/// the socket that receives. Returns the datagrams, in arrival order, once it has exited: on
+/// loopback every datagram is queued on the socket by the time its send returned.
+pub fn capture_exporter(program: &Path, args: &[&str], what: &str) -> Vec<Vec<u8>> {
+    let sock = udp_listener();
+    let port = sock.local_addr().expect("local_addr").port().to_string();
+    let args: Vec<String> = args.iter().map(|a| a.replace("{port}", &port)).collect();
+    let out = run(
+        Command::new(program).args(&args),
+        what,
+        Duration::from_secs(30),
+    );
+    sock.set_nonblocking(true).expect("set_nonblocking");
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    loop {
+        match sock.recv_from(&mut buf) {
+            Ok((n, _)) => got.push(buf[..n].to_vec()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("receiving from {what}: {e}"),
+        }
+    }
+    assert!(
+        !got.is_empty(),
+        "{what} sent nothing; its output: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    got
+}
+
+/// Writes IPFIX datagrams as a capture of UDP 127.0.0.1:40000 → 127.0.0.1:4739, frames 1 ms
+/// apart from the traffic capture's start: the same bytes give the same file.
+pub fn write_ipfix_capture(path: &Path, msgs: &[Vec<u8>]) {
+    let src: SocketAddr = "127.0.0.1:40000".parse().expect("addr");
+    let dst: SocketAddr = "127.0.0.1:4739".parse().expect("addr");
+    pcap::write_udp_pcap(path, src, dst, traffic::START, msgs);
+}
+
 /// Receives datagrams until `done(received)` holds, within `timeout`.
 pub fn recv_datagrams(
     sock: &UdpSocket,
@@ -416,11 +458,15 @@ pub fn target_dir() -> PathBuf {
     }
 }
 
-/// The `flowlens` binary, built first if needed (`cargo build -p bins --bin flowlens`).
+/// The `flowlens` binary: `$FLOWLENS_BIN` if set, else built first (`cargo build -p bins --bin
+/// flowlens`, a no-op when it is up to date).
 pub fn flowlens_bin() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
         .get_or_init(|| {
+            if let Some(p) = std::env::var_os("FLOWLENS_BIN") {
+                return p.into();
+            }
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
             let st = Command::new(cargo)
                 .args(["build", "-q", "-p", "bins", "--bin", "flowlens"])

@@ -71,6 +71,7 @@ const NOT_VALUES: &[&str] = &[
     "cflow.timedelta",
     "cflow.string_len_short",
     "cflow.string_len_long",
+    "cflow.padding",
 ];
 
 fn attr(line: &str, key: &str) -> Option<String> {
@@ -116,7 +117,10 @@ pub fn parse_pdml(pdml: &str) -> Vec<PdmlMessage> {
             continue;
         }
         let name = attr(t, "name").unwrap_or_default();
-        if name.starts_with("_ws.expert") || name.starts_with("_ws.malformed") {
+        if name.starts_with("_ws.expert.") {
+            continue;
+        }
+        if name == "_ws.expert" || name.starts_with("_ws.malformed") {
             let what = attr(t, "showname")
                 .or_else(|| attr(t, "show"))
                 .unwrap_or_default();
@@ -159,7 +163,9 @@ pub fn parse_pdml(pdml: &str) -> Vec<PdmlMessage> {
             }
             _ => {}
         }
+        // Sub-fields of a value ("cflow.tcpflags.syn") are bits of a field already taken.
         if NOT_VALUES.contains(&name.as_str())
+            || name.matches('.').count() > 1
             || name.starts_with("cflow.template")
             || name == "cflow.flowset_length"
         {
@@ -249,4 +255,32 @@ pub fn iana_field_name(ie_name: &str) -> Option<&'static str> {
         "originalExporterIPv6Address" => "cflow.original_exporter_ipv6_address",
         _ => return None,
     })
+}
+
+/// Parses tshark's absolute time ("Nov 24, 2025 16:00:00.001250999 UTC") into nanoseconds since
+/// the Unix epoch.
+pub fn parse_abs_time(s: &str) -> Option<i128> {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let s = s.strip_suffix(" UTC")?;
+    let mut it = s.split_whitespace();
+    let mon = it.next()?;
+    let m = MONTHS.iter().position(|m| *m == mon)? as i64 + 1;
+    let d: i64 = it.next()?.trim_end_matches(',').parse().ok()?;
+    let y: i64 = it.next()?.parse().ok()?;
+    let t = it.next()?;
+    let (hms, frac) = t.split_once('.').unwrap_or((t, "0"));
+    let mut hms = hms.split(':').map(|x| x.parse::<i64>());
+    let (h, mi, se) = (hms.next()?.ok()?, hms.next()?.ok()?, hms.next()?.ok()?);
+    // Days from civil (H. Hinnant).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let frac_ns: i128 = format!("{frac:0<9}")[..9].parse().ok()?;
+    Some(((days * 86_400 + h * 3600 + mi * 60 + se) as i128) * 1_000_000_000 + frac_ns)
 }

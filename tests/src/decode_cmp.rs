@@ -1,0 +1,341 @@
+//! `flowlens decode` against tshark on the same capture: both must see the same data records,
+//! in the same order, with the same value in every field tshark knows.
+//!
+//! tshark's field names are mapped to IE names by [`TSHARK_TO_IE`]; a field tshark shows that the
+//! table does not know fails the comparison (so nothing is skipped silently), and so does a key
+//! of flowlens's output that tshark did not show.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use crate::tshark::{PdmlRecord, decode_file, parse_abs_time};
+
+/// How a tshark field's `show` text compares with flowlens's JSON value.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    /// Decimal integer.
+    Num,
+    /// "0x1b".
+    Hex,
+    /// Address or string, verbatim.
+    Text,
+    /// "2766664.716000000" seconds → milliseconds (flowStart/EndSysUpTime).
+    UptimeMillis,
+    /// tshark's absolute time → the IE's own unit (flowlens writes integers since the epoch).
+    AbsTime,
+}
+
+/// tshark field → IE name (the forward one; "(Reverse Type …)" in the label makes it reverse),
+/// and how to compare. Time fields whose IE depends on the template (seconds, milli-, micro-,
+/// nanoseconds) list every candidate; the one flowlens printed is used.
+const TSHARK_TO_IE: &[(&str, &[&str], Kind)] = &[
+    ("cflow.srcaddr", &["sourceIPv4Address"], Kind::Text),
+    ("cflow.dstaddr", &["destinationIPv4Address"], Kind::Text),
+    ("cflow.srcaddrv6", &["sourceIPv6Address"], Kind::Text),
+    ("cflow.dstaddrv6", &["destinationIPv6Address"], Kind::Text),
+    ("cflow.octets", &["octetDeltaCount"], Kind::Num),
+    ("cflow.packets", &["packetDeltaCount"], Kind::Num),
+    ("cflow.permanent_octets", &["octetTotalCount"], Kind::Num),
+    ("cflow.permanent_packets", &["packetTotalCount"], Kind::Num),
+    ("cflow.inputint", &["ingressInterface"], Kind::Num),
+    ("cflow.outputint", &["egressInterface"], Kind::Num),
+    ("cflow.direction", &["flowDirection"], Kind::Num),
+    ("cflow.flow_end_reason", &["flowEndReason"], Kind::Num),
+    ("cflow.srcport", &["sourceTransportPort"], Kind::Num),
+    ("cflow.dstport", &["destinationTransportPort"], Kind::Num),
+    ("cflow.protocol", &["protocolIdentifier"], Kind::Num),
+    ("cflow.tcpflags", &["tcpControlBits"], Kind::Hex),
+    ("cflow.ip_version", &["ipVersion"], Kind::Num),
+    ("cflow.tos", &["ipClassOfService"], Kind::Hex),
+    ("cflow.srcmask", &["sourceIPv4PrefixLength"], Kind::Num),
+    ("cflow.dstmask", &["destinationIPv4PrefixLength"], Kind::Num),
+    ("cflow.srcmaskv6", &["sourceIPv6PrefixLength"], Kind::Num),
+    (
+        "cflow.dstmaskv6",
+        &["destinationIPv6PrefixLength"],
+        Kind::Num,
+    ),
+    ("cflow.srcas", &["bgpSourceAsNumber"], Kind::Num),
+    ("cflow.dstas", &["bgpDestinationAsNumber"], Kind::Num),
+    ("cflow.nexthop", &["ipNextHopIPv4Address"], Kind::Text),
+    ("cflow.nexthopv6", &["ipNextHopIPv6Address"], Kind::Text),
+    ("cflow.vlanid", &["vlanId"], Kind::Num),
+    ("cflow.src_mac", &["sourceMacAddress"], Kind::Text),
+    ("cflow.dst_mac", &["destinationMacAddress"], Kind::Text),
+    ("cflow.icmp_type", &["icmpTypeCodeIPv4"], Kind::Num),
+    (
+        "cflow.timestart",
+        &["flowStartSysUpTime"],
+        Kind::UptimeMillis,
+    ),
+    ("cflow.timeend", &["flowEndSysUpTime"], Kind::UptimeMillis),
+    (
+        "cflow.abstimestart",
+        &[
+            "flowStartSeconds",
+            "flowStartMilliseconds",
+            "flowStartMicroseconds",
+            "flowStartNanoseconds",
+        ],
+        Kind::AbsTime,
+    ),
+    (
+        "cflow.abstimeend",
+        &[
+            "flowEndSeconds",
+            "flowEndMilliseconds",
+            "flowEndMicroseconds",
+            "flowEndNanoseconds",
+        ],
+        Kind::AbsTime,
+    ),
+    ("cflow.mp_id", &["meteringProcessId"], Kind::Num),
+    (
+        "cflow.sys_init_time",
+        &["systemInitTimeMilliseconds"],
+        Kind::AbsTime,
+    ),
+    (
+        "cflow.sampling_packet_interval",
+        &["samplingPacketInterval"],
+        Kind::Num,
+    ),
+    (
+        "cflow.sampling_packet_space",
+        &["samplingPacketSpace"],
+        Kind::Num,
+    ),
+    (
+        "cflow.selector_algorithm",
+        &["selectorAlgorithm"],
+        Kind::Num,
+    ),
+    ("cflow.if_name", &["interfaceName"], Kind::Text),
+    ("cflow.sampling_interval", &["samplingInterval"], Kind::Num),
+    (
+        "cflow.sampling_algorithm",
+        &["samplingAlgorithm"],
+        Kind::Num,
+    ),
+    ("cflow.exporter_addr", &["exporterIPv4Address"], Kind::Text),
+    (
+        "cflow.exporter_addr_v6",
+        &["exporterIPv6Address"],
+        Kind::Text,
+    ),
+    ("cflow.flows", &["deltaFlowCount"], Kind::Num),
+    ("cflow.octets_exp", &["exportedOctetTotalCount"], Kind::Num),
+    (
+        "cflow.packets_exp",
+        &["exportedMessageTotalCount"],
+        Kind::Num,
+    ),
+    (
+        "cflow.flows_exp",
+        &["exportedFlowRecordTotalCount"],
+        Kind::Num,
+    ),
+];
+
+/// Keys flowlens adds to every record besides the IEs.
+const META_KEYS: &[&str] = &[
+    "exporter",
+    "observationDomainId",
+    "exportTime",
+    "templateId",
+    "optionsRecord",
+];
+
+/// The reverse IE name of `fwd` (RFC 5103: "reverse" + the name with a capital first letter).
+fn reverse_name(fwd: &str) -> String {
+    let mut c = fwd.chars();
+    match c.next() {
+        Some(f) => format!("reverse{}{}", f.to_ascii_uppercase(), c.as_str()),
+        None => String::new(),
+    }
+}
+
+/// The `flowlens decode` output of `file`: records, and the summary line from stderr.
+pub fn flowlens_decode(file: &Path) -> (Vec<Map<String, Value>>, String) {
+    let out = crate::run(
+        Command::new(crate::flowlens_bin()).arg("decode").arg(file),
+        "flowlens decode",
+        Duration::from_secs(30),
+    );
+    let recs = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| match serde_json::from_str(l) {
+            Ok(Value::Object(m)) => m,
+            _ => panic!("flowlens decode printed a line that is not a JSON object: {l}"),
+        })
+        .collect();
+    (recs, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn json_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        v => v.to_string(),
+    }
+}
+
+/// Mismatches between one tshark record and one flowlens record.
+fn compare_record(t: &PdmlRecord, f: &Map<String, Value>) -> Vec<String> {
+    let mut errs = Vec::new();
+    if f.get("templateId").and_then(Value::as_u64) != Some(t.set_id as u64) {
+        errs.push(format!(
+            "templateId {:?}, tshark's set id {}",
+            f.get("templateId"),
+            t.set_id
+        ));
+    }
+    let mut seen: Vec<String> = Vec::new();
+    for g in &t.fields {
+        let Some((_, names, kind)) = TSHARK_TO_IE.iter().find(|(n, _, _)| *n == g.name) else {
+            errs.push(format!(
+                "tshark field {} ({:?}) is not in TSHARK_TO_IE",
+                g.name, g.showname
+            ));
+            continue;
+        };
+        let reverse = g.showname.contains("(Reverse Type");
+        let names: Vec<String> = names
+            .iter()
+            .map(|n| {
+                if reverse {
+                    reverse_name(n)
+                } else {
+                    n.to_string()
+                }
+            })
+            .collect();
+        let Some((key, val)) = names
+            .iter()
+            .filter(|n| !seen.contains(n))
+            .find_map(|n| f.get(n).map(|v| (n.clone(), v)))
+        else {
+            errs.push(format!(
+                "tshark shows {} = {:?}; flowlens printed none of {names:?}",
+                g.name, g.show
+            ));
+            continue;
+        };
+        seen.push(key.clone());
+        let got = json_text(val);
+        let want = match kind {
+            Kind::Num | Kind::Text => Some(g.show.clone()),
+            Kind::Hex => u64::from_str_radix(g.show.trim_start_matches("0x"), 16)
+                .ok()
+                .map(|v| v.to_string()),
+            Kind::UptimeMillis => g.show.split_once('.').and_then(|(s, ms)| {
+                Some((s.parse::<u64>().ok()? * 1000 + ms[..3].parse::<u64>().ok()?).to_string())
+            }),
+            Kind::AbsTime => parse_abs_time(&g.show).map(|ns| {
+                // Integers since the epoch in the IE's unit, truncated as an NTP fraction is.
+                let unit: i128 = if key.ends_with("Nanoseconds") {
+                    1
+                } else if key.ends_with("Microseconds") {
+                    1_000
+                } else if key.ends_with("Milliseconds") {
+                    1_000_000
+                } else {
+                    1_000_000_000
+                };
+                ns.div_euclid(unit).to_string()
+            }),
+        };
+        match want {
+            Some(w) if w == got => {}
+            Some(w) => errs.push(format!(
+                "{key}: flowlens {got}, tshark {w} ({:?})",
+                g.showname
+            )),
+            None => errs.push(format!("{key}: cannot read tshark's {:?}", g.show)),
+        }
+    }
+    let extra: Vec<&String> = f
+        .keys()
+        .filter(|k| !META_KEYS.contains(&k.as_str()) && !seen.contains(k))
+        .collect();
+    if !extra.is_empty() {
+        errs.push(format!(
+            "flowlens printed fields tshark did not show: {extra:?}"
+        ));
+    }
+    errs
+}
+
+/// What a comparison covered.
+#[derive(Debug)]
+pub struct Compared {
+    pub messages: usize,
+    pub records: usize,
+    pub options_records: usize,
+    pub fields: usize,
+    pub summary: String,
+    pub sequence_warnings: Vec<String>,
+}
+
+/// Runs both decoders on `file` (IPFIX on UDP port `port` for tshark) and panics with every
+/// difference.
+pub fn assert_decode_matches_tshark(file: &Path, port: u16) -> Compared {
+    let shown = decode_file(file, port);
+    // Sequence warnings are about the exporter (softflowd numbers its messages oddly), not
+    // about how the records decode; they are reported, not failed.
+    let (sequence_warnings, problems): (Vec<String>, Vec<String>) = shown
+        .iter()
+        .flat_map(|m| {
+            m.problems
+                .iter()
+                .map(move |p| format!("frame {}: {p}", m.frame))
+        })
+        .partition(|p| p.contains("Unexpected flow sequence"));
+    assert!(
+        problems.is_empty(),
+        "tshark complained about {}: {problems:#?}",
+        file.display()
+    );
+    let t_recs: Vec<&PdmlRecord> = shown.iter().flat_map(|m| &m.records).collect();
+    let (f_recs, summary) = flowlens_decode(file);
+    assert_eq!(
+        f_recs.len(),
+        t_recs.len(),
+        "{}: flowlens decoded {} records, tshark {} (flowlens: {summary})",
+        file.display(),
+        f_recs.len(),
+        t_recs.len()
+    );
+    assert!(
+        summary.contains(" 0 errors"),
+        "flowlens decode reported errors on {}: {summary}",
+        file.display()
+    );
+    let mut errs = Vec::new();
+    let mut fields = 0;
+    for (i, (t, f)) in t_recs.iter().zip(&f_recs).enumerate() {
+        fields += t.fields.len();
+        for e in compare_record(t, f) {
+            errs.push(format!("record {i}: {e}"));
+        }
+    }
+    assert!(
+        errs.is_empty(),
+        "{}: flowlens decode and tshark disagree:\n{}",
+        file.display(),
+        errs.join("\n")
+    );
+    Compared {
+        messages: shown.len(),
+        records: f_recs.len(),
+        options_records: f_recs
+            .iter()
+            .filter(|r| r.get("optionsRecord") == Some(&Value::Bool(true)))
+            .count(),
+        fields,
+        summary,
+        sequence_warnings,
+    }
+}
