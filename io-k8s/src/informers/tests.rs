@@ -110,3 +110,49 @@ fn service_and_slices_join_across_streams() {
     m.handle(Kind::EndpointSlice, Ok(Event::InitDone), &mut out);
     assert_eq!(names(&out), ["+svc web [10.0.0.1]", "+svc web []"]);
 }
+
+/// The informers and the `--metadata` loader produce the same updates for the same objects
+/// (kubectl's `-o json` is YAML too, so the recorded API lists load as metadata files).
+#[test]
+fn informer_and_static_file_agree() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/");
+    let files = [
+        ("nodes-list.json", Kind::Node),
+        ("namespaces-list.json", Kind::Namespace),
+        ("pods-list-1.json", Kind::Pod),
+        ("endpointslices-list.json", Kind::EndpointSlice),
+        ("services-list.json", Kind::Service),
+        ("networkpolicies-list.json", Kind::NetworkPolicy),
+    ];
+    let mut m = Mapper::new(Arc::new(Counters::default()));
+    let mut from_watch = Vec::new();
+    let mut text = String::new();
+    for (file, kind) in files {
+        let body = std::fs::read_to_string(format!("{dir}{file}")).unwrap();
+        let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+        m.handle(kind, Ok(Event::Init), &mut from_watch);
+        for item in list["items"].as_array().unwrap() {
+            let o = match kind {
+                Kind::Pod => Obj::Pod(serde_json::from_value(item.clone()).unwrap()),
+                Kind::Node => Obj::Node(serde_json::from_value(item.clone()).unwrap()),
+                Kind::Service => Obj::Service(serde_json::from_value(item.clone()).unwrap()),
+                Kind::EndpointSlice => {
+                    Obj::EndpointSlice(serde_json::from_value(item.clone()).unwrap())
+                }
+                Kind::Namespace => Obj::Namespace(serde_json::from_value(item.clone()).unwrap()),
+                Kind::NetworkPolicy => {
+                    Obj::NetworkPolicy(serde_json::from_value(item.clone()).unwrap())
+                }
+            };
+            m.handle(kind, Ok(Event::InitApply(o)), &mut from_watch);
+        }
+        m.handle(kind, Ok(Event::InitDone), &mut from_watch);
+        text.push_str(&body);
+        text.push_str("\n---\n");
+    }
+    assert!(m.all_listed());
+    let from_file = crate::static_metadata::parse("fixtures", &text).unwrap();
+    assert!(from_file.ignored.is_empty());
+    assert_eq!(from_file.updates, from_watch);
+    assert_eq!(from_watch.len(), 2 + 2 + 3 + 1 + 2);
+}
