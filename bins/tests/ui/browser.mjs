@@ -393,6 +393,16 @@ async function main() {
     assert(rows2.every((r) => podOf(r.sourcePodNamespace, r.sourcePodName) === q2.get('srcPod')), 'table link records not narrowed');
   });
 
+  await check('an empty range says so', async () => {
+    // 1970: nothing stored there.
+    await fresh('#/pod-to-pod?start=1000&end=5000');
+    await settled(0);
+    const cs = await charts();
+    assert(cs.length === 4 && cs.every((c) => c.items === 0 && c.title === 'No data in this range'),
+      `charts over an empty range: ${JSON.stringify(cs.map((c) => [c.id, c.items, c.title]))}`);
+    await shot('9-empty-range');
+  });
+
   await check('api errors are shown', async () => {
     await fresh('#/flows?srcPort=99999');
     await page.waitForFunction(() => document.body.dataset.state === 'error', null, { timeout: 10000 });

@@ -5,7 +5,7 @@
 import { api } from './api.js';
 import * as charts from './charts.js';
 import { showErrors, panelError, slot } from './dom.js';
-import { time } from './format.js';
+import { esc, time } from './format.js';
 import * as route from './route.js';
 import overview from './dash/overview.js';
 import podToPod from './dash/pod-to-pod.js';
@@ -99,7 +99,7 @@ async function suggest(dash) {
       api('top', { start: dash.start, end: dash.end, by: 'node', limit: 100 }),
     ]);
     const names = pods.rows.map((r) => r.src);
-    const opts = (xs) => [...new Set(xs)].sort().map((x) => `<option value="${x}"></option>`).join('');
+    const opts = (xs) => [...new Set(xs)].sort().map((x) => `<option value="${esc(x)}"></option>`).join('');
     $('dl-pods').innerHTML = opts(names);
     $('dl-namespaces').innerHTML = opts(names.filter((n) => n.includes('/')).map((n) => n.split('/')[0]));
     $('dl-nodes').innerHTML = opts(nodeRows.rows.map((r) => r.src));
@@ -147,13 +147,19 @@ async function load() {
     slot: (id) => slot(root, id),
     /** Runs one panel's loader; its failure shows in the panel and the banner. */
     panel: async (id, fn) => {
+      const el = slot(root, id);
+      // A spinner only on a chart's first load: refreshes update in place without flicker.
+      const first = el.classList.contains('chart') && !echarts.getInstanceByDom(el);
+      if (first) charts.chart(el).showLoading({ text: '', color: '#3b6fd8' });
       try {
-        await fn(slot(root, id));
+        await fn(el);
         panelError(root, id, null);
       } catch (e) {
         console.error(e);
         errors.push(e.message);
         panelError(root, id, e.message);
+      } finally {
+        if (first) charts.chart(el).hideLoading();
       }
     },
   };
@@ -175,7 +181,8 @@ async function load() {
 function init() {
   $('controls').addEventListener('submit', (e) => {
     e.preventDefault();
-    route.update(readControls());
+    // Apply with unchanged settings reloads, as a user pressing it expects.
+    if (!route.update(readControls())) load();
   });
   for (const id of ['range', 'refresh', 'start', 'end']) {
     $(id).addEventListener('change', () => {

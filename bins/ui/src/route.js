@@ -33,12 +33,18 @@ export function go(view, extra = {}) {
   location.hash = linkTo(view, extra);
 }
 
-/** Replaces some parameters of the current view (empty values remove them). */
+/**
+ * Replaces some parameters of the current view (empty values remove them). Returns false when
+ * nothing changed (no hashchange will follow).
+ */
 export function update(changes) {
   const { view, params } = parse();
   for (const [k, v] of Object.entries(changes)) {
     if (v === undefined || v === null || v === '') params.delete(k);
     else params.set(k, v);
   }
-  location.hash = href(view, params);
+  const next = href(view, params);
+  if (next === location.hash) return false;
+  location.hash = next;
+  return true;
 }
