@@ -422,3 +422,42 @@ fn summarize(u: &MetadataUpdate) -> String {
         other => format!("{other:?}"),
     }
 }
+
+/// The production transport: HTTPS with rustls on the ring provider, the API server's CA given
+/// as in a kubeconfig or the in-cluster service account; a client without that CA is refused.
+#[tokio::test]
+async fn https_with_ring_and_the_cluster_ca() {
+    let (tls, ca) = test_pki();
+    let api = FakeApi::start_with(Some(tls)).await;
+    api.list(PODS, ListReply::ok(fixture("pods-list-1.json")));
+
+    let untrusting = api.tls_client(None);
+    let err = timeout(
+        GUARD,
+        kube::Api::<k8s_openapi::api::core::v1::Pod>::all(untrusting)
+            .list(&kube::api::ListParams::default()),
+    )
+    .await
+    .expect("answer within the guard time")
+    .expect_err("an unknown CA is refused");
+    // The handshake fails before any HTTP request (the reason text depends on which trust
+    // store kube falls back to: webpki's UnknownIssuer here).
+    assert!(api.requests().is_empty(), "{err:?}");
+
+    let informers = Informers::spawn(api.tls_client(Some(ca)), InformerConfig::default());
+    let handle = informers.handle.clone();
+    let mut c = Consumer::new(informers);
+    assert_eq!(c.pods(3).await, [plus(WEB1), plus(WEB2), plus(DB0)]);
+    timeout(GUARD, async {
+        loop {
+            tokio::select! {
+                biased;
+                r = handle.ready() => break assert!(r),
+                _ = c.next() => {}
+            }
+        }
+    })
+    .await
+    .expect("ready over HTTPS");
+    c.informers.shutdown();
+}

@@ -80,6 +80,12 @@ type Body = BoxBody<Bytes, Infallible>;
 
 impl FakeApi {
     pub async fn start() -> FakeApi {
+        Self::start_with(None).await
+    }
+
+    /// HTTPS with `tls`'s certificate (plain HTTP without).
+    pub async fn start_with(tls: Option<Arc<rustls::ServerConfig>>) -> FakeApi {
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let script = Arc::new(Mutex::new(Script::default()));
@@ -91,12 +97,25 @@ impl FakeApi {
                     return;
                 };
                 let (s, l) = (s.clone(), l.clone());
+                let acceptor = acceptor.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| serve(s.clone(), l.clone(), req));
-                    // Errors here are the client closing a hanging watch at test end.
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    // Errors here are the client closing a hanging watch at test end, or a
+                    // client refusing the certificate.
+                    match acceptor {
+                        None => {
+                            let _ = http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), svc)
+                                .await;
+                        }
+                        Some(a) => {
+                            if let Ok(tls) = a.accept(stream).await {
+                                let _ = http1::Builder::new()
+                                    .serve_connection(TokioIo::new(tls), svc)
+                                    .await;
+                            }
+                        }
+                    }
                 });
             }
         });
@@ -130,6 +149,14 @@ impl FakeApi {
         kube::Client::try_from(kube::Config::new(url)).unwrap()
     }
 
+    /// A kube client for this server over HTTPS, trusting `ca` (DER) only.
+    pub fn tls_client(&self, ca: Option<Vec<u8>>) -> kube::Client {
+        let url = format!("https://{}", self.addr).parse().unwrap();
+        let mut config = kube::Config::new(url);
+        config.root_cert = ca.map(|c| vec![c]);
+        kube::Client::try_from(config).unwrap()
+    }
+
     /// Requests so far, as `path?query`.
     pub fn requests(&self) -> Vec<String> {
         self.log.borrow().clone()
@@ -144,6 +171,34 @@ impl FakeApi {
             .expect("server alive");
         log.iter().find(|r| pred(r)).cloned().unwrap()
     }
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it: (server TLS config, CA DER).
+pub fn test_pki() -> (Arc<rustls::ServerConfig>, Vec<u8>) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "fake kubernetes CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    (Arc::new(config), ca.der().to_vec())
 }
 
 fn empty_list(path: &str) -> String {
