@@ -238,6 +238,19 @@ async function main() {
     }
     await shot('2-pod-to-pod-link-to-flows');
     await filterNamespace('');
+    // The same links as a table (for keyboards and screen readers) lead to the same records.
+    await open('#/pod-to-pod');
+    await page.click('#p-tx details.as-table summary');
+    const first = page.locator('#p-tx details.as-table tbody a').first();
+    const href = await first.getAttribute('href');
+    const b = await loads();
+    await first.focus();
+    await page.keyboard.press('Enter');
+    await settled(b);
+    const q2 = hashParams(href);
+    const rows2 = await flowRows();
+    assert(rows2.length > 0 && rows2.every((r) => podOf(r.sourcePodNamespace, r.sourcePodName) === q2.get('srcPod')
+      && podOf(r.destinationPodNamespace, r.destinationPodName) === q2.get('dstPod')), `table link ${href} records do not match`);
   });
 
   await check('pod-to-external', async () => {

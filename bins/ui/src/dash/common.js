@@ -3,6 +3,8 @@
 
 import { api } from '../api.js';
 import * as charts from '../charts.js';
+import { table } from '../dom.js';
+import { bytes, esc } from '../format.js';
 
 const sideName = (id) => id.slice(2);
 
@@ -10,9 +12,10 @@ const sideName = (id) => id.slice(2);
  * Loads `/api/sankey?by=BY` once and draws the Tx (octets) sankey in panel `tx` and the Rx
  * (reverseOctets) one in `rx`. `onLink(src, dst)` and `onNode(name, side)` handle clicks.
  */
-export async function txRxSankeys(ctx, by, { tx, rx, onLink, onNode, tooltip, limit = 25 }) {
+export async function txRxSankeys(ctx, by, { tx, rx, onLink, onNode, tooltip, linkHref, limit = 25 }) {
   const data = api('sankey', { ...ctx.dash, by, limit });
   data.catch(() => {});
+  if (linkHref) data.then((d) => linksTable(ctx.slot(tx), d, linkHref), () => {});
   const draw = (id, pick) => ctx.panel(id, async (el) => {
     const c = ctx.chart(el);
     c.setOption(charts.sankey(await data, pick, { tooltip }), true);
@@ -32,4 +35,24 @@ export function seriesPanel(ctx, id, by, pick, opts = {}) {
     const series = opts.filter ? ts.series.filter(opts.filter) : ts.series;
     ctx.chart(el).setOption(charts.lines(series, pick, ctx.range, opts), true);
   });
+}
+
+/**
+ * The sankey's links as a table under the chart (collapsed): the same data and the same links
+ * to Flow Records, for keyboards and screen readers, which cannot use a canvas.
+ */
+function linksTable(chartEl, data, linkHref) {
+  const panel = chartEl.closest('.panel');
+  let box = panel.querySelector('details.as-table');
+  if (!box) {
+    panel.insertAdjacentHTML('beforeend', '<details class="as-table"><summary>Links as a table</summary><div></div></details>');
+    box = panel.querySelector('details.as-table');
+  }
+  const rows = data.links.map((l) => ({ src: sideName(l.source), dst: sideName(l.target), l }));
+  box.querySelector('div').innerHTML = rows.length ? table(rows, [
+    { label: 'Source', cell: (r) => `<a href="${esc(linkHref(r.src, r.dst))}">${esc(r.src)}</a>` },
+    { label: 'Destination', cell: (r) => esc(r.dst) },
+    { label: 'Tx', cell: (r) => bytes(r.l.octets), cls: 'num' },
+    { label: 'Rx', cell: (r) => bytes(r.l.reverseOctets), cls: 'num' },
+  ]) : '<p class="empty">No links.</p>';
 }

@@ -4,7 +4,7 @@
 import { api } from '../api.js';
 import * as charts from '../charts.js';
 import { panel } from '../dom.js';
-import { go } from '../route.js';
+import { go, linkTo } from '../route.js';
 import { seriesPanel, txRxSankeys } from './common.js';
 
 function layout() {
@@ -22,6 +22,7 @@ async function load(root, ctx) {
     txRxSankeys(ctx, 'podExternal', {
       tx: 'tx',
       rx: 'rx',
+      linkHref: (pod, ip) => linkTo('flows', { pod, peerIp: ip }),
       onLink: (pod, ip) => go('flows', { pod, peerIp: ip }),
       onNode: (name, side) => go('flows', side === 'source' ? { pod: name, external: '1' } : { peerIp: name }),
     }),

@@ -2,7 +2,7 @@
 // largest source and destination Pods over time. A link opens that pair's flow records.
 
 import { panel } from '../dom.js';
-import { go } from '../route.js';
+import { go, linkTo } from '../route.js';
 import { seriesPanel, txRxSankeys } from './common.js';
 
 function layout() {
@@ -20,6 +20,7 @@ async function load(root, ctx) {
     txRxSankeys(ctx, 'podPair', {
       tx: 'tx',
       rx: 'rx',
+      linkHref: (src, dst) => linkTo('flows', { srcPod: src, dstPod: dst }),
       onLink: (src, dst) => go('flows', { srcPod: src, dstPod: dst }),
       onNode: (name, side) => go('flows', side === 'source' ? { srcPod: name } : { dstPod: name }),
     }),

@@ -5,7 +5,7 @@
 import { api } from '../api.js';
 import { panel } from '../dom.js';
 import { bytes, esc } from '../format.js';
-import { go } from '../route.js';
+import { go, linkTo } from '../route.js';
 import { seriesPanel, txRxSankeys } from './common.js';
 
 function layout() {
@@ -62,6 +62,7 @@ async function load(root, ctx) {
     txRxSankeys(ctx, 'podService', {
       tx: 'tx',
       rx: 'rx',
+      linkHref: (pod, service) => linkTo('flows', { srcPod: pod, service }),
       tooltip: tooltip(ctx),
       onLink: (pod, service) => go('flows', { srcPod: pod, service }),
       onNode: (name, side) => go('flows', side === 'source' ? { srcPod: name } : { service: name }),
