@@ -37,7 +37,10 @@
 //!   that held the addresses when the connection started.
 //!
 //! After a connection ends, its conntrack identity is kept as a tombstone while the kernel still
-//! lists it (TIME_WAIT lasts minutes; an evicted connection goes on), so it is not counted again.
+//! lists it (TIME_WAIT lasts minutes; an evicted connection goes on) and through one more dump (a
+//! destroy event racing behind the dump that missed it), so it is not counted again. A
+//! late destroy's counters beyond the last dump are lost in that race (counted as a tombstoned
+//! entry), never double counted.
 //!
 //! Timers: due exports are found in `handle_dump`'s pass over the table and by a scan in
 //! `handle_timeout`, at most once per `timer_granularity`, so exports are late by at most that.
@@ -188,6 +191,17 @@ fn fingerprint(e: &ConntrackEntry) -> u64 {
     (r as u64) ^ ((r >> 64) as u64) ^ h
 }
 
+/// [`fingerprint`] of the entry a tracked connection came from.
+fn conn_fingerprint(c: &Conn) -> u64 {
+    fingerprint(&ConntrackEntry {
+        orig: c.orig,
+        zone: c.zone,
+        id: c.ct_id,
+        start: c.has(flag::CT_START).then_some(c.start),
+        ..ConntrackEntry::default()
+    })
+}
+
 fn min_ts(a: Option<Timestamp>, b: Timestamp) -> Option<Timestamp> {
     Some(a.map_or(b, |a| a.min(b)))
 }
@@ -274,11 +288,18 @@ impl FlowExporter {
                 continue;
             }
             if c.seen_epoch != epoch {
+                // A destroy event for it may still be queued behind this dump: the tombstone
+                // (kept until the next dump) stops it from counting the connection again.
+                let fp = conn_fingerprint(c);
                 self.end(slot, now, FlowEndReason::EndOfFlow);
+                self.tombstones.insert(fp, epoch);
             }
         }
         if !self.tombstones.is_empty() {
-            self.tombstones.retain(|_, seen| *seen == epoch);
+            // Kept through one dump that no longer lists the connection, for its destroy event
+            // racing behind that dump.
+            self.tombstones
+                .retain(|_, seen| epoch.wrapping_sub(*seen) <= 1);
         }
         self.meta.expire(now);
     }
@@ -293,13 +314,17 @@ impl FlowExporter {
     }
 
     /// A conntrack destroy event: the connection ended with these final counters.
+    ///
+    /// A destroy for another connection than the one tracked on the same tuple is for an older
+    /// one (the kernel holds one connection per tuple and reports destroys in order; the tracked
+    /// one was created after it): the tracked connection is left alone, and the destroyed one is
+    /// reported once unless it was already (tombstone).
     pub fn handle_destroy(&mut self, now: Timestamp, e: &ConntrackEntry) {
         let at = e.stop.unwrap_or(now);
         let h = hash_key(e.zone, &e.orig);
-        if let Some(slot) = self.store.find(h, e.zone, &e.orig) {
-            let Some(c) = self.store.get_mut(slot) else {
-                return;
-            };
+        if let Some(slot) = self.store.find(h, e.zone, &e.orig)
+            && let Some(c) = self.store.get_mut(slot)
+        {
             let new = counters(e);
             if Self::same_identity(c, e) && new.checked_sub(c.totals).is_some() {
                 if new != c.totals {
@@ -313,13 +338,15 @@ impl FlowExporter {
                 self.tombstone(e);
                 return;
             }
-            self.stats.reused_tuples += 1;
-            self.end(slot, at, FlowEndReason::EndOfFlow);
-        } else if self.is_tombstoned(e) {
+        }
+        // Already reported; the destroy is the last the kernel says of it.
+        if !self.tombstones.is_empty() && self.tombstones.remove(&fingerprint(e)).is_some() {
+            self.stats.tombstoned_entries += 1;
             return;
         }
-        // A connection born and gone between dumps: report it once.
-        if let Some(slot) = self.insert(now, e) {
+        // A connection born and gone between dumps: report it once. Not indexed: its tuple may
+        // belong to a newer tracked connection already.
+        if let Some(slot) = self.insert(now, e, false) {
             self.end(slot, at, FlowEndReason::EndOfFlow);
             self.tombstone(e);
         }
@@ -506,13 +533,16 @@ impl FlowExporter {
                 self.consider(slot, now);
                 return;
             }
-            // Same tuple, another connection: finish the old one before counting the new.
+            // Same tuple, another connection: finish the old one before counting the new, and
+            // tombstone it against its destroy event still on the way.
             self.stats.reused_tuples += 1;
+            let fp = conn_fingerprint(c);
             self.end(slot, now, FlowEndReason::EndOfFlow);
+            self.tombstones.insert(fp, self.epoch);
         } else if self.is_tombstoned(e) {
             return;
         }
-        if let Some(slot) = self.insert(now, e) {
+        if let Some(slot) = self.insert(now, e, true) {
             if e.tcp_state.is_some_and(TcpState::is_closed) {
                 self.end(slot, e.stop.unwrap_or(now), FlowEndReason::EndOfFlow);
                 self.tombstone(e);
@@ -553,7 +583,8 @@ impl FlowExporter {
     }
 
     /// Starts tracking `e` if it concerns this Node and there is room.
-    fn insert(&mut self, now: Timestamp, e: &ConntrackEntry) -> Option<u32> {
+    /// `index`: false for a connection that ends at once (from a destroy event).
+    fn insert(&mut self, now: Timestamp, e: &ConntrackEntry, index: bool) -> Option<u32> {
         let start = e.start.unwrap_or(now);
         let src = self.meta.classify(e.orig.src, start);
         let dst = self.meta.classify(e.reply.src, start);
@@ -593,7 +624,9 @@ impl FlowExporter {
             acked: BiCounters::default(),
         };
         let slot = self.store.alloc(conn);
-        self.store.index(hash_key(e.zone, &e.orig), slot);
+        if index {
+            self.store.index(hash_key(e.zone, &e.orig), slot);
+        }
         self.stats.connections_seen += 1;
         Some(slot)
     }
@@ -616,15 +649,9 @@ impl FlowExporter {
                 continue;
             }
             // The kernel keeps the connection: tombstone it so it is not tracked again as new.
-            let e = ConntrackEntry {
-                orig: c.orig,
-                zone: c.zone,
-                id: c.ct_id,
-                start: c.has(flag::CT_START).then_some(c.start),
-                ..ConntrackEntry::default()
-            };
+            let fp = conn_fingerprint(c);
             self.end(slot as u32, now, FlowEndReason::LackOfResources);
-            self.tombstone(&e);
+            self.tombstones.insert(fp, self.epoch);
             self.stats.evicted += 1;
             return true;
         }
