@@ -172,6 +172,25 @@ pub struct FlowExporter {
     stats: ExporterStats,
 }
 
+/// The entry's counters; a direction the entry does not report (accounting off) keeps `prev`,
+/// so a missing attribute never reads as counters going down.
+fn counters_or(e: &ConntrackEntry, prev: BiCounters) -> BiCounters {
+    let (op, ob) = e
+        .orig_counters
+        .map_or((prev.packets, prev.octets), |c| (c.packets, c.bytes));
+    let (rp, rb) = e
+        .reply_counters
+        .map_or((prev.reverse_packets, prev.reverse_octets), |c| {
+            (c.packets, c.bytes)
+        });
+    BiCounters {
+        packets: op,
+        octets: ob,
+        reverse_packets: rp,
+        reverse_octets: rb,
+    }
+}
+
 fn counters(e: &ConntrackEntry) -> BiCounters {
     let o = e.orig_counters.unwrap_or_default();
     let r = e.reply_counters.unwrap_or_default();
@@ -277,8 +296,8 @@ impl FlowExporter {
         for e in entries {
             self.observe(now, e);
         }
-        // Sweep: missing → ended; and every other live connection gets its timers checked
-        // (the pass above saw them all, except those it just created or ended).
+        // Sweep: a live connection the dump did not list has ended. (Timers of the listed ones
+        // were checked as they were seen, which also rebuilt `next_check`.)
         let epoch = self.epoch;
         for slot in 0..self.store.slots() {
             let Some(c) = self.store.get(slot) else {
@@ -289,7 +308,7 @@ impl FlowExporter {
             }
             if c.seen_epoch != epoch {
                 // A destroy event for it may still be queued behind this dump: the tombstone
-                // (kept until the next dump) stops it from counting the connection again.
+                // stops it from counting the connection again.
                 let fp = conn_fingerprint(c);
                 self.end(slot, now, FlowEndReason::EndOfFlow);
                 self.tombstones.insert(fp, epoch);
@@ -325,7 +344,7 @@ impl FlowExporter {
         if let Some(slot) = self.store.find(h, e.zone, &e.orig)
             && let Some(c) = self.store.get_mut(slot)
         {
-            let new = counters(e);
+            let new = counters_or(e, c.totals);
             if Self::same_identity(c, e) && new.checked_sub(c.totals).is_some() {
                 if new != c.totals {
                     c.totals = new;
@@ -514,7 +533,7 @@ impl FlowExporter {
             let Some(c) = self.store.get_mut(slot) else {
                 return;
             };
-            let new = counters(e);
+            let new = counters_or(e, c.totals);
             if Self::same_identity(c, e) && new.checked_sub(c.totals).is_some() {
                 c.seen_epoch = self.epoch;
                 if new != c.totals {

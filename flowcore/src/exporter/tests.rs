@@ -994,3 +994,21 @@ fn records_name_the_pod_that_had_the_ip_when_the_connection_started() {
         vec![(40000, "web-0".to_string()), (40001, "web-9".to_string())]
     );
 }
+
+#[test]
+fn entries_without_counters_keep_the_last_totals() {
+    let mut ex = cluster(ExporterConfig::default());
+    let e = entry("10.1.1.10", 40000, "10.1.1.11", 8080, None);
+    ex.handle_dump(secs(1), &[e]);
+    let bare = ConntrackEntry {
+        orig_counters: None,
+        reply_counters: None,
+        ..e
+    };
+    ex.handle_dump(secs(2), &[bare]);
+    assert_eq!(ex.stats().reused_tuples, 0);
+    ex.handle_destroy(secs(3), &bare);
+    let r = drain(&mut ex, secs(3));
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].totals.octets, 1000);
+}
