@@ -226,7 +226,9 @@ fn min_ts(a: Option<Timestamp>, b: Timestamp) -> Option<Timestamp> {
 }
 
 impl FlowExporter {
-    pub fn new(cfg: ExporterConfig) -> FlowExporter {
+    pub fn new(mut cfg: ExporterConfig) -> FlowExporter {
+        // A zero granularity would let a driver that loops on `poll_timeout` spin on scans.
+        cfg.timer_granularity = cfg.timer_granularity.max(Duration::from_millis(1));
         let mut meta = MetadataIndex::new(cfg.metadata_grace);
         let local_node = meta.interner_mut().intern(&cfg.node_name);
         let cluster_id = cfg
