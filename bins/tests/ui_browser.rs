@@ -5,8 +5,9 @@
 //! clicking a sankey link or heatmap cell opens the matching flow records; it saves a
 //! screenshot of each under `$CARGO_TARGET_TMPDIR/ui-screenshots/`.
 //!
-//! Needs `chromium`, `nodejs` and playwright-core (`sh bins/ui/vendor.sh --test-tools`).
-//! Without them the test is skipped with a note, except under CI (`CI` set), where it fails.
+//! Needs `chromium` and `nodejs`/`npm` from Debian; playwright-core is fetched from the npm
+//! registry on first run (`sh bins/ui/vendor.sh --test-tools`). Without them the test is
+//! skipped with a note, except under CI (`CI` set), where it fails.
 //! `FLOWLENS_UI_SERVE=1` keeps the seeded server up after the run, for looking at the UI by hand.
 
 use std::path::{Path, PathBuf};
@@ -44,6 +45,13 @@ fn tools() -> Result<(PathBuf, PathBuf), String> {
         return Err("no `node` on PATH (apt-get install nodejs npm)".into());
     }
     let pw = manifest().join("ui/vendor/node_modules/playwright-core");
+    if !pw.join("package.json").exists() {
+        // Fetch it from the npm registry like build.rs fetches ECharts.
+        let _ = Command::new("sh")
+            .arg(manifest().join("ui/vendor.sh"))
+            .arg("--test-tools")
+            .status();
+    }
     if !pw.join("package.json").exists() {
         return Err(format!(
             "no playwright-core at {} (run: sh bins/ui/vendor.sh --test-tools)",
