@@ -18,14 +18,19 @@ function layout() {
   </div>`;
 }
 
-/** Addresses of a client Pod → Service pair, from a few of its flow records (cached). */
+/**
+ * Addresses of a client Pod → Service pair, from a few of its flow records. Cached per range;
+ * auto refresh moves the range, so the cache is emptied before it grows large.
+ */
 const addresses = new Map();
+const MAX_CACHED = 200;
 function lookup(ctx, pod, service) {
   const key = `${pod}|${service}|${ctx.range.start}|${ctx.range.end}`;
   if (!addresses.has(key)) {
+    if (addresses.size >= MAX_CACHED) addresses.clear();
     const q = { start: ctx.range.start, end: ctx.range.end, pod, service, limit: 50 };
     const uniq = (xs) => [...new Set(xs.filter(Boolean))];
-    const entry = { promise: null, html: null };
+    const entry = { promise: null, value: null, error: null };
     entry.promise = api('flows', q).then(({ flows }) => {
       const mine = flows.filter((f) => `${f.sourcePodNamespace}/${f.sourcePodName}` === pod);
       entry.value = {
