@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use crate::traffic::Flow;
 use crate::tshark::{PdmlRecord, decode_file, parse_abs_time};
 
 /// How a tshark field's `show` text compares with flowlens's JSON value.
@@ -338,4 +339,104 @@ pub fn assert_decode_matches_tshark(file: &Path, port: u16) -> Compared {
         summary,
         sequence_warnings,
     }
+}
+
+fn get_u(r: &Map<String, Value>, k: &str) -> Option<u64> {
+    r.get(k).and_then(Value::as_u64)
+}
+
+fn get_s<'a>(r: &'a Map<String, Value>, k: &str) -> Option<&'a str> {
+    r.get(k).and_then(Value::as_str)
+}
+
+/// The data record of the flow from `a` to `b`, if flowlens printed one.
+fn find(
+    recs: &[Map<String, Value>],
+    proto: u8,
+    a: std::net::SocketAddr,
+    b: std::net::SocketAddr,
+) -> Option<&Map<String, Value>> {
+    let (sk, dk) = if a.is_ipv4() {
+        ("sourceIPv4Address", "destinationIPv4Address")
+    } else {
+        ("sourceIPv6Address", "destinationIPv6Address")
+    };
+    recs.iter().find(|r| {
+        get_u(r, "protocolIdentifier") == Some(proto as u64)
+            && get_s(r, sk) == Some(a.ip().to_string().as_str())
+            && get_s(r, dk) == Some(b.ip().to_string().as_str())
+            && get_u(r, "sourceTransportPort") == Some(a.port() as u64)
+            && get_u(r, "destinationTransportPort") == Some(b.port() as u64)
+    })
+}
+
+/// Checks flowlens's records of an exporter's capture against the flows of the traffic capture
+/// ([`crate::traffic`]): one record per direction (or one with reverse counters when
+/// `bidirectional`), with the packets and IP octets sent.
+pub fn check_flows(
+    recs: &[Map<String, Value>],
+    flows: &[Flow],
+    bidirectional: bool,
+) -> Vec<String> {
+    let mut errs = Vec::new();
+    let data: Vec<Map<String, Value>> = recs
+        .iter()
+        .filter(|r| r.get("optionsRecord") != Some(&Value::Bool(true)))
+        .cloned()
+        .collect();
+    let mut expected_records = 0;
+    for f in flows {
+        let counts = |r: &Map<String, Value>, rev: bool| {
+            let (o, p) = if rev {
+                ("reverseOctetDeltaCount", "reversePacketDeltaCount")
+            } else {
+                ("octetDeltaCount", "packetDeltaCount")
+            };
+            (get_u(r, p), get_u(r, o))
+        };
+        if bidirectional {
+            expected_records += 1;
+            match find(&data, f.proto, f.client, f.server) {
+                None => errs.push(format!("no record for {f:?}")),
+                Some(r) => {
+                    let want = (
+                        (Some(f.packets.0), Some(f.octets.0)),
+                        (Some(f.packets.1), Some(f.octets.1)),
+                    );
+                    let got = (counts(r, false), counts(r, true));
+                    if got != want {
+                        errs.push(format!(
+                            "{f:?}: (packets, octets) forward and reverse {got:?}, want {want:?}"
+                        ));
+                    }
+                }
+            }
+        } else {
+            for (a, b, p, o) in [
+                (f.client, f.server, f.packets.0, f.octets.0),
+                (f.server, f.client, f.packets.1, f.octets.1),
+            ] {
+                if p == 0 {
+                    continue;
+                }
+                expected_records += 1;
+                match find(&data, f.proto, a, b) {
+                    None => errs.push(format!("no record for {a} -> {b} of {f:?}")),
+                    Some(r) if counts(r, false) != (Some(p), Some(o)) => errs.push(format!(
+                        "{a} -> {b}: (packets, octets) {:?}, want {:?}",
+                        counts(r, false),
+                        (p, o)
+                    )),
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+    if data.len() != expected_records {
+        errs.push(format!(
+            "{} data records, {expected_records} expected",
+            data.len()
+        ));
+    }
+    errs
 }

@@ -89,8 +89,13 @@ impl ChildGuard {
 }
 
 impl ChildGuard {
-    /// Signals the child's process group (its id: the child leads the group).
-    fn signal_group(&self, sig: &str) {
+    /// Signals the child's process group (its id: the child leads the group), e.g. `"-INT"`.
+    pub fn signal_group(&self, sig: &str) {
+        assert!(
+            !self.reaped,
+            "{} has exited; its group id may be reused",
+            self.what
+        );
         let _ = Command::new("kill")
             .args([sig, "--", &format!("-{}", self.child.id())])
             .stdout(Stdio::null())

@@ -14,6 +14,7 @@ const REQUIRED: &[&str] = &[
     "softflowd-micro.pcap",
     "softflowd-nano.pcap",
     "softflowd-bidir-nano.pcap",
+    "pmacct-nfprobe.pcap",
 ];
 
 #[test]

@@ -11,9 +11,8 @@
 //!
 //! Needs `softflowd` (Debian package `softflowd`), `tshark`, and builds `flowlens`.
 
-use serde_json::{Map, Value};
-use tests::decode_cmp::{assert_decode_matches_tshark, flowlens_decode};
-use tests::traffic::{self, Flow};
+use tests::decode_cmp::{assert_decode_matches_tshark, check_flows, flowlens_decode};
+use tests::traffic;
 use tests::*;
 
 /// Modes: fixture name and softflowd's extra arguments.
@@ -25,100 +24,6 @@ const MODES: &[(&str, &[&str])] = &[
     ("nano", &["-A", "nano"]),
     ("bidir-nano", &["-b", "-A", "nano"]),
 ];
-
-fn get_u(r: &Map<String, Value>, k: &str) -> Option<u64> {
-    r.get(k).and_then(Value::as_u64)
-}
-
-fn get_s<'a>(r: &'a Map<String, Value>, k: &str) -> Option<&'a str> {
-    r.get(k).and_then(Value::as_str)
-}
-
-/// The data record of the flow from `a` to `b`, if flowlens printed one.
-fn find(
-    recs: &[Map<String, Value>],
-    proto: u8,
-    a: std::net::SocketAddr,
-    b: std::net::SocketAddr,
-) -> Option<&Map<String, Value>> {
-    let (sk, dk) = if a.is_ipv4() {
-        ("sourceIPv4Address", "destinationIPv4Address")
-    } else {
-        ("sourceIPv6Address", "destinationIPv6Address")
-    };
-    recs.iter().find(|r| {
-        get_u(r, "protocolIdentifier") == Some(proto as u64)
-            && get_s(r, sk) == Some(a.ip().to_string().as_str())
-            && get_s(r, dk) == Some(b.ip().to_string().as_str())
-            && get_u(r, "sourceTransportPort") == Some(a.port() as u64)
-            && get_u(r, "destinationTransportPort") == Some(b.port() as u64)
-    })
-}
-
-/// Checks flowlens's records against the flows of the traffic capture.
-fn check_flows(recs: &[Map<String, Value>], flows: &[Flow], bidirectional: bool) -> Vec<String> {
-    let mut errs = Vec::new();
-    let data: Vec<Map<String, Value>> = recs
-        .iter()
-        .filter(|r| r.get("optionsRecord") != Some(&Value::Bool(true)))
-        .cloned()
-        .collect();
-    let mut expected_records = 0;
-    for f in flows {
-        let counts = |r: &Map<String, Value>, rev: bool| {
-            let (o, p) = if rev {
-                ("reverseOctetDeltaCount", "reversePacketDeltaCount")
-            } else {
-                ("octetDeltaCount", "packetDeltaCount")
-            };
-            (get_u(r, p), get_u(r, o))
-        };
-        if bidirectional {
-            expected_records += 1;
-            match find(&data, f.proto, f.client, f.server) {
-                None => errs.push(format!("no record for {f:?}")),
-                Some(r) => {
-                    let want = (
-                        (Some(f.packets.0), Some(f.octets.0)),
-                        (Some(f.packets.1), Some(f.octets.1)),
-                    );
-                    let got = (counts(r, false), counts(r, true));
-                    if got != want {
-                        errs.push(format!(
-                            "{f:?}: (packets, octets) forward and reverse {got:?}, want {want:?}"
-                        ));
-                    }
-                }
-            }
-        } else {
-            for (a, b, p, o) in [
-                (f.client, f.server, f.packets.0, f.octets.0),
-                (f.server, f.client, f.packets.1, f.octets.1),
-            ] {
-                if p == 0 {
-                    continue;
-                }
-                expected_records += 1;
-                match find(&data, f.proto, a, b) {
-                    None => errs.push(format!("no record for {a} -> {b} of {f:?}")),
-                    Some(r) if counts(r, false) != (Some(p), Some(o)) => errs.push(format!(
-                        "{a} -> {b}: (packets, octets) {:?}, want {:?}",
-                        counts(r, false),
-                        (p, o)
-                    )),
-                    Some(_) => {}
-                }
-            }
-        }
-    }
-    if data.len() != expected_records {
-        errs.push(format!(
-            "{} data records, {expected_records} expected",
-            data.len()
-        ));
-    }
-    errs
-}
 
 #[test]
 fn softflowd_exports_decode_alike_in_flowlens_and_tshark() {
