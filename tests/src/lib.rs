@@ -422,6 +422,20 @@ pub fn antrea_record(layout: Layout, i: u64) -> TestRecord {
     TestRecord { layout, fields }
 }
 
+/// Like [`antrea_record`], with Pod labels of `label_len` bytes: from 255 on, variable-length
+/// fields take the 3-byte length form (RFC 7011 §7).
+pub fn antrea_record_with_labels(layout: Layout, i: u64, label_len: usize) -> TestRecord {
+    let mut r = antrea_record(layout, i);
+    for (spec, v) in r.fields.iter_mut() {
+        if matches!(spec.name, Some("sourcePodLabels" | "destinationPodLabels")) {
+            // {"k00":"vvvv…"}: valid JSON of exactly label_len bytes (label_len ≥ 10).
+            let pad = label_len.saturating_sub(10);
+            *v = Val::S(format!("{{\"k{:02}\":\"{}\"}}", i % 100, "v".repeat(pad)));
+        }
+    }
+    r
+}
+
 /// A UDP-datagram encoder (1500-byte path) with all four flowlens layouts defined.
 pub fn encoder_with_layouts(domain: u32) -> Encoder {
     let mut enc = Encoder::new(flowcore::ipfix::EncoderConfig::datagram(

@@ -89,6 +89,12 @@ fn ip_frame(src: IpAddr, dst: IpAddr, proto: u8, ttl: u8, l4: &[u8]) -> Vec<u8> 
 
 /// An Ethernet/IP/UDP frame.
 pub fn udp_frame(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    // The IPv4 total length and the UDP length are 16-bit.
+    assert!(
+        payload.len() <= 65_535 - 28,
+        "a {}-byte payload does not fit one UDP datagram",
+        payload.len()
+    );
     let mut l4 = Vec::with_capacity(8 + payload.len());
     l4.extend_from_slice(&src.port().to_be_bytes());
     l4.extend_from_slice(&dst.port().to_be_bytes());

@@ -130,7 +130,12 @@ fn ipfixdump_reads_flowlens_stream_file() {
     let mut recs = Vec::new();
     for i in 0..60 {
         // Runs of one layout, then the next: several sets per message.
-        recs.push(antrea_record(ALL_LAYOUTS[(i / 5 % 4) as usize], i));
+        let l = ALL_LAYOUTS[(i / 5 % 4) as usize];
+        recs.push(match i % 6 {
+            // Labels long enough for the 3-byte variable-length form, at and past 255 bytes.
+            0 => antrea_record_with_labels(l, i, 255 + 10 * i as usize),
+            _ => antrea_record(l, i),
+        });
     }
     let msgs = encode(&mut enc, &recs);
     let file = dir.join("flowlens.ipfix");

@@ -242,6 +242,45 @@ fn tshark_decodes_antrea_layouts_sent_over_udp_loopback() {
     check(&shown, &recs);
 }
 
+/// Variable-length fields of 254, 255 and 1000 bytes (1-byte and 3-byte length forms), in
+/// stream-sized messages (up to 65535 bytes) written as a pcap.
+#[test]
+fn tshark_decodes_long_strings_and_large_messages() {
+    let dir = TempDir::new("tshark-long");
+    let mut enc = flowcore::ipfix::Encoder::new(flowcore::ipfix::EncoderConfig {
+        // The largest UDP payload over IPv4: the messages go into a pcap as datagrams.
+        max_message_size: 65_507,
+        ..flowcore::ipfix::EncoderConfig::stream(DOMAIN)
+    })
+    .unwrap();
+    for l in ALL_LAYOUTS {
+        enc.add_template(l.template_id(), l.fields()).unwrap();
+    }
+    let mut recs = Vec::new();
+    for (k, len) in [254usize, 255, 256, 1000, 20].into_iter().enumerate() {
+        for l in ALL_LAYOUTS {
+            recs.push(antrea_record_with_labels(l, k as u64, len));
+        }
+    }
+    // Enough records for more than one maximal message: the encoder must start a second one.
+    for i in 0..150 {
+        recs.push(antrea_record_with_labels(ALL_LAYOUTS[i % 4], i as u64, 300));
+    }
+    let msgs = encode(&mut enc, &recs);
+    assert!(
+        msgs.iter().any(|m| m.len() > 60_000) && msgs.iter().all(|m| m.len() <= 65_507),
+        "expected a message near the 65535-byte limit: {:?}",
+        msgs.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    let file = dir.join("long.pcap");
+    let src: SocketAddr = "127.0.0.1:50000".parse().unwrap();
+    let dst: SocketAddr = "127.0.0.1:4739".parse().unwrap();
+    pcap::write_udp_pcap(&file, src, dst, Duration::from_secs(NOW.as_secs()), &msgs);
+    let shown = tests::tshark::decode_file(&file, 4739);
+    assert_eq!(shown.len(), msgs.len(), "one IPFIX message per datagram");
+    check(&shown, &recs);
+}
+
 /// A single-layout sanity check whose failure message is short: the first record of each layout
 /// alone in its own message.
 #[test]
