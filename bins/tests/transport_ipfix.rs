@@ -611,7 +611,7 @@ async fn full_channel_pushes_back_on_tcp_and_drops_counted_on_udp() {
         "{decoded} messages decoded while the channel was full"
     );
     let in_kernel = stalled / data.len();
-    assert!(in_kernel >= 3, "stalled after {in_kernel} messages");
+    assert!(in_kernel >= 2, "stalled after {in_kernel} messages");
 
     // Consume: everything written arrives, nothing is dropped.
     let remainder = (data.len() - stalled % data.len()) % data.len();
@@ -669,4 +669,150 @@ async fn full_channel_pushes_back_on_tcp_and_drops_counted_on_udp() {
         .unwrap();
     assert_eq!(kept.records().map(|r| check(&r)).next(), Some(0));
     col.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewed_client_files_are_used_for_the_next_session() {
+    let pki = Pki::new("reload");
+    // The collector already runs with the renewed PKI ("other"); the exporter's mounted files
+    // still hold the old one, so its sessions are refused until the files change.
+    let mut col = tls_collector(&pki.other.server()).await;
+    let mounted = pki.dir.join("mounted");
+    let names = ["localhost".to_string(), "127.0.0.1".to_string()];
+    let old = tls::generate_ca_and_certs(&mounted, &names).unwrap();
+    let stop = CancellationToken::new();
+    let mut client =
+        tls::watch_client_config(old.client(), Duration::from_millis(20), stop.clone()).unwrap();
+    let first = client.borrow_and_update().clone();
+    let mut cfg = exporter_cfg(col.tls.unwrap(), Transport::Tls);
+    cfg.tls = Some(client.clone());
+    let (exp, mut outcomes, task) = Exporter::spawn(cfg, ExporterMetrics::default(), stop.clone());
+    wait_error(
+        &exp,
+        "refusal with the old files",
+        "invalid peer certificate",
+    )
+    .await;
+
+    // The Secret is updated: same paths, the renewed CA and client certificate.
+    for (from, to) in [
+        (&pki.other.ca_cert, &old.ca_cert),
+        (&pki.other.client_cert, &old.client_cert),
+        (&pki.other.client_key, &old.client_key),
+    ] {
+        let tmp = to.with_extension("new");
+        std::fs::copy(from, &tmp).unwrap();
+        std::fs::rename(&tmp, to).unwrap();
+    }
+    guard("reloaded configuration", client.changed())
+        .await
+        .unwrap();
+    assert!(!Arc::ptr_eq(&first, &client.borrow()));
+
+    let session = guard("session with the renewed files", exp.wait_session(None))
+        .await
+        .unwrap();
+    let mut enc = encoder(Transport::Tls);
+    enc.reset_session();
+    assert_all_ok(&send_all(&exp, &mut outcomes, session, encode(&mut enc, 0..20)).await);
+    assert_eq!(receive(&mut col.rx, 20).await.len(), 20);
+    stop.cancel();
+    guard("exporter shutdown", task).await.unwrap();
+    col.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_send_queue_refuses_and_shutdown_drains_what_was_queued() {
+    // A collector that nobody reads from: its session stops reading, the socket buffers fill,
+    // the exporter's writes block, and its queue (4 messages) fills.
+    let col = RunningCollector::start(
+        CollectorConfig {
+            tcp: any_port(),
+            ..CollectorConfig::default()
+        },
+        1,
+    )
+    .await;
+    let stop = CancellationToken::new();
+    let metrics = ExporterMetrics::default();
+    let mut cfg = exporter_cfg(col.tcp.unwrap(), Transport::Tcp);
+    cfg.queue_capacity = 4;
+    cfg.drain_timeout = GUARD;
+    let (exp, mut outcomes, task) = Exporter::spawn(cfg, metrics.clone(), stop.clone());
+    let session = guard("session", exp.wait_session(None)).await.unwrap();
+    let mut enc = encoder(Transport::Tcp);
+    enc.reset_session();
+    let mut msgs = encode(&mut enc, 0..250).into_iter();
+    let templates = msgs.next().unwrap();
+    let data = msgs.next().unwrap();
+    let records_per_msg = {
+        let mut d = flowcore::ipfix::Decoder::new(Default::default());
+        d.decode(now(), &templates, |_| {}).unwrap();
+        d.decode(now(), &data, |_| {}).unwrap().data_records as usize
+    };
+    exp.send(session, 0, templates).await.unwrap();
+    let mut queued = 1u64;
+    let refused = guard("a full queue", async {
+        loop {
+            match exp.try_send(session, queued, data.clone()) {
+                Ok(()) => queued += 1,
+                Err(e) => break e,
+            }
+            assert!(queued < 5_000, "the queue never filled");
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert_eq!(refused, SendError::QueueFull { capacity: 4 });
+    assert_eq!(metrics.queue_drops.get(), 1);
+
+    // Shut the exporter down with messages still queued, then let the collector consume:
+    // everything reported written arrives, and every queued message gets an outcome.
+    stop.cancel();
+    let RunningCollector {
+        mut rx,
+        shutdown,
+        task: col_task,
+        metrics: col_metrics,
+        ..
+    } = col;
+    let consumer = tokio::spawn(async move {
+        let mut records = 0usize;
+        while let Some(m) = rx.recv().await {
+            records += m.len();
+        }
+        records
+    });
+    // Outcomes are read while the exporter drains (the channel closes when it is done).
+    let results = guard("exporter drain", async {
+        let mut v = Vec::new();
+        while let Some(o) = outcomes.recv().await {
+            v.push(o);
+        }
+        v
+    })
+    .await;
+    guard("exporter task", task).await.unwrap();
+    assert_eq!(
+        results.len() as u64,
+        queued,
+        "one outcome per queued message"
+    );
+    let written = results.iter().filter(|o| o.result.is_ok()).count();
+    assert_eq!(
+        written as u64, queued,
+        "a healthy collector: the drain wrote everything"
+    );
+    // The exporter closed its session; the collector's session reads to the end and closes.
+    wait_until("collector session closed", || {
+        col_metrics.sessions_open.get() == 0
+    })
+    .await;
+    shutdown.cancel();
+    guard("collector shutdown", col_task)
+        .await
+        .unwrap()
+        .unwrap();
+    let records = guard("consumer", consumer).await.unwrap();
+    assert_eq!(records, (queued as usize - 1) * records_per_msg);
 }

@@ -658,6 +658,56 @@ async fn udp_loop(sock: UdpSocket, shared: Arc<Shared>, shutdown: CancellationTo
 #[cfg(test)]
 mod tests {
     use super::*;
+    use flowcore::ipfix::{Encoder, EncoderConfig, FieldSpec};
+
+    #[test]
+    fn redefined_template_is_used_and_old_messages_keep_theirs() {
+        let fields = |names: &[&str]| -> Vec<FieldSpec> {
+            names.iter().map(|n| FieldSpec::named(n).unwrap()).collect()
+        };
+        let one = fields(&["sourceTransportPort"]);
+        let two = fields(&["sourceTransportPort", "destinationTransportPort"]);
+        let mut enc = Encoder::new(EncoderConfig::stream(1)).unwrap();
+        let t = Timestamp::from_secs(1_700_000_000);
+        let mut msgs = Vec::new();
+        enc.add_template(300, &one).unwrap();
+        enc.record(t, 300).unwrap().uint(1).finish().unwrap();
+        enc.flush(t);
+        msgs.extend(std::iter::from_fn(|| enc.poll_transmit()));
+        enc.add_template(300, &two).unwrap();
+        enc.record(t, 300)
+            .unwrap()
+            .uint(2)
+            .uint(3)
+            .finish()
+            .unwrap();
+        enc.flush(t);
+        msgs.extend(std::iter::from_fn(|| enc.poll_transmit()));
+
+        let info = SessionInfo {
+            id: 1,
+            peer: ([127, 0, 0, 1], 1).into(),
+            transport: Transport::Tcp,
+        };
+        let metrics = CollectorMetrics::default();
+        let mut dec = SessionDecoder::new(DecoderConfig::default());
+        let decoded: Vec<DecodedMessage> = msgs
+            .into_iter()
+            .map(|m| dec.decode(&info, m, &metrics).unwrap())
+            .filter(|m| !m.is_empty())
+            .collect();
+        assert_eq!(decoded.len(), 2);
+        let values = |m: &DecodedMessage| -> Vec<Vec<u64>> {
+            m.records()
+                .map(|r| r.fields().map(|f| f.value().as_u64().unwrap()).collect())
+                .collect()
+        };
+        assert_eq!(values(&decoded[0]), vec![vec![1]]);
+        assert_eq!(values(&decoded[1]), vec![vec![2, 3]]);
+        assert_eq!(decoded[0].template(300).unwrap().fields.len(), 1);
+        assert_eq!(decoded[1].exporter().domain, 1);
+        assert_eq!(metrics.records.get(), 2);
+    }
 
     #[test]
     fn framing_checks_and_splits() {

@@ -23,6 +23,11 @@
 //! [`Exporter::sessions`], calls `Encoder::reset_session()` (templates re-sent, sequence
 //! restarted) and builds on from there — so templates always lead a session.
 //!
+//! Over UDP a "session" is one connected socket; it ends when a send fails (an ICMP
+//! port-unreachable comes back as the next send's error). Template refresh stays the encoder's
+//! job (`EncoderConfig::datagram`, driven by `Encoder::poll_timeout`/`handle_timeout` in the
+//! caller's loop), since only the encoder knows when it last sent them.
+//!
 //! ## Delivery guarantee
 //! `Ok` means the whole message was handed to the kernel (TCP/TLS: written; UDP: sent as one
 //! datagram). It does not mean the collector received it: IPFIX has no acknowledgements, and a
@@ -169,6 +174,7 @@ impl Exporter {
             outcomes: out_tx,
             state: state_tx,
             next_session: 1,
+            in_flight: None,
         };
         let task = tokio::spawn(actor.run(shutdown).instrument(span));
         (
@@ -265,8 +271,10 @@ impl Writer {
 
     async fn close(&mut self) {
         if let Writer::Stream(w) = self {
-            // Sends TLS close_notify / TCP FIN; the collector then drains and closes too.
-            let _ = w.shutdown().await;
+            // Sends TLS close_notify / TCP FIN; the collector then drains and closes too. A
+            // collector that reads nothing would block the close_notify forever; dropping the
+            // socket after a moment closes it anyway.
+            let _ = tokio::time::timeout(Duration::from_secs(1), w.shutdown()).await;
         }
     }
 }
@@ -279,6 +287,8 @@ struct Actor {
     outcomes: mpsc::Sender<Outcome>,
     state: watch::Sender<SessionState>,
     next_session: u64,
+    /// The tag being written during the shutdown drain, to report it if the drain is cut off.
+    in_flight: Option<u64>,
 }
 
 impl Actor {
@@ -287,7 +297,12 @@ impl Actor {
         let mut retry_at = tokio::time::Instant::now();
         loop {
             if conn.is_none() && tokio::time::Instant::now() >= retry_at {
-                match self.connect().await {
+                let attempt = tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => break,
+                    r = self.connect() => r,
+                };
+                match attempt {
                     Ok(c) => {
                         tracing::info!(session = c.id.0, "connected to the collector");
                         self.metrics.sessions.inc();
@@ -458,24 +473,40 @@ impl Actor {
         })
     }
 
-    /// On shutdown: writes what is queued on the current session (bounded by `drain_timeout`),
-    /// fails the rest, closes the session.
+    /// On shutdown: writes what is queued on the current session and reports each outcome, all
+    /// within `drain_timeout`; past it, fails the rest without waiting on the caller, and closes.
     async fn drain(&mut self, conn: &mut Option<Conn>) {
         self.rx.close();
         let deadline = tokio::time::Instant::now() + self.cfg.drain_timeout;
-        while let Some(m) = self.rx.recv().await {
-            let tag = m.tag;
-            if tokio::time::Instant::now() < deadline {
-                match tokio::time::timeout_at(deadline, self.write(conn, m)).await {
-                    Ok(()) => continue,
-                    Err(_) => {
-                        // Cut off mid-write: the collector may hold part of it, so the session
-                        // cannot carry anything else.
-                        self.lose(conn, "drain timed out".into()).await;
-                    }
-                }
+        let finished = tokio::time::timeout_at(deadline, async {
+            while let Some(m) = self.rx.recv().await {
+                self.in_flight = Some(m.tag);
+                self.write(conn, m).await;
+                self.in_flight = None;
             }
-            self.report(tag, Err(SendError::Shutdown)).await;
+        })
+        .await
+        .is_ok();
+        if !finished {
+            // Possibly cut off mid-write: the collector may hold part of a message, so the
+            // session cannot carry anything else. A caller that stopped reading outcomes gets
+            // what still fits.
+            tracing::warn!(timeout = ?self.cfg.drain_timeout, "shutdown drain timed out; failing what is left");
+            self.lose(conn, "shutdown drain timed out".into()).await;
+            let left = self
+                .in_flight
+                .take()
+                .into_iter()
+                .chain(std::iter::from_fn(|| {
+                    self.rx.try_recv().ok().map(|m| m.tag)
+                }));
+            for tag in left.collect::<Vec<_>>() {
+                self.metrics.messages_failed.inc();
+                let _ = self.outcomes.try_send(Outcome {
+                    tag,
+                    result: Err(SendError::Shutdown),
+                });
+            }
         }
         if let Some(mut c) = conn.take() {
             c.reader.abort();

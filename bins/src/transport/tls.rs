@@ -584,8 +584,8 @@ where
 }
 
 /// What identifies a version of the files: the resolved target (a Secret's symlink swap), the
-/// modification time and the length.
-type Fingerprint = Vec<Option<(PathBuf, SystemTime, u64)>>;
+/// inode (a rename over the file), the modification time and the length (an in-place write).
+type Fingerprint = Vec<Option<(PathBuf, u64, SystemTime, u64)>>;
 
 fn fingerprint(paths: &[PathBuf]) -> Fingerprint {
     paths
@@ -593,7 +593,11 @@ fn fingerprint(paths: &[PathBuf]) -> Fingerprint {
         .map(|p| {
             let target = fs::canonicalize(p).ok()?;
             let m = fs::metadata(&target).ok()?;
-            Some((target, m.modified().ok()?, m.len()))
+            #[cfg(unix)]
+            let ino = std::os::unix::fs::MetadataExt::ino(&m);
+            #[cfg(not(unix))]
+            let ino = 0;
+            Some((target, ino, m.modified().ok()?, m.len()))
         })
         .collect()
 }
