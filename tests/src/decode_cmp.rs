@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::traffic::Flow;
-use crate::tshark::{PdmlRecord, decode_file, parse_abs_time};
+use crate::tshark::{PdmlRecord, decode_file_as, parse_abs_time};
 
 /// How a tshark field's `show` text compares with flowlens's JSON value.
 #[derive(Clone, Copy, Debug)]
@@ -283,7 +283,13 @@ pub struct Compared {
 /// Runs both decoders on `file` (IPFIX on UDP port `port` for tshark) and panics with every
 /// difference.
 pub fn assert_decode_matches_tshark(file: &Path, port: u16) -> Compared {
-    let shown = decode_file(file, port);
+    assert_decode_matches_tshark_as(file, &format!("udp.port=={port},cflow"))
+}
+
+/// As [`assert_decode_matches_tshark`], with tshark's `-d` given (IPFIX over TCP:
+/// "tcp.port==4739,cflow").
+pub fn assert_decode_matches_tshark_as(file: &Path, decode_as: &str) -> Compared {
+    let shown = decode_file_as(file, decode_as);
     // Sequence warnings are about the exporter (softflowd numbers its messages oddly), not
     // about how the records decode; they are reported, not failed.
     let (sequence_warnings, problems): (Vec<String>, Vec<String>) = shown

@@ -264,6 +264,69 @@ pub fn capture_exporter(program: &Path, args: &[&str], what: &str) -> Vec<Vec<u8
     got
 }
 
+/// Like [`capture_exporter`] for an exporter that connects by TCP (softflowd `-P tcp`): accepts
+/// its connection and returns the bytes it sent until it closed the connection and exited.
+pub fn capture_exporter_tcp(program: &Path, args: &[&str], what: &str) -> Vec<u8> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind TCP on loopback");
+    let port = listener
+        .local_addr()
+        .expect("local_addr")
+        .port()
+        .to_string();
+    let args: Vec<String> = args.iter().map(|a| a.replace("{port}", &port)).collect();
+    let mut child = ChildGuard::spawn(
+        Command::new(program)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+        what,
+    );
+    listener.set_nonblocking(true).expect("set_nonblocking");
+    let mut conn = wait_for(
+        Duration::from_secs(20),
+        &format!("{what} to connect"),
+        || match listener.accept() {
+            Ok((c, _)) => Some(c),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if let Some(st) = child.try_wait() {
+                    panic!("{what} exited ({st}) without connecting");
+                }
+                None
+            }
+            Err(e) => panic!("accepting {what}'s connection: {e}"),
+        },
+    );
+    conn.set_nonblocking(false).expect("set_nonblocking");
+    conn.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("set_read_timeout");
+    let mut data = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    wait_for(
+        Duration::from_secs(20),
+        &format!("{what} to close its connection"),
+        || match conn.read(&mut buf) {
+            Ok(0) => Some(()),
+            Ok(n) => {
+                data.extend_from_slice(&buf[..n]);
+                None
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                None
+            }
+            Err(e) => panic!("reading from {what}: {e}"),
+        },
+    );
+    let (st, err) = child.wait_exit(Duration::from_secs(20));
+    assert!(st.success(), "{what} failed ({st}): {err}");
+    data
+}
+
 /// Writes IPFIX datagrams as a capture of UDP 127.0.0.1:40000 → 127.0.0.1:4739, frames 1 ms
 /// apart from the traffic capture's start: the same bytes give the same file.
 pub fn write_ipfix_capture(path: &Path, msgs: &[Vec<u8>]) {

@@ -192,3 +192,39 @@ pub fn read_udp_payloads(path: &Path) -> Vec<Vec<u8>> {
     }
     out
 }
+
+/// Writes `data` as one TCP connection from `client` to `server`: handshake, the bytes in
+/// segments of at most `mss` (cut without regard to what they carry, so a reader must
+/// reassemble), an ACK from the server every other segment, and a FIN exchange. Frames are
+/// 100 µs apart from `start`.
+pub fn write_tcp_stream_pcap(
+    path: &Path,
+    client: SocketAddr,
+    server: SocketAddr,
+    start: Duration,
+    data: &[u8],
+    mss: usize,
+) {
+    let mut frames = Vec::new();
+    let mut t = start;
+    let mut push = |d: Vec<u8>| {
+        frames.push(Frame { ts: t, data: d });
+        t += Duration::from_micros(100);
+    };
+    let (c0, s0) = (100_000u32, 900_000u32);
+    push(tcp_frame(client, server, c0, 0, SYN, &[]));
+    push(tcp_frame(server, client, s0, c0 + 1, SYN | ACK, &[]));
+    push(tcp_frame(client, server, c0 + 1, s0 + 1, ACK, &[]));
+    let mut seq = c0 + 1;
+    for (k, chunk) in data.chunks(mss.max(1)).enumerate() {
+        push(tcp_frame(client, server, seq, s0 + 1, PSH | ACK, chunk));
+        seq += chunk.len() as u32;
+        if k % 2 == 1 {
+            push(tcp_frame(server, client, s0 + 1, seq, ACK, &[]));
+        }
+    }
+    push(tcp_frame(client, server, seq, s0 + 1, FIN | ACK, &[]));
+    push(tcp_frame(server, client, s0 + 1, seq + 1, FIN | ACK, &[]));
+    push(tcp_frame(client, server, seq + 1, s0 + 2, ACK, &[]));
+    write_pcap(path, &frames);
+}

@@ -190,12 +190,18 @@ pub fn parse_pdml(pdml: &str) -> Vec<PdmlMessage> {
 
 /// Runs tshark on `file`, decoding UDP port `port` as IPFIX (`cflow`), and parses its PDML.
 pub fn decode_file(file: &Path, port: u16) -> Vec<PdmlMessage> {
+    decode_file_as(file, &format!("udp.port=={port},cflow"))
+}
+
+/// Runs tshark on `file` with `decode_as` (`-d`, e.g. "tcp.port==4739,cflow") and parses its
+/// PDML.
+pub fn decode_file_as(file: &Path, decode_as: &str) -> Vec<PdmlMessage> {
     let tshark = crate::require_tool("tshark", "tshark");
     let out = crate::run(
         Command::new(tshark)
             .arg("-r")
             .arg(file)
-            .args(["-d", &format!("udp.port=={port},cflow")])
+            .args(["-d", decode_as])
             .args(["-o", "cflow.max_template_fields:255", "-T", "pdml"]),
         "tshark -T pdml",
         Duration::from_secs(30),

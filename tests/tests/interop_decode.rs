@@ -1,9 +1,10 @@
 //! `flowlens decode` against tshark on the third-party captures committed under tests/fixtures/
-//! (made by interop_softflowd.rs and interop_pmacct.rs with `FLOWLENS_WRITE_FIXTURES=1`): the
+//! (made by interop_softflowd.rs and interop_pmacct.rs with `FLOWLENS_WRITE_FIXTURES=1`; one
+//! over TCP, the others over UDP): the
 //! same records, in the same order, with the same value in every field tshark decodes. This test
 //! needs tshark only, not the exporters.
 
-use tests::decode_cmp::assert_decode_matches_tshark;
+use tests::decode_cmp::assert_decode_matches_tshark_as;
 use tests::fixtures_dir;
 
 /// Every fixture that must be there; any other `*.pcap` in the directory is checked too.
@@ -14,6 +15,7 @@ const REQUIRED: &[&str] = &[
     "softflowd-micro.pcap",
     "softflowd-nano.pcap",
     "softflowd-bidir-nano.pcap",
+    "softflowd-tcp.pcap",
     "pmacct-nfprobe.pcap",
 ];
 
@@ -34,7 +36,14 @@ fn flowlens_decode_agrees_with_tshark_on_fixtures() {
         );
     }
     for f in &files {
-        let c = assert_decode_matches_tshark(f, 4739);
+        // Captures of IPFIX over TCP are named *-tcp.pcap; the others carry UDP datagrams.
+        let tcp = f.to_string_lossy().ends_with("-tcp.pcap");
+        let decode_as = if tcp {
+            "tcp.port==4739,cflow"
+        } else {
+            "udp.port==4739,cflow"
+        };
+        let c = assert_decode_matches_tshark_as(f, decode_as);
         eprintln!("{}: {c:?}", f.display());
         assert!(c.records > 0, "{}: no records", f.display());
     }

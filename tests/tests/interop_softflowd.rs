@@ -11,7 +11,9 @@
 //!
 //! Needs `softflowd` (Debian package `softflowd`), `tshark`, and builds `flowlens`.
 
-use tests::decode_cmp::{assert_decode_matches_tshark, check_flows, flowlens_decode};
+use tests::decode_cmp::{
+    assert_decode_matches_tshark, assert_decode_matches_tshark_as, check_flows, flowlens_decode,
+};
 use tests::traffic;
 use tests::*;
 
@@ -70,4 +72,58 @@ fn softflowd_exports_decode_alike_in_flowlens_and_tshark() {
         }
     }
     assert!(errs.is_empty(), "{}", errs.join("\n"));
+}
+
+/// softflowd exporting over TCP (`-P tcp`, bidirectional, nanoseconds): the stream it sent is
+/// written as one TCP connection cut into segments without regard to message boundaries, which
+/// flowlens decode must reassemble as tshark does.
+#[test]
+fn softflowd_tcp_stream_decodes_alike_in_flowlens_and_tshark() {
+    let softflowd = require_tool("softflowd", "softflowd");
+    require_tool("tshark", "tshark");
+    let dir = TempDir::new("softflowd-tcp");
+    let (frames, flows) = traffic::capture();
+    let traffic_pcap = dir.join("traffic.pcap");
+    pcap::write_pcap(&traffic_pcap, &frames);
+    let tp = traffic_pcap.to_str().unwrap();
+    let args = [
+        "-d",
+        "-c",
+        "none",
+        "-r",
+        tp,
+        "-v",
+        "10",
+        "-b",
+        "-A",
+        "nano",
+        "-P",
+        "tcp",
+        "-n",
+        "127.0.0.1:{port}",
+    ];
+    let stream = capture_exporter_tcp(&softflowd, &args, "softflowd -P tcp");
+    let file = dir.join("softflowd-tcp.pcap");
+    // 700-byte segments: messages (about 1.4 kB) straddle segments.
+    pcap::write_tcp_stream_pcap(
+        &file,
+        "127.0.0.1:40000".parse().unwrap(),
+        "127.0.0.1:4739".parse().unwrap(),
+        traffic::START,
+        &stream,
+        700,
+    );
+    let c = assert_decode_matches_tshark_as(&file, "tcp.port==4739,cflow");
+    eprintln!("softflowd tcp: {c:?}");
+    assert!(c.messages > 1 && c.records > 0, "{c:?}");
+    let (recs, summary) = flowlens_decode(&file);
+    // (The summary's "TCP streams" counts every direction that opened with a SYN, the
+    // collector's payload-less one included, so it says 2 here.)
+    assert!(summary.contains(" 0 IPFIX datagrams"), "{summary}");
+    let errs = check_flows(&recs, &flows, true);
+    assert!(errs.is_empty(), "softflowd tcp: {}", errs.join("\n"));
+    if std::env::var_os("FLOWLENS_WRITE_FIXTURES").is_some() {
+        std::fs::create_dir_all(fixtures_dir()).unwrap();
+        std::fs::copy(&file, fixtures_dir().join("softflowd-tcp.pcap")).unwrap();
+    }
 }
