@@ -20,7 +20,7 @@ const byId = new Map(DASHBOARDS.map((d) => [d.id, d]));
 const DEFAULT_START = 'now-1h';
 
 const $ = (id) => document.getElementById(id);
-const state = { view: null, timer: null, loads: 0, generation: 0 };
+const state = { view: null, timer: null, loads: 0, generation: 0, busy: false, suggested: { at: 0, key: '' } };
 
 /** Test and debugging hook: how many loads finished, and the charts on the page. */
 window.flowlens = {
@@ -85,14 +85,21 @@ function armRefresh(params) {
   clearInterval(state.timer);
   const secs = Number(params.get('refresh') || 0);
   if (secs > 0) {
+    // A tick while the previous load is still running is skipped: a slow collector must not
+    // receive a growing pile of requests.
     state.timer = setInterval(() => {
-      if (document.visibilityState === 'visible') load();
+      if (document.visibilityState === 'visible' && !state.busy) load();
     }, secs * 1000);
   }
 }
 
-/** Fills the filter inputs' suggestion lists from the largest Pods and Nodes in range. */
-async function suggest(dash) {
+/**
+ * Fills the filter inputs' suggestion lists from the largest Pods and Nodes in range: when the
+ * range setting changes, else at most once a minute (not on every auto-refresh tick).
+ */
+async function suggest(dash, key) {
+  if (key === state.suggested.key && Date.now() - state.suggested.at < 60000) return;
+  state.suggested = { at: Date.now(), key };
   try {
     const [pods, nodeRows] = await Promise.all([
       api('top', { start: dash.start, end: dash.end, by: 'pod', limit: 200 }),
@@ -163,12 +170,15 @@ async function load() {
       }
     },
   };
-  suggest(dash);
+  suggest(dash, `${params.get('start')}|${params.get('end')}`);
+  state.busy = true;
   try {
     await dashboard.load(root, ctx);
   } catch (e) {
     console.error(e);
     errors.push(e.message);
+  } finally {
+    if (generation === state.generation) state.busy = false;
   }
   if (generation !== state.generation) return; // a newer load superseded this one
   showErrors(errors);
