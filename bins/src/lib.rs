@@ -3,6 +3,7 @@
 
 pub mod collector;
 pub mod agent;
+pub mod aggregator;
 pub mod config;
 pub mod conntrack_cmd;
 pub mod decode;
@@ -10,5 +11,6 @@ pub mod ops;
 pub mod registry_cmd;
 pub mod sample;
 pub mod sim_cmd;
+pub mod signals;
 pub mod sinks;
 pub mod transport;

@@ -87,11 +87,26 @@ impl Pipeline {
         rendezvous(self.shards.iter().map(|s| s.name.as_str()), key)
     }
 
-    /// A new transport session to shard `i`: templates go first again.
-    pub fn reset_session(&mut self, i: usize) {
-        if let Some(s) = self.shards.get_mut(i) {
-            s.enc.reset_session();
-        }
+    /// A new transport session to shard `i`: whatever was built for the old session (queued
+    /// messages, the message under construction) can no longer be sent — its exports are
+    /// returned for the caller to nack — and templates go first again.
+    pub fn new_session(&mut self, i: usize, now: Timestamp) -> Vec<ExportId> {
+        let Some(s) = self.shards.get_mut(i) else {
+            return Vec::new();
+        };
+        s.enc.flush(now);
+        self.collect(i);
+        let mut stale = Vec::new();
+        self.out.retain(|o| {
+            if o.shard == i {
+                stale.extend_from_slice(&o.exports);
+                false
+            } else {
+                true
+            }
+        });
+        self.shards[i].enc.reset_session();
+        stale
     }
 
     /// Everything the exporter has to send, encoded, and finished messages queued.

@@ -1,0 +1,455 @@
+//! The agent's main loop: conntrack dumps every `flowPollInterval` and destroy events as they
+//! come, through the flowcore exporter, to the aggregator replicas over TCP, UDP or TLS.
+//!
+//! Threads: conntrack dumps and events use blocking netlink sockets, each on its own thread; the
+//! exporter core, the encoders and all decisions live in one tokio task (this loop), which is the
+//! only place state changes. Timers come from the core's `poll_timeout()`.
+//!
+//! Delivery: a record's delta is forgotten by the core only when the transport reports its
+//! message written (`ack`); a failed or stale message is `nack`ed and its delta goes out again, so
+//! an aggregator restart or a network partition loses nothing.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use flowcore::exporter::{ExportId, ExporterConfig, FlowExporter};
+use flowcore::ipfix::{EncoderConfig, node_observation_domain};
+use flowcore::metadata::MetadataUpdate;
+use flowcore::model::{ConntrackEntry, Timestamp};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::pipeline::Pipeline;
+use crate::config::agent::AgentConfig;
+use crate::ops::Ops;
+use crate::transport::exporter::{Exporter, ExporterConfig as TransportConfig, Outcome, SessionId};
+use crate::transport::metrics::ExporterMetrics;
+use crate::transport::{Transport, tls};
+
+/// Wall clock as the core's `Timestamp`.
+pub fn now() -> Timestamp {
+    Timestamp::from_nanos(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
+    )
+}
+
+/// Agent metrics (besides the transport's).
+#[derive(Clone)]
+struct AgentMetrics {
+    polls: Counter,
+    poll_seconds: Histogram,
+    dump_errors: Counter,
+    conntrack_entries: Gauge,
+    conntrack_max: Gauge,
+    tracked: Gauge,
+    records_exported: Counter,
+    records_failed: Counter,
+    lost_events: Counter,
+    destroy_events: Counter,
+    metadata_updates: Counter,
+}
+
+impl AgentMetrics {
+    fn new(ops: &Ops) -> AgentMetrics {
+        let m = AgentMetrics {
+            polls: Counter::default(),
+            poll_seconds: Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+            dump_errors: Counter::default(),
+            conntrack_entries: Gauge::default(),
+            conntrack_max: Gauge::default(),
+            tracked: Gauge::default(),
+            records_exported: Counter::default(),
+            records_failed: Counter::default(),
+            lost_events: Counter::default(),
+            destroy_events: Counter::default(),
+            metadata_updates: Counter::default(),
+        };
+        ops.register(|r| {
+            r.register("conntrack_polls", "Conntrack dumps completed", m.polls.clone());
+            r.register("conntrack_poll_seconds", "Time to dump and process the conntrack table", m.poll_seconds.clone());
+            r.register("conntrack_dump_errors", "Conntrack dumps that failed (retried next poll)", m.dump_errors.clone());
+            r.register("conntrack_total_connection_count", "Entries in the conntrack table", m.conntrack_entries.clone());
+            r.register("conntrack_max_connection_count", "nf_conntrack_max", m.conntrack_max.clone());
+            r.register("tracked_connection_count", "Connections the exporter tracks (a Pod of this Node at one end)", m.tracked.clone());
+            r.register("records_exported", "Flow records written to an aggregator", m.records_exported.clone());
+            r.register("records_failed", "Flow records not written (their deltas are re-exported)", m.records_failed.clone());
+            r.register("conntrack_lost_events", "Destroy events lost (kernel buffer overrun or full queue); the next dump reconciles", m.lost_events.clone());
+            r.register("conntrack_destroy_events", "Destroy events received", m.destroy_events.clone());
+            r.register("metadata_updates", "Kubernetes metadata updates applied", m.metadata_updates.clone());
+        });
+        m
+    }
+}
+
+/// Dumps conntrack on request on a dedicated thread, handing back filled vectors (reused).
+fn spawn_dumper(
+    zone: Option<u16>,
+) -> anyhow::Result<(
+    std::sync::mpsc::Sender<Vec<ConntrackEntry>>,
+    mpsc::Receiver<anyhow::Result<(Vec<ConntrackEntry>, io_linux::TableStats)>>,
+)> {
+    let (req_tx, req_rx) = std::sync::mpsc::channel::<Vec<ConntrackEntry>>();
+    let (res_tx, res_rx) = mpsc::channel(1);
+    let mut sock = io_linux::ConntrackSocket::open()
+        .context("opening the conntrack netlink socket (needs CAP_NET_ADMIN)")?;
+    std::thread::Builder::new()
+        .name("conntrack-dump".into())
+        .spawn(move || {
+            let filter = io_linux::DumpFilter {
+                zone,
+                ..Default::default()
+            };
+            while let Ok(mut buf) = req_rx.recv() {
+                buf.clear();
+                let res = sock
+                    .dump(&filter, &mut buf)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|_| sock.table_stats().map_err(anyhow::Error::from))
+                    .map(|stats| (buf, stats));
+                if res_tx.blocking_send(res).is_err() {
+                    return;
+                }
+            }
+        })?;
+    Ok((req_tx, res_rx))
+}
+
+/// Destroy events on a dedicated thread; a full queue or a kernel overrun counts as lost (the
+/// next dump notices the connections are gone).
+fn spawn_events(
+    metrics: AgentMetrics,
+    stop: CancellationToken,
+) -> anyhow::Result<mpsc::Receiver<ConntrackEntry>> {
+    let (tx, rx) = mpsc::channel(65536);
+    let mut sock = io_linux::EventSocket::subscribe(
+        io_linux::EventGroups::DESTROY,
+        io_linux::DEFAULT_EVENT_RCVBUF,
+    )
+    .context("subscribing to conntrack destroy events")?;
+    std::thread::Builder::new().name("conntrack-events".into()).spawn(move || {
+        while !stop.is_cancelled() {
+            let res = sock.recv(Some(Duration::from_millis(500)), |ev| {
+                metrics.destroy_events.inc();
+                if tx.try_send(ev.entry).is_err() {
+                    metrics.lost_events.inc();
+                }
+            });
+            match res {
+                Ok(io_linux::Received::Lost) => {
+                    metrics.lost_events.inc();
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "conntrack event socket failed; relying on dumps");
+                    return;
+                }
+            }
+        }
+    })?;
+    Ok(rx)
+}
+
+/// Kubernetes metadata: a static file, or informers against the API server.
+async fn metadata_source(
+    cfg: &AgentConfig,
+    ops: &Arc<Ops>,
+) -> anyhow::Result<(Vec<MetadataUpdate>, Option<io_k8s::Informers>)> {
+    if let Some(path) = &cfg.metadata_file {
+        let m = io_k8s::static_metadata::load(path)?;
+        tracing::info!(file = %path.display(), updates = m.updates.len(), ignored = m.ignored.len(), "static metadata loaded");
+        return Ok((m.updates, None));
+    }
+    let client = kube::Client::try_default().await.context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG); use metadataFile outside a cluster")?;
+    let pods = if cfg.node_local_pods {
+        io_k8s::PodScope::Node(cfg.node_name.clone())
+    } else {
+        io_k8s::PodScope::Cluster
+    };
+    let inf = io_k8s::Informers::spawn(
+        client,
+        io_k8s::InformerConfig {
+            pods,
+            ..Default::default()
+        },
+    );
+    let _ = ops;
+    Ok((Vec::new(), Some(inf)))
+}
+
+/// Runs the agent until `shutdown` is cancelled, then flushes every live connection.
+pub async fn run(
+    cfg: AgentConfig,
+    ops: Arc<Ops>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let metrics = AgentMetrics::new(&ops);
+    let tmetrics = ExporterMetrics::default();
+    ops.register(|r| tmetrics.register(r, "ipfix_export"));
+    match io_linux::startup_checks(io_linux::SysctlPolicy::Enable) {
+        Ok(report) => {
+            for w in &report.warnings {
+                tracing::warn!("{w}");
+            }
+        }
+        Err(e) => return Err(e).context("conntrack start-up checks"),
+    }
+    let domain = node_observation_domain(&cfg.node_name);
+    let mut core = FlowExporter::new(ExporterConfig {
+        node_name: cfg.node_name.clone(),
+        cluster_id: None,
+        active_timeout: cfg.active_timeout,
+        idle_timeout: cfg.idle_timeout,
+        timer_granularity: Duration::from_millis(500),
+        max_connections: cfg.max_connections,
+        metadata_grace: Duration::from_secs(60),
+    });
+
+    // Transport: one exporter actor per aggregator replica, all outcomes into one channel.
+    let tls_cfg = if cfg.transport == Transport::Tls {
+        let files = tls::TlsFiles {
+            ca: cfg.tls.ca_cert.clone().unwrap_or_default(),
+            cert: cfg.tls.cert.clone().unwrap_or_default(),
+            key: cfg.tls.key.clone().unwrap_or_default(),
+        };
+        Some(tls::watch_client_config(
+            files,
+            Duration::from_secs(30),
+            shutdown.clone(),
+        )?)
+    } else {
+        None
+    };
+    let enc_cfg = match cfg.transport {
+        Transport::Udp => EncoderConfig::datagram(domain, 1500, Duration::from_secs(60)),
+        _ => EncoderConfig::stream(domain),
+    };
+    let names: Vec<String> = cfg.collectors.iter().map(|c| c.to_string()).collect();
+    let mut pipeline = Pipeline::new(enc_cfg, &names)?;
+    let (outcome_tx, mut outcomes) =
+        mpsc::channel::<Outcome>(cfg.max_queued_messages * cfg.collectors.len() + 1);
+    let mut exporters = Vec::new();
+    let mut sessions = Vec::new();
+    for c in &cfg.collectors {
+        let mut t = TransportConfig::new(c.clone(), cfg.transport);
+        t.tls = tls_cfg.clone();
+        t.queue_capacity = cfg.max_queued_messages;
+        let (ex, mut rx, _task) = Exporter::spawn(t, tmetrics.clone(), shutdown.child_token());
+        let fwd = outcome_tx.clone();
+        tokio::spawn(async move {
+            while let Some(o) = rx.recv().await {
+                if fwd.send(o).await.is_err() {
+                    return;
+                }
+            }
+        });
+        sessions.push(ex.sessions());
+        exporters.push(ex);
+    }
+    drop(outcome_tx);
+    let mut current: Vec<Option<SessionId>> = vec![None; exporters.len()];
+    let mut in_flight: HashMap<u64, Vec<ExportId>> = HashMap::new();
+    let mut next_tag = 0u64;
+
+    // Metadata.
+    let (initial, informers) = metadata_source(&cfg, &ops).await?;
+    for u in initial {
+        core.handle_metadata(now(), u);
+        metrics.metadata_updates.inc();
+    }
+    let (mut meta_rx, meta_ready) = match informers {
+        Some(inf) => (Some(inf.updates), Some(inf.handle)),
+        None => (None, None),
+    };
+
+    // Conntrack.
+    let (dump_req, mut dump_res) = spawn_dumper(cfg.conntrack_zone)?;
+    let events_stop = shutdown.child_token();
+    let mut events = spawn_events(metrics.clone(), events_stop.clone())?;
+    let mut spare: Vec<ConntrackEntry> = Vec::new();
+    let mut poll_tick = tokio::time::interval(cfg.poll_interval);
+    poll_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut dump_started: Option<Instant> = None;
+    let mut first_dump_done = false;
+
+    tracing::info!(node = %cfg.node_name, domain, collectors = ?names, transport = %cfg.transport, "agent running");
+    loop {
+        let deadline = core
+            .poll_timeout()
+            .into_iter()
+            .chain(pipeline.poll_timeout())
+            .min();
+        let sleep = async {
+            match deadline {
+                Some(t) => {
+                    tokio::time::sleep(Duration::from_nanos(
+                        t.as_nanos().saturating_sub(now().as_nanos()),
+                    ))
+                    .await
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = poll_tick.tick(), if dump_started.is_none() => {
+                dump_started = Some(Instant::now());
+                if dump_req.send(std::mem::take(&mut spare)).is_err() {
+                    anyhow::bail!("the conntrack dump thread stopped");
+                }
+            }
+            Some(res) = dump_res.recv() => {
+                let took = dump_started.take().map(|t| t.elapsed());
+                match res {
+                    Ok((entries, stats)) => {
+                        core.handle_dump(now(), &entries);
+                        metrics.polls.inc();
+                        metrics.conntrack_entries.set(stats.entries as i64);
+                        metrics.conntrack_max.set(stats.max_entries as i64);
+                        metrics.tracked.set(core.stats().tracked as i64);
+                        spare = entries;
+                        first_dump_done = true;
+                    }
+                    Err(e) => {
+                        metrics.dump_errors.inc();
+                        tracing::warn!(error = %format!("{e:#}"), "conntrack dump failed; retrying at the next poll");
+                    }
+                }
+                if let Some(t) = took {
+                    metrics.poll_seconds.observe(t.as_secs_f64());
+                }
+            }
+            Some(e) = events.recv() => core.handle_destroy(now(), &e),
+            Some(u) = async { match meta_rx.as_mut() { Some(r) => r.recv().await, None => None } } => {
+                core.handle_metadata(now(), u);
+                metrics.metadata_updates.inc();
+            }
+            Some(o) = outcomes.recv() => {
+                if let Some(ids) = in_flight.remove(&o.tag) {
+                    let ok = o.result.is_ok();
+                    let c = if ok { &metrics.records_exported } else { &metrics.records_failed };
+                    c.inc_by(ids.len() as u64);
+                    Pipeline::settle(&mut core, &ids, ok);
+                }
+            }
+            _ = sleep => {
+                let t = now();
+                core.handle_timeout(t);
+                pipeline.handle_timeout(t);
+            }
+            res = changed(&mut sessions) => {
+                let (i, s) = res;
+                if s != current[i] {
+                    current[i] = s;
+                    let stale = pipeline.new_session(i, now());
+                    metrics.records_failed.inc_by(stale.len() as u64);
+                    Pipeline::settle(&mut core, &stale, false);
+                }
+            }
+        }
+        // Everything due goes out now.
+        pipeline.pump(now(), &mut core);
+        send_all(
+            &mut pipeline,
+            &exporters,
+            &current,
+            &mut in_flight,
+            &mut next_tag,
+            &mut core,
+            &metrics,
+        );
+        let meta_ok = meta_ready.as_ref().is_none_or(|h| h.is_ready());
+        ops.set_ready(first_dump_done && meta_ok);
+    }
+
+    // Shutdown: end every live connection (reason 4) and send what can be sent.
+    tracing::info!("shutting down: flushing live connections");
+    events_stop.cancel();
+    core.shutdown(now());
+    pipeline.pump(now(), &mut core);
+    send_all(
+        &mut pipeline,
+        &exporters,
+        &current,
+        &mut in_flight,
+        &mut next_tag,
+        &mut core,
+        &metrics,
+    );
+    let drain = tokio::time::sleep(Duration::from_secs(5));
+    tokio::pin!(drain);
+    while !in_flight.is_empty() {
+        tokio::select! {
+            _ = &mut drain => break,
+            o = outcomes.recv() => match o {
+                Some(o) => if let Some(ids) = in_flight.remove(&o.tag) {
+                    Pipeline::settle(&mut core, &ids, o.result.is_ok());
+                },
+                None => break,
+            },
+        }
+    }
+    if !in_flight.is_empty() {
+        tracing::warn!(
+            messages = in_flight.len(),
+            "shut down with messages unconfirmed"
+        );
+    }
+    Ok(())
+}
+
+/// Hands queued messages to their replica's actor; a message with no session or a full queue
+/// is failed at once.
+fn send_all(
+    pipeline: &mut Pipeline,
+    exporters: &[Exporter],
+    current: &[Option<SessionId>],
+    in_flight: &mut HashMap<u64, Vec<ExportId>>,
+    next_tag: &mut u64,
+    core: &mut FlowExporter,
+    metrics: &AgentMetrics,
+) {
+    while let Some(o) = pipeline.poll_outgoing() {
+        let sent = match current[o.shard] {
+            Some(session) => {
+                *next_tag += 1;
+                match exporters[o.shard].try_send(session, *next_tag, o.message) {
+                    Ok(()) => {
+                        in_flight.insert(*next_tag, o.exports);
+                        continue;
+                    }
+                    Err(_) => false,
+                }
+            }
+            None => false,
+        };
+        if !sent {
+            metrics.records_failed.inc_by(o.exports.len() as u64);
+            Pipeline::settle(core, &o.exports, false);
+        }
+    }
+}
+
+/// The first replica whose session changed, and its new session.
+async fn changed(
+    sessions: &mut [tokio::sync::watch::Receiver<crate::transport::exporter::SessionState>],
+) -> (usize, Option<SessionId>) {
+    if sessions.is_empty() {
+        return std::future::pending().await;
+    }
+    let futs = sessions.iter_mut().enumerate().map(|(i, s)| {
+        Box::pin(async move {
+            if s.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            (i, s.borrow_and_update().current)
+        })
+    });
+    futures::future::select_all(futs).await.0
+}
