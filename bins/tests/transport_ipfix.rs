@@ -347,7 +347,12 @@ async fn mutual_tls_round_trip_of_500_records() {
     let stop = CancellationToken::new();
     let client =
         tls::watch_client_config(pki.good.client(), Duration::from_secs(1), stop.clone()).unwrap();
-    let mut cfg = exporter_cfg(col.tls.unwrap(), Transport::Tls);
+    // By DNS name: resolved at connect time, and the certificate is checked for that name.
+    let port = col.tls.unwrap().port();
+    let mut cfg = ExporterConfig::new(
+        format!("localhost:{port}:tls").parse().unwrap(),
+        Transport::Tls,
+    );
     cfg.tls = Some(client);
     let (exp, mut outcomes, task) = Exporter::spawn(cfg, ExporterMetrics::default(), stop.clone());
     let session = guard("session", exp.wait_session(None)).await.unwrap();

@@ -709,6 +709,77 @@ mod tests {
         assert_eq!(metrics.records.get(), 2);
     }
 
+    /// Corrupted copies of real messages (bit flips, truncation, stray bytes) go through the
+    /// framing and the session decoder: errors, never panics, and a session that survives an
+    /// error keeps decoding.
+    #[test]
+    fn corrupted_streams_never_panic() {
+        let mut enc = Encoder::new(EncoderConfig::stream(3)).unwrap();
+        let layout = flowcore::ipfix::Layout::AgentV4;
+        enc.add_template(layout.template_id(), layout.fields())
+            .unwrap();
+        let t = Timestamp::from_secs(1_700_000_000);
+        for i in 0..40 {
+            flowcore::ipfix::example::write_example_record(&mut enc, t, layout, i).unwrap();
+        }
+        enc.flush(t);
+        let clean: Vec<u8> = std::iter::from_fn(|| enc.poll_transmit())
+            .flat_map(|m| m.to_vec())
+            .collect();
+        let info = SessionInfo {
+            id: 1,
+            peer: ([127, 0, 0, 1], 1).into(),
+            transport: Transport::Tcp,
+        };
+        let metrics = CollectorMetrics::default();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rand = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let (mut errors, mut records) = (0, 0);
+        for _ in 0..2000 {
+            let mut bytes = clean.clone();
+            for _ in 0..1 + rand(4) {
+                match rand(3) {
+                    0 => {
+                        let i = rand(bytes.len());
+                        bytes[i] ^= 1 << rand(8);
+                    }
+                    1 => bytes.truncate(rand(bytes.len())),
+                    _ => {
+                        let i = rand(bytes.len());
+                        bytes.insert(i, rand(256) as u8);
+                    }
+                }
+            }
+            let mut buf = BytesMut::from(&bytes[..]);
+            let mut dec = SessionDecoder::new(DecoderConfig::default());
+            loop {
+                match next_frame(&mut buf) {
+                    Ok(Some(f)) => match dec.decode(&info, f, &metrics) {
+                        Ok(m) => records += m.records().count(),
+                        Err(_) => {
+                            errors += 1;
+                            break;
+                        }
+                    },
+                    Ok(None) => break,
+                    Err(_) => {
+                        errors += 1;
+                        break;
+                    }
+                }
+            }
+        }
+        assert!(
+            errors > 100 && records > 1000,
+            "{errors} errors, {records} records"
+        );
+    }
+
     #[test]
     fn framing_checks_and_splits() {
         let mut b = BytesMut::from(&[0u8, 10, 0, 16][..]);

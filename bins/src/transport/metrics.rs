@@ -229,3 +229,34 @@ impl ExporterMetrics {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_sets_register_and_encode() {
+        let mut r = Registry::default();
+        let c = CollectorMetrics::default();
+        let e = ExporterMetrics::default();
+        c.register(&mut r, "flowlens_aggregator_ipfix");
+        e.register(&mut r, "flowlens_agent_export");
+        c.records.inc_by(3);
+        c.malformed
+            .get_or_create(&MalformedLabels {
+                reason: MalformedReason::BadSetLength,
+            })
+            .inc();
+        e.queue_drops.inc();
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &r).unwrap();
+        for want in [
+            "flowlens_aggregator_ipfix_records_total 3",
+            "flowlens_aggregator_ipfix_malformed_total{reason=\"BadSetLength\"} 1",
+            "flowlens_agent_export_queue_drops_total 1",
+            "flowlens_agent_export_session_up 0",
+        ] {
+            assert!(out.contains(want), "{want} missing from\n{out}");
+        }
+    }
+}
