@@ -295,9 +295,7 @@ impl FlowExporter {
         self.epoch = self.epoch.wrapping_add(1);
         self.flush_retry(now);
         self.next_check = None;
-        for e in entries {
-            self.observe(now, e);
-        }
+        self.observe_all(now, entries);
         // Sweep: a live connection the dump did not list has ended. (Timers of the listed ones
         // were checked as they were seen, which also rebuilt `next_check`.)
         let epoch = self.epoch;
@@ -329,9 +327,7 @@ impl FlowExporter {
     /// tracked and updated like a dump's, but nothing is ended for being absent.
     pub fn handle_entries(&mut self, now: Timestamp, entries: &[ConntrackEntry]) {
         self.flush_retry(now);
-        for e in entries {
-            self.observe(now, e);
-        }
+        self.observe_all(now, entries);
     }
 
     /// A conntrack destroy event: the connection ended with these final counters.
@@ -528,9 +524,23 @@ impl FlowExporter {
         self.tombstones.insert(fingerprint(e), self.epoch);
     }
 
-    /// One entry of a complete dump.
-    fn observe(&mut self, now: Timestamp, e: &ConntrackEntry) {
-        let h = hash_key(e.zone, &e.orig);
+    /// Entries in batches: hash and prefetch a batch, then process it (see `Store::prefetch`).
+    fn observe_all(&mut self, now: Timestamp, entries: &[ConntrackEntry]) {
+        const BATCH: usize = 16;
+        let mut hashes = [0u64; BATCH];
+        for chunk in entries.chunks(BATCH) {
+            for (h, e) in hashes.iter_mut().zip(chunk) {
+                *h = hash_key(e.zone, &e.orig);
+                self.store.prefetch(*h);
+            }
+            for (h, e) in hashes.iter().zip(chunk) {
+                self.observe(now, e, *h);
+            }
+        }
+    }
+
+    /// One entry of a dump; `h` is `hash_key(e.zone, &e.orig)`.
+    fn observe(&mut self, now: Timestamp, e: &ConntrackEntry, h: u64) {
         if let Some(slot) = self.store.find(h, e.zone, &e.orig) {
             let Some(c) = self.store.get_mut(slot) else {
                 return;
