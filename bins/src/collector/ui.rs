@@ -135,11 +135,46 @@ mod tests {
         );
     }
 
+    /// Every `/assets/...` the page names and every relative `import` in a module resolves to
+    /// an embedded asset, so a file missing from the build shows here, not only in a browser.
     #[test]
     fn every_module_the_page_imports_is_embedded() {
         let names: Vec<&str> = asset_names().collect();
-        for must in ["index.html", "app.js", "style.css"] {
-            assert!(names.contains(&must), "{must} missing from {names:?}");
+        let text = |n: &str| {
+            let a = embedded::ASSETS.iter().find(|a| a.0 == n).unwrap();
+            std::str::from_utf8(a.1).unwrap().to_owned()
+        };
+        let html = text("index.html");
+        for part in html.split("\"/assets/").skip(1) {
+            let name = &part[..part.find('"').unwrap()];
+            assert!(
+                names.contains(&name),
+                "index.html names missing asset {name}"
+            );
+        }
+        for module in names
+            .iter()
+            .filter(|n| n.ends_with(".js") && !n.starts_with("vendor/"))
+        {
+            let dir = module.rsplit_once('/').map_or("", |(d, _)| d);
+            for part in text(module).split(" from '").skip(1) {
+                let spec = &part[..part.find('\'').unwrap()];
+                let mut path: Vec<&str> = dir.split('/').filter(|s| !s.is_empty()).collect();
+                for seg in spec.split('/') {
+                    match seg {
+                        "." => {}
+                        ".." => {
+                            path.pop();
+                        }
+                        s => path.push(s),
+                    }
+                }
+                let target = path.join("/");
+                assert!(
+                    names.contains(&target.as_str()),
+                    "{module} imports missing {spec}"
+                );
+            }
         }
     }
 }
