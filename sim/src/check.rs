@@ -65,6 +65,8 @@ pub struct Track {
     pub out_at: u64,
     pub agg_evicted: bool,
     pub correlated: bool,
+    /// (View 0 only) an aggregated record joined this connection with another on its 5-tuple.
+    pub mixed: bool,
     /// (View 0 only) when the aggregator last received a record of the connection.
     pub conn_in_at: u64,
     /// (View 0 only) the longest gap between two records of the connection reaching the
@@ -191,13 +193,30 @@ impl Sim {
         t0.conn_in_at = now;
         self.delivered_total += 1;
         if self.traced(c) {
-            let line = format!("delivered to aggregator: {totals:?}");
+            let line = format!(
+                "delivered to aggregator (view {vi}): {totals:?}; aggregator stale {} duplicate {}",
+                self.agg_stats().records_stale,
+                self.agg_stats().records_duplicate
+            );
             self.push_trace(line);
         }
     }
 
     pub(crate) fn on_output(&mut self, o: AggregatedRecord) {
         self.summary.aggregator_out += 1;
+        if let Some(tc) = self.trace_conn()
+            && self
+                .conns
+                .get(tc as usize)
+                .is_some_and(|c| c.key.src_port == o.key.src_port && c.key.src == o.key.src)
+            && self.traced(tc)
+        {
+            let line = format!(
+                "aggregator output for this 5-tuple: start {} reason {} correlated {} src {:?} dst {:?}",
+                o.start_secs, o.end_reason, o.correlated, o.from_source, o.from_destination
+            );
+            self.push_trace(line);
+        }
         let Some(c) = self.by_key.get(&o.key).and_then(|v| {
             v.iter().rev().copied().find(|&c| {
                 self.conns[c as usize]
@@ -228,9 +247,61 @@ impl Sim {
         let now = self.now;
         // A gap in the aggregator's input longer than its inactive timeout: it finished the flow
         // and kept only a tombstone (for another inactive timeout), or nothing.
-        let gap = self.tracks[c as usize][0].forgotten_gap;
-        for (side, nc) in [o.from_source, o.from_destination].into_iter().enumerate() {
+        // Which connection each side's counters are from: the record's, unless another
+        // connection on the same 5-tuple delivered exactly these totals for that side (the
+        // aggregator joined halves of two connections).
+        let sides = [o.from_source, o.from_destination];
+        let owner: Vec<u32> = (0..2)
+            .map(|side| {
+                let Some(nc) = sides[side] else { return c };
+                let delivered = |k: u32| {
+                    let conn = &self.conns[k as usize];
+                    conn.view_for_side(side).is_some_and(|vi| {
+                        self.tracks[k as usize][vi]
+                            .delivered
+                            .is_some_and(|d| arr(d) == nc.totals)
+                    })
+                };
+                if delivered(c) {
+                    return c;
+                }
+                self.by_key
+                    .get(&o.key)
+                    .and_then(|v| v.iter().rev().copied().find(|&k| k != c && delivered(k)))
+                    .unwrap_or(c)
+            })
+            .collect();
+        let mixed = owner.iter().any(|&k| k != c);
+        if mixed {
+            self.known[6] += 1;
+            for &k in &owner {
+                self.tracks[k as usize][0].mixed = true;
+            }
+            self.tracks[c as usize][0].mixed = true;
+        }
+        for (side, nc) in sides.into_iter().enumerate() {
             let Some(nc) = nc else { continue };
+            let c = owner[side];
+            // A gap in the aggregator's input longer than its inactive timeout: it finished the
+            // flow and kept only a tombstone (for another inactive timeout), or nothing.
+            let gap = self.tracks[c as usize][0].forgotten_gap;
+            // The Nodes' conntrack start seconds differ (clock skew): the aggregator's tombstone
+            // keeps the earliest, so a late half from the Node whose clock is ahead misses it.
+            let skewed = {
+                let v = &self.conns[c as usize].views;
+                v.iter()
+                    .any(|a| a.start_node / SEC != v[0].start_node / SEC)
+            };
+            // A newer connection on the same 5-tuple already went through the aggregator: its
+            // tombstone can swallow this (older) connection's late half.
+            let conn_mixed = self.tracks[c as usize][0].mixed
+                || self.by_key.get(&o.key).is_some_and(|v| {
+                    v.iter()
+                        .any(|&k| k > c && self.tracks[k as usize].iter().any(|t| t.out.is_some()))
+                });
+            // The aggregator evicted flows (its store is full): it forgets flows and tombstones.
+            let agg_bounded =
+                self.agg_stats().evicted > 0 || self.summary.faults.aggregator_evicted > 0;
             let Some(vi) = self.conns[c as usize].view_for_side(side) else {
                 self.fail(
                     Some(c),
@@ -247,28 +318,25 @@ impl Sim {
             let went_down = (0..4).any(|i| nc.totals[i] < prev[i]);
             let want: [u64; 4] = std::array::from_fn(|i| nc.totals[i].saturating_sub(prev[i]));
             let mut err = None;
-            if went_down && nc.deltas == [0; 4] {
-                // Counters of another connection on the same 5-tuple, joined from the
-                // aggregator's tombstone (a known issue): not this connection's; skip them.
-                self.known[6] += 1;
-                continue;
-            } else if went_down {
+            if went_down {
                 err = Some(format!(
                     "per-Node totals went down: {:?} after {prev:?}",
                     nc.totals
                 ));
             } else if nc.deltas != want {
-                let cause = if nc.deltas != nc.totals {
+                let cause = if mixed || conn_mixed {
+                    Some(6)
+                } else if nc.deltas != nc.totals {
                     None
                 } else if t.crash_touched && t.out.is_some_and(|o| o.0 != inc) {
                     Some(0)
                 } else if t.exporters.count_ones() > 1 {
                     Some(1)
-                } else if gap > 180 * SEC {
+                } else if gap >= 180 * SEC {
                     Some(2)
-                } else if t.agg_evicted {
+                } else if t.agg_evicted || agg_bounded {
                     Some(3)
-                } else if gap > 90 * SEC {
+                } else if gap >= 90 * SEC || skewed {
                     Some(5)
                 } else {
                     None
@@ -492,6 +560,7 @@ impl Sim {
                     || t.evicted
                     || t.crash_lost
                     || t.agg_evicted
+                    || t.mixed
                     || t.exporters == 0;
                 if let Some(e) = err {
                     self.now = conn.t_destroy;
@@ -559,7 +628,7 @@ impl Sim {
             "double count after aggregator restart (deltas recounted from zero)",
             "double count after agent restart re-export (aggregator forgot the flow)",
             "double count: aggregator forgot a quiet flow (inactive timeout + tombstone) and recounted its late record",
-            "double count after aggregator eviction (store full)",
+            "double count after the aggregator evicted the flow or its tombstone (store full)",
             "late destination half of a finished flow: record without Service fields",
             "double count: late half of a finished flow not matched to its tombstone (Node clocks differ)",
             "mixed record: late half of an older connection joined to a reused 5-tuple's tombstone",

@@ -181,7 +181,9 @@ pub struct Sim {
     t_end: Nanos,
     pub(crate) conns: Vec<Conn>,
     pub(crate) tracks: Vec<[Track; 2]>,
-    live_tuples: HashSet<(Ipv4Addr, u16, Ipv4Addr, u16, u8)>,
+    /// `(Node, tuple)` of every original and reply tuple in a table: conntrack keeps both unique
+    /// per table, so a new connection that would clash with one is not made.
+    live_tuples: HashSet<(usize, flowcore::model::Tuple)>,
     recent: Vec<u32>,
     events: BinaryHeap<Reverse<(Nanos, u64, Ev)>>,
     datagrams: BinaryHeap<Reverse<(Nanos, u64, usize)>>,
@@ -677,12 +679,12 @@ impl Sim {
                 // The kernel lets a new SYN take over a TIME_WAIT entry: the old one is destroyed.
                 self.destroy(old);
             }
-            if self.live_tuples.contains(&spec.tuple_key_with(&self.cl)) {
-                continue;
-            }
-            self.conns[old as usize].reused_by = Some(self.conns.len() as u32);
+            let id = self.conns.len();
             self.start_conn(spec);
-            return true;
+            if self.conns.len() > id {
+                self.conns[old as usize].reused_by = Some(id as u32);
+                return true;
+            }
         }
         false
     }
@@ -767,9 +769,6 @@ impl Sim {
     }
 
     fn start_conn(&mut self, spec: Spec) {
-        if self.live_tuples.contains(&spec.tuple_key_with(&self.cl)) {
-            return;
-        }
         let r = &mut self.rng;
         let now = self.now;
         let class = r.below(10);
@@ -941,7 +940,15 @@ impl Sim {
             destroyed: false,
             reused_by: None,
         };
+        if conn.views.iter().any(|v| {
+            self.live_tuples.contains(&(v.node, v.orig))
+                || self.live_tuples.contains(&(v.node, v.reply))
+        }) {
+            return;
+        }
         for (vi, v) in conn.views.iter().enumerate() {
+            self.live_tuples.insert((v.node, v.orig));
+            self.live_tuples.insert((v.node, v.reply));
             self.nodes[v.node].live.push((id, vi as u8));
             self.nodes[v.node]
                 .by_record
@@ -955,7 +962,6 @@ impl Sim {
             proto: key.proto,
         };
         self.by_key.entry(ck).or_default().push(id);
-        self.live_tuples.insert(spec.tuple_key_with(&self.cl));
         self.push(conn.t_destroy, Ev::Destroy(id));
         self.summary.connections += 1;
         self.summary.conn_events += 1;
@@ -1003,18 +1009,9 @@ impl Sim {
             conn.t_close = conn.t_close.min(now);
             conn.t_traffic_end = conn.t_traffic_end.min(now);
         }
-        let conn = &self.conns[c as usize];
-        let cl = &self.cl;
-        let key = (
-            conn.views[0].orig.src,
-            conn.views[0].orig.src_port,
-            conn.views[0].orig.dst,
-            conn.views[0].orig.dst_port,
-            conn.proto,
-        );
-        let _ = cl;
-        if let (IpAddr::V4(a), IpAddr::V4(b)) = (key.0, key.2) {
-            self.live_tuples.remove(&(a, key.1, b, key.3, key.4));
+        for v in &self.conns[c as usize].views {
+            self.live_tuples.remove(&(v.node, v.orig));
+            self.live_tuples.remove(&(v.node, v.reply));
         }
         for vi in 0..self.conns[c as usize].views.len() {
             let v = self.conns[c as usize].views[vi];
@@ -1052,6 +1049,22 @@ impl Sim {
             if self.traced(c) {
                 let line = format!("destroy event node {} {:?}", v.node, entry_counters(&entry));
                 self.push_trace(line);
+            } else if let Some(tc) = self.cfg.trace_conn
+                && self.trace.len() < 400
+                && (self
+                    .conns
+                    .get(tc as usize)
+                    .is_none_or(|t| t.key == self.conns[c as usize].key))
+                && std::env::var("SIM_TRACE_PORT")
+                    .is_ok_and(|p| p == self.conns[c as usize].key.src_port.to_string())
+            {
+                let line = format!(
+                    "destroy event node {} of conn {c} on {:?}: {}",
+                    v.node,
+                    self.conns[c as usize].key,
+                    crate::trace::entry_text(&entry)
+                );
+                self.push_trace(line);
             }
         }
     }
@@ -1070,6 +1083,20 @@ impl Sim {
             self.tracks[c as usize][vi as usize].observe(inc, entry_counters(&e));
         }
         self.summary.conn_events += node.buf.len() as u64;
+        if self.cfg.trace_conn.is_some()
+            && let Ok(p) = std::env::var("SIM_TRACE_PORT")
+        {
+            let lines: Vec<String> = node
+                .buf
+                .iter()
+                .filter(|e| e.orig.src_port.to_string() == p || e.orig.dst_port.to_string() == p)
+                .map(|e| format!("dump node {n} entry: {}", crate::trace::entry_text(e)))
+                .collect();
+            for l in lines {
+                self.push_trace(l);
+            }
+        }
+        let node = &mut self.nodes[n];
         let tn = node.now(now);
         node.exporter.handle_dump(tn, &node.buf);
         if let Some((rn, w)) = &mut self.recorder
@@ -1428,6 +1455,14 @@ impl Sim {
             .any(|n| n.exporter.stats().refused_store_full > 0)
     }
 
+    pub(crate) fn trace_conn(&self) -> Option<u32> {
+        self.cfg.trace_conn
+    }
+
+    pub(crate) fn agg_stats(&self) -> &flowcore::aggregator::AggregatorStats {
+        self.agg.stats()
+    }
+
     pub(crate) fn strict(&self) -> bool {
         self.cfg.strict
     }
@@ -1484,30 +1519,5 @@ impl Spec {
             server_port: c.key.dst_port,
             until: Nanos::MAX,
         }
-    }
-
-    /// The original tuple at the client's Node: what must be unique among live entries.
-    fn tuple_key_with(&self, cl: &Cluster) -> (Ipv4Addr, u16, Ipv4Addr, u16, u8) {
-        let ip = |p: Option<(usize, usize)>| p.map(|(s, _)| cl.slots[s].ip);
-        let client = ip(self.client)
-            .or(self.ext)
-            .unwrap_or(Ipv4Addr::UNSPECIFIED);
-        let (dst, dport) = match (self.kind, self.service) {
-            (Kind::FromExternal, Some((s, p))) => {
-                let node = self.server.map_or(0, |(s, _)| cl.slots[s].node);
-                (
-                    cl.nodes[node].addr,
-                    cl.services[s].ports[p].node_port.unwrap_or(0),
-                )
-            }
-            (_, Some((s, p))) => (cl.services[s].cluster_ip, cl.services[s].ports[p].port),
-            _ => (
-                ip(self.server)
-                    .or(self.ext)
-                    .unwrap_or(Ipv4Addr::UNSPECIFIED),
-                self.server_port,
-            ),
-        };
-        (client, self.client_port, dst, dport, self.proto)
     }
 }
