@@ -404,9 +404,12 @@ impl MetadataIndex {
                 id
             }
         };
+        // A Pod reported again after its delete (a relist) holds its IPs anew: open new
+        // tenancies rather than keep the closed ones.
         let old_ips = self
             .pods
             .get(&id)
+            .filter(|e| e.deleted.is_none() || p.deleted.is_some())
             .map(|e| e.ips.clone())
             .unwrap_or_default();
         let ips: Vec<IpAddr> = if p.host_network {

@@ -199,3 +199,23 @@ fn pod_cidr_lookup_is_longest_prefix_and_follows_node_updates() {
     );
     assert_eq!(name(&m, "10.0.6.9"), None);
 }
+
+#[test]
+fn a_pod_reported_again_after_its_delete_resolves_again() {
+    let mut m = MetadataIndex::new(Duration::from_secs(60));
+    m.apply(
+        Timestamp::from_secs(10),
+        MetadataUpdate::Pod(pod("u1", "a", "n1", "10.0.0.5", 10)),
+    );
+    m.apply(
+        Timestamp::from_secs(100),
+        MetadataUpdate::PodDeleted { uid: "u1".into() },
+    );
+    m.apply(
+        Timestamp::from_secs(110),
+        MetadataUpdate::Pod(pod("u1", "a", "n1", "10.0.0.5", 10)),
+    );
+    m.expire(Timestamp::from_secs(1000));
+    assert_eq!(name_at(&m, "10.0.0.5", 500).as_deref(), Some("a"));
+    assert_eq!(m.stats().pods, 1);
+}
