@@ -309,6 +309,17 @@ async function main() {
     let rows = await flowRows();
     assert(rows.length === 50, `first page has ${rows.length} rows`);
     await shot('5-flow-records');
+    // Older → the next 50, older than the first page.
+    let b0 = await loads();
+    await page.click('#next');
+    await settled(b0);
+    const older = await flowRows();
+    assert(older.length === 50 && older[0].flowEndSeconds <= rows[49].flowEndSeconds
+      && !older.some((r) => rows.some((x) => x.id === r.id)), 'the second page is not the next 50 records');
+    assert(/Records 51–100/.test(await page.textContent('#page')), 'pager text');
+    b0 = await loads();
+    await page.click('#prev');
+    await settled(b0);
     const before = await loads();
     await page.fill('#flow-filters input[name=protocol]', 'udp');
     await page.selectOption('#flow-filters select[name=flowType]', '3');

@@ -5,7 +5,7 @@
 import { api, flowParamNames } from '../api.js';
 import { panel, table } from '../dom.js';
 import { ACTIONS, bps, bytes, esc, FLOW_TYPES, PROTOCOLS, time } from '../format.js';
-import { update } from '../route.js';
+import { parse, update } from '../route.js';
 import { NARROW, plan } from '../narrow.js';
 
 const FIELDS = [
@@ -71,14 +71,9 @@ function bind(root, params) {
   root.querySelector('#flow-clear').addEventListener('click', () => {
     update(Object.fromEntries([...FILTER_KEYS, 'offset'].map((k) => [k, ''])));
   });
-  root.querySelector('#prev').addEventListener('click', () => {
-    const o = Number(new URLSearchParams(location.hash.split('?')[1]).get('offset') || 0);
-    update({ offset: Math.max(0, o - PAGE) || '' });
-  });
-  root.querySelector('#next').addEventListener('click', () => {
-    const o = Number(new URLSearchParams(location.hash.split('?')[1]).get('offset') || 0);
-    update({ offset: o + PAGE });
-  });
+  const offset = () => Number(parse().params.get('offset') || 0);
+  root.querySelector('#prev').addEventListener('click', () => update({ offset: Math.max(0, offset() - PAGE) || '' }));
+  root.querySelector('#next').addEventListener('click', () => update({ offset: offset() + PAGE }));
   const toggle = (e) => {
     const tr = e.target.closest('tr[data-i]');
     const detail = tr && tr.nextElementSibling;
