@@ -55,7 +55,50 @@ fn add<K: Hash + Eq>(m: &mut HashMap<K, Traffic>, k: K, t: &Traffic) {
     e.records += t.records;
 }
 
+/// The same sums keyed by hour instead of minute (`hour` rewrites the key's first element).
+fn by_hour<K: Hash + Eq>(m: &HashMap<K, Traffic>, hour: impl Fn(&K) -> K) -> HashMap<K, Traffic> {
+    let mut out = HashMap::with_capacity(m.len());
+    for (k, t) in m {
+        add(&mut out, hour(k), t);
+    }
+    out
+}
+
+fn hour(m: u32) -> u32 {
+    m / 3600 * 3600
+}
+
 impl Rollups {
+    fn hourly(&self) -> Rollups {
+        Rollups {
+            pod_pair: by_hour(&self.pod_pair, |k| {
+                let mut k = k.clone();
+                k.0 = hour(k.0);
+                k
+            }),
+            pod_service: by_hour(&self.pod_service, |k| {
+                let mut k = k.clone();
+                k.0 = hour(k.0);
+                k
+            }),
+            pod_external: by_hour(&self.pod_external, |k| {
+                let mut k = k.clone();
+                k.0 = hour(k.0);
+                k
+            }),
+            node_pair: by_hour(&self.node_pair, |k| {
+                let mut k = k.clone();
+                k.0 = hour(k.0);
+                k
+            }),
+            policy: by_hour(&self.policy, |k| {
+                let mut k = k.clone();
+                k.0 = hour(k.0);
+                k
+            }),
+        }
+    }
+
     fn add(&mut self, r: &AggregatedRecord) {
         let minute = r.end_secs / 60 * 60;
         let t = Traffic {
@@ -185,7 +228,8 @@ pub fn insert_batch(
             rollups.add(r);
         }
     }
-    write_rollups(&tx, &rollups, scratch)?;
+    write_rollups(&tx, &rollups, scratch, "")?;
+    write_rollups(&tx, &rollups.hourly(), scratch, schema::HOURLY)?;
     tx.commit()
 }
 
@@ -268,8 +312,14 @@ fn bind_node(
     st.raw_bind_parameter(next(), c.end_secs)
 }
 
-fn write_rollups(tx: &Connection, r: &Rollups, scratch: &mut Scratch) -> rusqlite::Result<()> {
-    let sql = |idx: usize| schema::upsert_sql(ROLLUPS[idx].0, ROLLUPS[idx].1);
+fn write_rollups(
+    tx: &Connection,
+    r: &Rollups,
+    scratch: &mut Scratch,
+    suffix: &str,
+) -> rusqlite::Result<()> {
+    let sql =
+        |idx: usize| schema::upsert_sql(&format!("{}{suffix}", ROLLUPS[idx].0), ROLLUPS[idx].1);
     let mut st = tx.prepare_cached(&sql(0))?;
     for ((m, a, b, c, d, e, f, ft), t) in &r.pod_pair {
         st.raw_bind_parameter(1, m)?;

@@ -93,10 +93,26 @@ fn any_of(w: &mut Where, cols: &[&str], v: &str) {
     );
 }
 
+/// The rows of rollup `table` covering `range`: per-minute rows for the partial hours at the
+/// edges, hourly rows (`{table}_h`) for the whole hours between, so a day-long range reads
+/// ~24 rows per group instead of ~1440. The bounds are integers we computed, so they are
+/// written into the SQL rather than bound.
+fn src(table: &str, range: &TimeRange) -> String {
+    let (a, b) = range.minutes();
+    let (h1, h2) = (a.div_ceil(3600) * 3600, b / 3600 * 3600);
+    if h2 <= h1 {
+        return format!("(SELECT * FROM {table} WHERE minute >= {a} AND minute < {b})");
+    }
+    format!(
+        "(SELECT * FROM {table} WHERE minute >= {a} AND minute < {h1} \
+         UNION ALL SELECT * FROM {table}_h WHERE minute >= {h1} AND minute < {h2} \
+         UNION ALL SELECT * FROM {table} WHERE minute >= {h2} AND minute < {b})"
+    )
+}
+
+/// Filters (not the time range, which [`src`] applies) of a dashboard query on a rollup.
 fn dash_where(f: &DashFilter, d: &Dims) -> Where {
     let mut w = Where::default();
-    let (a, b) = f.range.minutes();
-    w.push("minute >= ? AND minute < ?", [int(a), int(b)]);
     if let Some(ns) = &f.namespace {
         any_of(&mut w, d.ns, ns);
     }
@@ -152,6 +168,13 @@ fn pod_name(ns: &str, pod: &str) -> String {
 }
 
 pub fn top(c: &Connection, q: &TopQuery) -> rusqlite::Result<Vec<TopRow>> {
+    let r = &q.filter.range;
+    let (pp, pe, np, ps) = (
+        src("r_pod_pair", r),
+        src("r_pod_external", r),
+        src("r_node_pair", r),
+        src("r_pod_service", r),
+    );
     // Single-entity groupings union both ends, swapping directions for the destination end so
     // `octets` is always what the entity sent.
     let swap = "rev_packets AS packets, rev_octets AS octets, packets AS rev_packets, \
@@ -162,7 +185,7 @@ pub fn top(c: &Connection, q: &TopQuery) -> rusqlite::Result<Vec<TopRow>> {
             let w = dash_where(&q.filter, &POD_PAIR);
             (
                 format!(
-                    "SELECT src_ns, src_pod, dst_ns, dst_pod, {SUMS} FROM r_pod_pair WHERE {} \
+                    "SELECT src_ns, src_pod, dst_ns, dst_pod, {SUMS} FROM {pp} WHERE {} \
                      GROUP BY src_ns, src_pod, dst_ns, dst_pod ORDER BY bytes DESC LIMIT ?",
                     w.sql()
                 ),
@@ -179,9 +202,9 @@ pub fn top(c: &Connection, q: &TopQuery) -> rusqlite::Result<Vec<TopRow>> {
             (
                 format!(
                     "SELECT ns, pod, '', '', {SUMS} FROM ( \
-                     SELECT src_ns AS ns, src_pod AS pod, {keep} FROM r_pod_pair WHERE {w1} \
-                     UNION ALL SELECT dst_ns, dst_pod, {swap} FROM r_pod_pair WHERE {w1} \
-                     UNION ALL SELECT ns, pod, {keep} FROM r_pod_external WHERE {w2}) \
+                     SELECT src_ns AS ns, src_pod AS pod, {keep} FROM {pp} WHERE {w1} \
+                     UNION ALL SELECT dst_ns, dst_pod, {swap} FROM {pp} WHERE {w1} \
+                     UNION ALL SELECT ns, pod, {keep} FROM {pe} WHERE {w2}) \
                      GROUP BY ns, pod ORDER BY bytes DESC LIMIT ?",
                     w1 = w.sql(),
                     w2 = we.sql()
@@ -194,7 +217,7 @@ pub fn top(c: &Connection, q: &TopQuery) -> rusqlite::Result<Vec<TopRow>> {
             let w = dash_where(&q.filter, &NODE_PAIR);
             (
                 format!(
-                    "SELECT '', src_node, '', dst_node, {SUMS} FROM r_node_pair WHERE {} \
+                    "SELECT '', src_node, '', dst_node, {SUMS} FROM {np} WHERE {} \
                      GROUP BY src_node, dst_node ORDER BY bytes DESC LIMIT ?",
                     w.sql()
                 ),
@@ -209,8 +232,8 @@ pub fn top(c: &Connection, q: &TopQuery) -> rusqlite::Result<Vec<TopRow>> {
             (
                 format!(
                     "SELECT '', node, '', '', {SUMS} FROM ( \
-                     SELECT src_node AS node, {keep} FROM r_node_pair WHERE {w1} AND src_node != '' \
-                     UNION ALL SELECT dst_node, {swap} FROM r_node_pair WHERE {w1} AND dst_node != '') \
+                     SELECT src_node AS node, {keep} FROM {np} WHERE {w1} AND src_node != '' \
+                     UNION ALL SELECT dst_node, {swap} FROM {np} WHERE {w1} AND dst_node != '') \
                      GROUP BY node ORDER BY bytes DESC LIMIT ?",
                     w1 = w.sql()
                 ),
@@ -222,7 +245,7 @@ pub fn top(c: &Connection, q: &TopQuery) -> rusqlite::Result<Vec<TopRow>> {
             let w = dash_where(&q.filter, &POD_SERVICE);
             (
                 format!(
-                    "SELECT '', service, '', '', {SUMS} FROM r_pod_service WHERE {} \
+                    "SELECT '', service, '', '', {SUMS} FROM {ps} WHERE {} \
                      GROUP BY service ORDER BY bytes DESC LIMIT ?",
                     w.sql()
                 ),
@@ -234,7 +257,7 @@ pub fn top(c: &Connection, q: &TopQuery) -> rusqlite::Result<Vec<TopRow>> {
             let w = dash_where(&q.filter, &POD_EXTERNAL);
             (
                 format!(
-                    "SELECT '', ext_ip, '', '', {SUMS} FROM r_pod_external WHERE {} \
+                    "SELECT '', ext_ip, '', '', {SUMS} FROM {pe} WHERE {} \
                      GROUP BY ext_ip ORDER BY bytes DESC LIMIT ?",
                     w.sql()
                 ),
@@ -265,6 +288,9 @@ pub fn top(c: &Connection, q: &TopQuery) -> rusqlite::Result<Vec<TopRow>> {
     rows.collect()
 }
 
+/// Time series over ranges longer than this use hourly points.
+pub const SERIES_HOURLY_ABOVE_SECS: u64 = 6 * 3600;
+
 pub fn timeseries(c: &Connection, q: &SeriesQuery) -> rusqlite::Result<TimeSeries> {
     // (table, dims, group columns rendered as the series name, extra group column)
     let (table, dims, ns, name, ft) = match q.by {
@@ -281,6 +307,22 @@ pub fn timeseries(c: &Connection, q: &SeriesQuery) -> rusqlite::Result<TimeSerie
     };
     let w = dash_where(&q.filter, dims);
     let ft_col = ft.unwrap_or("0");
+    // Long ranges get hourly points from the hourly rollup: a day is 24 points per series,
+    // not 1440, and the query reads 60× fewer rows. The range widens to whole hours.
+    let (a, b) = q.filter.range.minutes();
+    let (step, from) = if b - a > SERIES_HOURLY_ABOVE_SECS {
+        let (a, b) = (a / 3600 * 3600, b.div_ceil(3600) * 3600);
+        (
+            3600,
+            format!("(SELECT * FROM {table}_h WHERE minute >= {a} AND minute < {b})"),
+        )
+    } else {
+        (
+            60,
+            format!("(SELECT * FROM {table} WHERE minute >= {a} AND minute < {b})"),
+        )
+    };
+    let table = from;
     // The top groups over the whole range first, then their minutes: the answer stays bounded
     // by limit × minutes whatever the cardinality.
     let sql = format!(
@@ -325,7 +367,7 @@ pub fn timeseries(c: &Connection, q: &SeriesQuery) -> rusqlite::Result<TimeSerie
     // Largest first, as the UI's legend lists them.
     let total = |s: &Series| s.points.iter().map(|p| p[1] + p[2]).sum::<u64>();
     series.sort_by(|x, y| total(y).cmp(&total(x)).then_with(|| x.name.cmp(&y.name)));
-    Ok(TimeSeries { step: 60, series })
+    Ok(TimeSeries { step, series })
 }
 
 fn node_or_external(n: &str) -> &str {
@@ -351,8 +393,9 @@ pub fn sankey(c: &Connection, q: &SankeyQuery) -> rusqlite::Result<Sankey> {
     };
     let w = dash_where(&q.filter, dims);
     let sql = format!(
-        "SELECT {a}, {b}, {SUMS} FROM {table} WHERE {} GROUP BY {a}, {b} \
+        "SELECT {a}, {b}, {SUMS} FROM {} WHERE {} GROUP BY {a}, {b} \
          ORDER BY bytes DESC LIMIT ?",
+        src(table, &q.filter.range),
         w.sql()
     );
     let mut params = w.params;
@@ -398,9 +441,10 @@ pub fn sankey(c: &Connection, q: &SankeyQuery) -> rusqlite::Result<Sankey> {
 pub fn node_matrix(c: &Connection, f: &DashFilter) -> rusqlite::Result<NodeMatrix> {
     let w = dash_where(f, &NODE_PAIR);
     let sql = format!(
-        "SELECT src_node, dst_node, SUM(octets + rev_octets) FROM r_node_pair WHERE {} \
+        "SELECT src_node, dst_node, SUM(octets + rev_octets) FROM {} WHERE {} \
          AND src_node != '' AND dst_node != '' GROUP BY src_node, dst_node \
          ORDER BY src_node, dst_node",
+        src("r_node_pair", &f.range),
         w.sql()
     );
     let secs = f.range.secs();
@@ -444,8 +488,9 @@ pub fn policy_flows(c: &Connection, q: &PolicyQuery) -> rusqlite::Result<Vec<Pol
     }
     let sql = format!(
         "SELECT eg_ns, eg_name, eg_action, in_ns, in_name, in_action, src_ns, src_pod, dst_ns, \
-         dst_pod, {SUMS} FROM r_policy WHERE {} GROUP BY eg_ns, eg_name, eg_action, in_ns, \
+         dst_pod, {SUMS} FROM {} WHERE {} GROUP BY eg_ns, eg_name, eg_action, in_ns, \
          in_name, in_action, src_ns, src_pod, dst_ns, dst_pod ORDER BY bytes DESC LIMIT ?",
+        src("r_policy", &q.filter.range),
         w.sql()
     );
     let mut params = w.params;
@@ -637,11 +682,11 @@ pub fn record_span(c: &Connection) -> rusqlite::Result<(u64, Option<u64>, Option
 pub fn rollup_rows(c: &Connection) -> rusqlite::Result<u64> {
     let mut n = 0;
     for (t, _) in super::schema::ROLLUPS {
-        n += c
-            .query_row(&format!("SELECT COUNT(*) FROM {t}"), [], |r| {
-                r.get::<_, i64>(0)
-            })?
-            .max(0) as u64;
+        let q = format!(
+            "SELECT (SELECT COUNT(*) FROM {t}) + (SELECT COUNT(*) FROM {t}{})",
+            super::schema::HOURLY
+        );
+        n += c.query_row(&q, [], |r| r.get::<_, i64>(0))?.max(0) as u64;
     }
     Ok(n)
 }
