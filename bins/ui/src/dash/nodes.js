@@ -4,7 +4,6 @@
 import { api } from '../api.js';
 import * as charts from '../charts.js';
 import { panel } from '../dom.js';
-import { bytes } from '../format.js';
 import { go } from '../route.js';
 
 function layout() {
@@ -13,7 +12,7 @@ function layout() {
     ${panel('inter', 'Inter-Node throughput (source Node → destination Node)')}
     ${panel('intra', 'Intra-Node throughput')}
     ${panel('heat', 'Average Mbps per Node pair', { hint: 'rows: source · columns: destination · click → records' })}
-    ${panel('pernode', 'Tx and Rx bytes per Node')}
+    ${panel('pernode', 'Average Tx and Rx Mbps per Node', { hint: 'click → records' })}
   </div>`;
 }
 
@@ -44,16 +43,19 @@ async function load(root, ctx) {
         c.setOption(charts.empty(), true);
         return;
       }
+      const secs = Math.max(1, ctx.range.end - ctx.range.start);
+      const mbps = (b) => Math.round((b * 8) / secs / 1e3) / 1e3;
+      const fmt = (v) => `${v.toFixed(3)} Mbps`;
       c.setOption({
         ...charts.ANIM,
-        tooltip: { trigger: 'axis', axisPointer: { type: 'shadow' }, valueFormatter: bytes, confine: true },
+        tooltip: { trigger: 'axis', axisPointer: { type: 'shadow' }, valueFormatter: fmt, confine: true },
         legend: { top: 0 },
         grid: { left: 8, right: 16, top: 30, bottom: 8, containLabel: true },
         xAxis: { type: 'category', data: rows.map((r) => r.src), axisLabel: { fontSize: 11 } },
-        yAxis: { type: 'value', axisLabel: { fontSize: 10, formatter: (v) => bytes(v) } },
+        yAxis: { type: 'value', axisLabel: { fontSize: 10, formatter: (v) => `${v} Mbps` } },
         series: [
-          { name: 'Tx', type: 'bar', data: rows.map((r) => r.octets), color: '#3b6fd8' },
-          { name: 'Rx', type: 'bar', data: rows.map((r) => r.reverseOctets), color: '#e8833a' },
+          { name: 'Tx', type: 'bar', data: rows.map((r) => mbps(r.octets)), color: '#3b6fd8' },
+          { name: 'Rx', type: 'bar', data: rows.map((r) => mbps(r.reverseOctets)), color: '#e8833a' },
         ],
       }, true);
       c.off('click');
