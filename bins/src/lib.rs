@@ -4,6 +4,7 @@
 pub mod collector;
 pub mod agent;
 pub mod aggregator;
+pub mod collector_cmd;
 pub mod config;
 pub mod conntrack_cmd;
 pub mod decode;

@@ -9,12 +9,11 @@
 //! message written (`ack`); a failed or stale message is `nack`ed and its delta goes out again, so
 //! an aggregator restart or a network partition loses nothing.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use flowcore::exporter::{ExportId, ExporterConfig, FlowExporter};
+use flowcore::exporter::{ExporterConfig, FlowExporter};
 use flowcore::ipfix::{EncoderConfig, node_observation_domain};
 use flowcore::metadata::MetadataUpdate;
 use flowcore::model::{ConntrackEntry, Timestamp};
@@ -24,10 +23,9 @@ use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::pipeline::Pipeline;
+use super::export_path::ExportPath;
 use crate::config::agent::AgentConfig;
 use crate::ops::Ops;
-use crate::transport::exporter::{Exporter, ExporterConfig as TransportConfig, Outcome, SessionId};
 use crate::transport::metrics::ExporterMetrics;
 use crate::transport::{Transport, tls};
 
@@ -231,31 +229,15 @@ pub async fn run(
         _ => EncoderConfig::stream(domain),
     };
     let names: Vec<String> = cfg.collectors.iter().map(|c| c.to_string()).collect();
-    let mut pipeline = Pipeline::new(enc_cfg, &names)?;
-    let (outcome_tx, mut outcomes) =
-        mpsc::channel::<Outcome>(cfg.max_queued_messages * cfg.collectors.len() + 1);
-    let mut exporters = Vec::new();
-    let mut sessions = Vec::new();
-    for c in &cfg.collectors {
-        let mut t = TransportConfig::new(c.clone(), cfg.transport);
-        t.tls = tls_cfg.clone();
-        t.queue_capacity = cfg.max_queued_messages;
-        let (ex, mut rx, _task) = Exporter::spawn(t, tmetrics.clone(), shutdown.child_token());
-        let fwd = outcome_tx.clone();
-        tokio::spawn(async move {
-            while let Some(o) = rx.recv().await {
-                if fwd.send(o).await.is_err() {
-                    return;
-                }
-            }
-        });
-        sessions.push(ex.sessions());
-        exporters.push(ex);
-    }
-    drop(outcome_tx);
-    let mut current: Vec<Option<SessionId>> = vec![None; exporters.len()];
-    let mut in_flight: HashMap<u64, Vec<ExportId>> = HashMap::new();
-    let mut next_tag = 0u64;
+    let mut path = ExportPath::start(
+        &cfg.collectors,
+        cfg.transport,
+        tls_cfg,
+        cfg.max_queued_messages,
+        enc_cfg,
+        &tmetrics,
+        &shutdown,
+    )?;
 
     // Metadata.
     let (initial, informers) = metadata_source(&cfg, &ops).await?;
@@ -283,7 +265,7 @@ pub async fn run(
         let deadline = core
             .poll_timeout()
             .into_iter()
-            .chain(pipeline.poll_timeout())
+            .chain(path.pipeline.poll_timeout())
             .min();
         let sleep = async {
             match deadline {
@@ -330,40 +312,20 @@ pub async fn run(
                 core.handle_metadata(now(), u);
                 metrics.metadata_updates.inc();
             }
-            Some(o) = outcomes.recv() => {
-                if let Some(ids) = in_flight.remove(&o.tag) {
-                    let ok = o.result.is_ok();
-                    let c = if ok { &metrics.records_exported } else { &metrics.records_failed };
-                    c.inc_by(ids.len() as u64);
-                    Pipeline::settle(&mut core, &ids, ok);
-                }
+            Some(ev) = path.next_event() => {
+                let st = path.handle(ev, now(), &mut core);
+                metrics.records_exported.inc_by(st.exported);
+                metrics.records_failed.inc_by(st.failed);
             }
             _ = sleep => {
                 let t = now();
                 core.handle_timeout(t);
-                pipeline.handle_timeout(t);
-            }
-            res = changed(&mut sessions) => {
-                let (i, s) = res;
-                if s != current[i] {
-                    current[i] = s;
-                    let stale = pipeline.new_session(i, now());
-                    metrics.records_failed.inc_by(stale.len() as u64);
-                    Pipeline::settle(&mut core, &stale, false);
-                }
+                path.pipeline.handle_timeout(t);
             }
         }
         // Everything due goes out now.
-        pipeline.pump(now(), &mut core);
-        send_all(
-            &mut pipeline,
-            &exporters,
-            &current,
-            &mut in_flight,
-            &mut next_tag,
-            &mut core,
-            &metrics,
-        );
+        let st = path.pump(now(), &mut core);
+        metrics.records_failed.inc_by(st.failed);
         let meta_ok = meta_ready.as_ref().is_none_or(|h| h.is_ready());
         ops.set_ready(first_dump_done && meta_ok);
     }
@@ -372,84 +334,15 @@ pub async fn run(
     tracing::info!("shutting down: flushing live connections");
     events_stop.cancel();
     core.shutdown(now());
-    pipeline.pump(now(), &mut core);
-    send_all(
-        &mut pipeline,
-        &exporters,
-        &current,
-        &mut in_flight,
-        &mut next_tag,
-        &mut core,
-        &metrics,
-    );
-    let drain = tokio::time::sleep(Duration::from_secs(5));
-    tokio::pin!(drain);
-    while !in_flight.is_empty() {
-        tokio::select! {
-            _ = &mut drain => break,
-            o = outcomes.recv() => match o {
-                Some(o) => if let Some(ids) = in_flight.remove(&o.tag) {
-                    Pipeline::settle(&mut core, &ids, o.result.is_ok());
-                },
-                None => break,
-            },
-        }
-    }
-    if !in_flight.is_empty() {
+    let st = path.pump(now(), &mut core);
+    metrics.records_failed.inc_by(st.failed);
+    let st = path.drain(&mut core, Duration::from_secs(5)).await;
+    metrics.records_exported.inc_by(st.exported);
+    if path.in_flight() > 0 {
         tracing::warn!(
-            messages = in_flight.len(),
+            messages = path.in_flight(),
             "shut down with messages unconfirmed"
         );
     }
     Ok(())
-}
-
-/// Hands queued messages to their replica's actor; a message with no session or a full queue
-/// is failed at once.
-fn send_all(
-    pipeline: &mut Pipeline,
-    exporters: &[Exporter],
-    current: &[Option<SessionId>],
-    in_flight: &mut HashMap<u64, Vec<ExportId>>,
-    next_tag: &mut u64,
-    core: &mut FlowExporter,
-    metrics: &AgentMetrics,
-) {
-    while let Some(o) = pipeline.poll_outgoing() {
-        let sent = match current[o.shard] {
-            Some(session) => {
-                *next_tag += 1;
-                match exporters[o.shard].try_send(session, *next_tag, o.message) {
-                    Ok(()) => {
-                        in_flight.insert(*next_tag, o.exports);
-                        continue;
-                    }
-                    Err(_) => false,
-                }
-            }
-            None => false,
-        };
-        if !sent {
-            metrics.records_failed.inc_by(o.exports.len() as u64);
-            Pipeline::settle(core, &o.exports, false);
-        }
-    }
-}
-
-/// The first replica whose session changed, and its new session.
-async fn changed(
-    sessions: &mut [tokio::sync::watch::Receiver<crate::transport::exporter::SessionState>],
-) -> (usize, Option<SessionId>) {
-    if sessions.is_empty() {
-        return std::future::pending().await;
-    }
-    let futs = sessions.iter_mut().enumerate().map(|(i, s)| {
-        Box::pin(async move {
-            if s.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-            (i, s.borrow_and_update().current)
-        })
-    });
-    futures::future::select_all(futs).await.0
 }

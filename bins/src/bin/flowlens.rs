@@ -1,7 +1,7 @@
 //! `flowlens`: collector, demo, simulator, decoder and conntrack tools in one binary.
 
 use clap::{Parser, Subcommand};
-use flowlens_bins::{conntrack_cmd, decode, registry_cmd, sim_cmd};
+use flowlens_bins::{collector_cmd, conntrack_cmd, decode, registry_cmd, sim_cmd};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -21,6 +21,8 @@ enum Cmd {
     /// Read the live Linux conntrack table (needs CAP_NET_ADMIN).
     #[command(subcommand)]
     Conntrack(conntrack_cmd::ConntrackCmd),
+    /// Receive aggregated IPFIX, store it, and serve the HTTP API and dashboards.
+    Collector(collector_cmd::CollectorArgs),
     /// Print the information-element registry (Logstash definitions, JSON or CSV).
     Registry(registry_cmd::RegistryArgs),
     /// Deterministic simulated cluster runs with fault injection and invariant checks.
@@ -35,6 +37,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Decode(a) => decode::run(a),
         Cmd::Conntrack(c) => c.run(),
         Cmd::Registry(a) => registry_cmd::run(a),
+        Cmd::Collector(a) => collector_cmd::run(a),
         Cmd::Sim(a) => sim_cmd::run(a),
         Cmd::Replay(a) => sim_cmd::replay(a),
     };

@@ -1,0 +1,192 @@
+//! The agent's whole export path after the exporter core: the [`Pipeline`] (encoding, sharding)
+//! and one transport actor per aggregator replica, with the bookkeeping that turns each
+//! message's fate into `ack`/`nack` of its records. The agent's main loop and `flowlens demo`
+//! both drive it, so the demo exercises exactly what runs on a Node.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flowcore::config::CollectorAddr;
+use flowcore::exporter::{ExportId, FlowExporter};
+use flowcore::ipfix::EncoderConfig;
+use flowcore::model::Timestamp;
+use rustls::ClientConfig;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::pipeline::Pipeline;
+use crate::transport::Transport;
+use crate::transport::exporter::{
+    Exporter, ExporterConfig as TransportConfig, Outcome, SessionId, SessionState,
+};
+use crate::transport::metrics::ExporterMetrics;
+
+/// Something the transport reported.
+pub enum PathEvent {
+    Outcome(Outcome),
+    /// Replica `i` has a new session (or none).
+    Session(usize, Option<SessionId>),
+}
+
+/// What a call settled: records written, and records failed (to be re-exported).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Settled {
+    pub exported: u64,
+    pub failed: u64,
+}
+
+pub struct ExportPath {
+    pub pipeline: Pipeline,
+    exporters: Vec<Exporter>,
+    sessions: Vec<watch::Receiver<SessionState>>,
+    current: Vec<Option<SessionId>>,
+    outcomes: mpsc::Receiver<Outcome>,
+    in_flight: HashMap<u64, Vec<ExportId>>,
+    next_tag: u64,
+}
+
+impl ExportPath {
+    /// Starts one transport actor per collector address.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        collectors: &[CollectorAddr],
+        transport: Transport,
+        tls: Option<watch::Receiver<Arc<ClientConfig>>>,
+        queue_capacity: usize,
+        enc_cfg: EncoderConfig,
+        metrics: &ExporterMetrics,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<ExportPath> {
+        let names: Vec<String> = collectors.iter().map(|c| c.to_string()).collect();
+        let pipeline = Pipeline::new(enc_cfg, &names)?;
+        let (outcome_tx, outcomes) =
+            mpsc::channel::<Outcome>(queue_capacity * collectors.len().max(1) + 1);
+        let mut exporters = Vec::new();
+        let mut sessions = Vec::new();
+        for c in collectors {
+            let mut t = TransportConfig::new(c.clone(), transport);
+            t.tls = tls.clone();
+            t.queue_capacity = queue_capacity;
+            let (ex, mut rx, _task) = Exporter::spawn(t, metrics.clone(), shutdown.child_token());
+            let fwd = outcome_tx.clone();
+            tokio::spawn(async move {
+                while let Some(o) = rx.recv().await {
+                    if fwd.send(o).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            sessions.push(ex.sessions());
+            exporters.push(ex);
+        }
+        Ok(ExportPath {
+            pipeline,
+            current: vec![None; exporters.len()],
+            exporters,
+            sessions,
+            outcomes,
+            in_flight: HashMap::new(),
+            next_tag: 0,
+        })
+    }
+
+    /// Messages written to a socket but not yet confirmed.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Encodes what the core has to send and hands it to the transport; a message with no
+    /// session or a full queue is failed at once (nacked).
+    pub fn pump(&mut self, now: Timestamp, core: &mut FlowExporter) -> Settled {
+        self.pipeline.pump(now, core);
+        let mut s = Settled::default();
+        while let Some(o) = self.pipeline.poll_outgoing() {
+            if let Some(session) = self.current[o.shard] {
+                self.next_tag += 1;
+                if self.exporters[o.shard]
+                    .try_send(session, self.next_tag, o.message)
+                    .is_ok()
+                {
+                    self.in_flight.insert(self.next_tag, o.exports);
+                    continue;
+                }
+            }
+            s.failed += o.exports.len() as u64;
+            Pipeline::settle(core, &o.exports, false);
+        }
+        s
+    }
+
+    /// The next transport event.
+    pub async fn next_event(&mut self) -> Option<PathEvent> {
+        tokio::select! {
+            o = self.outcomes.recv() => o.map(PathEvent::Outcome),
+            (i, s) = changed(&mut self.sessions) => Some(PathEvent::Session(i, s)),
+        }
+    }
+
+    /// Applies a transport event to the core.
+    pub fn handle(&mut self, ev: PathEvent, now: Timestamp, core: &mut FlowExporter) -> Settled {
+        let mut s = Settled::default();
+        match ev {
+            PathEvent::Outcome(o) => {
+                if let Some(ids) = self.in_flight.remove(&o.tag) {
+                    let ok = o.result.is_ok();
+                    if ok {
+                        s.exported += ids.len() as u64;
+                    } else {
+                        s.failed += ids.len() as u64;
+                    }
+                    Pipeline::settle(core, &ids, ok);
+                }
+            }
+            PathEvent::Session(i, session) => {
+                if self.current.get(i).is_some_and(|c| *c != session) {
+                    self.current[i] = session;
+                    let stale = self.pipeline.new_session(i, now);
+                    s.failed += stale.len() as u64;
+                    Pipeline::settle(core, &stale, false);
+                }
+            }
+        }
+        s
+    }
+
+    /// Waits up to `limit` for the messages in flight to be confirmed.
+    pub async fn drain(&mut self, core: &mut FlowExporter, limit: Duration) -> Settled {
+        let mut total = Settled::default();
+        let deadline = tokio::time::sleep(limit);
+        tokio::pin!(deadline);
+        while !self.in_flight.is_empty() {
+            tokio::select! {
+                _ = &mut deadline => break,
+                o = self.outcomes.recv() => match o {
+                    Some(o) => {
+                        let s = self.handle(PathEvent::Outcome(o), Timestamp::ZERO, core);
+                        total.exported += s.exported;
+                        total.failed += s.failed;
+                    }
+                    None => break,
+                },
+            }
+        }
+        total
+    }
+}
+
+/// The first replica whose session changed, and its new session.
+async fn changed(sessions: &mut [watch::Receiver<SessionState>]) -> (usize, Option<SessionId>) {
+    if sessions.is_empty() {
+        return std::future::pending().await;
+    }
+    let futs = sessions.iter_mut().enumerate().map(|(i, s)| {
+        Box::pin(async move {
+            if s.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            (i, s.borrow_and_update().current)
+        })
+    });
+    futures::future::select_all(futs).await.0
+}

@@ -1,0 +1,191 @@
+//! `flowlens collector --config FILE`: aggregated IPFIX in (TCP, UDP or TLS, through the same
+//! collecting process as the aggregator), stored in the embedded SQLite store, served by the HTTP
+//! API and the web UI on one port.
+//!
+//! Ingest batches records (up to 5000, or every 250 ms) and inserts each batch in one
+//! transaction on the blocking pool; while a batch is being written the next one accumulates, and
+//! a full channel pushes back on the aggregator's TCP connection rather than buffering.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use flowcore::aggregator::{AggregatedRecord, Interner};
+use prometheus_client::metrics::counter::Counter;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::collector::{SqliteConfig, SqliteStore, Store};
+use crate::config::collector::CollectorConfig;
+use crate::ops::Ops;
+use crate::transport::collector::{Collector, CollectorConfig as ListenConfig};
+use crate::transport::metrics::CollectorMetrics;
+use crate::transport::{Transport, tls};
+
+/// Arguments of `flowlens collector`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Example config: deploy/base/collector/flowlens-collector.conf.yaml\nThe UI and API are served on httpAddr (default 0.0.0.0:8080)."
+)]
+pub struct CollectorArgs {
+    /// YAML config file (listenAddr, transport, dataDir, retention, httpAddr, …).
+    #[arg(long)]
+    pub config: PathBuf,
+}
+
+/// A running collector.
+pub struct Running {
+    pub ipfix_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub store: Arc<dyn Store>,
+    pub task: JoinHandle<anyhow::Result<()>>,
+}
+
+/// Starts the collector's listeners, store and HTTP server; they stop when `shutdown` is
+/// cancelled (the returned task ends once ingest has stored everything it received).
+pub async fn start(
+    cfg: CollectorConfig,
+    ops: Arc<Ops>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Running> {
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(SqliteConfig {
+            dir: cfg.data_dir.clone(),
+            max_age: Some(cfg.retention),
+            max_bytes: Some(cfg.max_store_bytes),
+        })
+        .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?,
+    );
+    let retention = crate::collector::spawn_retention(store.clone(), Duration::from_secs(60));
+    let cmetrics = CollectorMetrics::default();
+    let stored = Counter::<u64>::default();
+    let store_errors = Counter::<u64>::default();
+    ops.register(|r| {
+        cmetrics.register(r, "ipfix_collect");
+        r.register(
+            "records_stored",
+            "Aggregated records written to the store",
+            stored.clone(),
+        );
+        r.register(
+            "store_errors",
+            "Batches the store failed to write (logged)",
+            store_errors.clone(),
+        );
+    });
+    let mut lc = ListenConfig::default();
+    match cfg.transport {
+        Transport::Tcp => lc.tcp = Some(cfg.listen_addr),
+        Transport::Udp => lc.udp = Some(cfg.listen_addr),
+        Transport::Tls => {
+            let files = tls::TlsFiles {
+                ca: cfg.tls.ca_cert.clone().unwrap_or_default(),
+                cert: cfg.tls.cert.clone().unwrap_or_default(),
+                key: cfg.tls.key.clone().unwrap_or_default(),
+            };
+            lc.tls = Some(cfg.listen_addr);
+            lc.tls_config = Some(tls::watch_server_config(
+                files,
+                Duration::from_secs(30),
+                shutdown.clone(),
+            )?);
+        }
+    }
+    let (tx, mut rx) = crate::transport::collector::channel(256);
+    let collector = Collector::bind(lc, cmetrics, tx).await?;
+    let ipfix_addr = collector
+        .tcp_addr()
+        .or(collector.udp_addr())
+        .or(collector.tls_addr())
+        .unwrap_or(cfg.listen_addr);
+    let collector_task = tokio::spawn(collector.run(shutdown.clone()));
+
+    let listener = tokio::net::TcpListener::bind(cfg.http_addr)
+        .await
+        .with_context(|| format!("binding the HTTP API on {}", cfg.http_addr))?;
+    let http_addr = listener.local_addr()?;
+    let app = crate::collector::router(store.clone())
+        .merge(crate::collector::ui::ui_router())
+        .merge(ops.router());
+    let http_shutdown = shutdown.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(http_shutdown.cancelled_owned())
+            .await
+    });
+    ops.set_ready(true);
+
+    let ingest_store = store.clone();
+    let task = tokio::spawn(async move {
+        let mut names = Interner::default();
+        let mut batch: Vec<AggregatedRecord> = Vec::with_capacity(5000);
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            let more = tokio::select! {
+                m = rx.recv() => match m {
+                    Some(m) => {
+                        for rec in m.records() {
+                            if let Ok(r) = AggregatedRecord::from_ipfix(&rec, &mut names) {
+                                batch.push(r);
+                            }
+                        }
+                        true
+                    }
+                    None => false,
+                },
+                _ = tick.tick() => true,
+            };
+            if !batch.is_empty() && (batch.len() >= 5000 || !more || rx.is_empty()) {
+                let b = std::mem::replace(&mut batch, Vec::with_capacity(5000));
+                let s = ingest_store.clone();
+                let now = crate::agent::run::now().as_secs();
+                let n = b.len() as u64;
+                match tokio::task::spawn_blocking(move || s.insert(&b, now)).await {
+                    Ok(Ok(())) => {
+                        stored.inc_by(n);
+                    }
+                    Ok(Err(e)) => {
+                        store_errors.inc();
+                        tracing::error!(error = %e, records = n, "storing a batch failed");
+                    }
+                    Err(e) => tracing::error!(error = %e, "store task failed"),
+                }
+            }
+            if !more {
+                break;
+            }
+        }
+        let _ = collector_task.await;
+        let _ = http.await;
+        retention.abort();
+        Ok(())
+    });
+    Ok(Running {
+        ipfix_addr,
+        http_addr,
+        store,
+        task,
+    })
+}
+
+pub fn run(args: CollectorArgs) -> anyhow::Result<()> {
+    let file: crate::config::collector::CollectorFile = crate::config::load_yaml(&args.config)?;
+    let cfg = file
+        .validate()
+        .with_context(|| format!("in config file {}", args.config.display()))?;
+    crate::config::init_logging(&cfg.log);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let ops = Ops::new("flowlens_collector");
+        let shutdown = CancellationToken::new();
+        let r = start(cfg, ops, shutdown.clone()).await?;
+        tracing::info!(ipfix = %r.ipfix_addr, http = %r.http_addr, "collector running");
+        crate::signals::wait().await;
+        shutdown.cancel();
+        r.task.await?
+    })
+}
