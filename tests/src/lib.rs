@@ -17,6 +17,7 @@ use flowcore::ipfix::{EncodeError, Encoder, FieldSpec, Layout};
 use flowcore::model::Timestamp;
 
 pub mod decode_cmp;
+pub mod e2e;
 pub mod pcap;
 pub mod traffic;
 pub mod tshark;
@@ -66,6 +67,11 @@ impl ChildGuard {
 
     pub fn id(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The child itself, e.g. to take its piped stdin or stdout.
+    pub fn child_mut(&mut self) -> &mut Child {
+        &mut self.child
     }
 
     /// Whether the process has exited (and with what), without waiting.
@@ -550,11 +556,30 @@ pub fn flowlens_bin() -> PathBuf {
                 return p.into();
             }
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let st = Command::new(cargo)
-                .args(["build", "-q", "-p", "bins", "--bin", "flowlens"])
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .status()
-                .expect("run cargo build -p bins");
+            let mut cmd = Command::new(cargo);
+            cmd.args(["build", "-q", "-p", "bins", "--bin", "flowlens"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"));
+            // Cargo runs tests with this package's CARGO_MANIFEST_DIR, CARGO_PKG_* … set; build
+            // scripts that watch them (ring's watches CARGO_MANIFEST_DIR) would otherwise be
+            // rebuilt here, and again by the next ordinary build.
+            for (k, _) in std::env::vars_os() {
+                let k = k.to_string_lossy();
+                if k.starts_with("CARGO_PKG_")
+                    || k.starts_with("CARGO_BIN_")
+                    || [
+                        "CARGO_MANIFEST_DIR",
+                        "CARGO_MANIFEST_PATH",
+                        "CARGO_CRATE_NAME",
+                        "CARGO_PRIMARY_PACKAGE",
+                        "CARGO_TARGET_TMPDIR",
+                        "OUT_DIR",
+                    ]
+                    .contains(&k.as_ref())
+                {
+                    cmd.env_remove(k.as_ref());
+                }
+            }
+            let st = cmd.status().expect("run cargo build -p bins");
             assert!(st.success(), "cargo build -p bins --bin flowlens failed");
             target_dir().join("debug/flowlens")
         })
