@@ -443,11 +443,12 @@ async function main() {
     await page.selectOption('#range', 'now-15m');
     await settled(before);
     assert(hashParams(new URL(page.url()).hash).get('start') === 'now-15m', 'range not in the URL');
-    const c15 = (await chartsById())['c-series'];
+    // Compared in bytes (the pie): series points are per minute, or per hour over 6 h.
+    const c15 = (await chartsById())['c-types'];
     before = await loads();
     await page.selectOption('#range', 'now-6h');
     await settled(before);
-    const c6h = (await chartsById())['c-series'];
+    const c6h = (await chartsById())['c-types'];
     assert(c15.sum < c6h.sum, 'a shorter range does not show less traffic');
     // A custom range: the last 20 minutes as absolute times.
     await page.selectOption('#range', 'custom');
@@ -465,8 +466,14 @@ async function main() {
     await settled(before);
     const q = hashParams(new URL(page.url()).hash);
     assert(Math.abs(Number(q.get('start')) - (now - 1200)) <= 1, `custom start ${q.get('start')}`);
-    const c20 = (await chartsById())['c-series'];
+    const c20 = (await chartsById())['c-types'];
     assert(c20.sum > 0 && c20.sum < c6h.sum, 'custom range not applied');
+    // Over 24 h the API answers hourly points: the lines follow its step (no per-minute zeros).
+    await fresh('#/pod-to-pod?start=now-24h');
+    await settled(0);
+    const day = (await chartsById())['c-src'];
+    assert(day.sum > 0 && day.items / day.names.length <= 26, `24 h: ${day.items} points in ${day.names.length} series`);
+    await shot('9-pod-to-pod-24h');
     await fresh('#/overview');
     await settled(0);
     before = await loads();

@@ -98,11 +98,11 @@ export function sankey(data, value, { tooltip } = {}) {
 
 /**
  * Lines over time from `/api/timeseries` series; `pick(point)` is the value (bits/s) of a
- * `[minute, bps, reverseBps]` point. Minutes without traffic are drawn as zero.
+ * `[stepStart, bps, reverseBps]` point, `step` the answer's seconds per point (a minute, or an
+ * hour over long ranges). Steps without traffic are drawn as zero.
  */
-export function lines(series, pick, range, { stack = false, area = false } = {}) {
+export function lines(series, pick, range, { step = 60, stack = false, area = false } = {}) {
   if (!series.length) return empty();
-  const step = 60;
   const first = Math.floor(range.start / step) * step;
   const last = Math.floor((range.end - 1) / step) * step;
   const filled = (pts) => {

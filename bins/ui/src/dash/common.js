@@ -33,7 +33,7 @@ export function seriesPanel(ctx, id, by, pick, opts = {}) {
   return ctx.panel(id, async (el) => {
     const ts = await api('timeseries', { ...ctx.dash, by, limit: opts.limit || 10 });
     const series = opts.filter ? ts.series.filter(opts.filter) : ts.series;
-    ctx.chart(el).setOption(charts.lines(series, pick, ctx.range, opts), true);
+    ctx.chart(el).setOption(charts.lines(series, pick, ctx.range, { ...opts, step: ts.step }), true);
   });
 }
 

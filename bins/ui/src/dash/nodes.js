@@ -20,8 +20,8 @@ async function load(root, ctx) {
   const ts = api('timeseries', { ...ctx.dash, by: 'nodePair', limit: 50 });
   ts.catch(() => {});
   const lines = (id, type) => ctx.panel(id, async (el) => {
-    const { series } = await ts;
-    ctx.chart(el).setOption(charts.lines(series.filter((s) => s.flowType === type), (p) => p[1] + p[2], ctx.range), true);
+    const { series, step } = await ts;
+    ctx.chart(el).setOption(charts.lines(series.filter((s) => s.flowType === type), (p) => p[1] + p[2], ctx.range, { step }), true);
   });
   await Promise.all([
     lines('inter', 2),

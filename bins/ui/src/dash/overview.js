@@ -64,7 +64,7 @@ async function load(root, ctx) {
       const ts = await nodeSeries;
       const sums = byFlowType(ts.series).map((s) => ({
         name: s.name,
-        value: s.points.reduce((a, p) => a + (p[1] * 60) / 8, 0),
+        value: s.points.reduce((a, p) => a + (p[1] * ts.step) / 8, 0),
       }));
       const c = ctx.chart(el);
       c.setOption(charts.pie(sums), true);
@@ -77,7 +77,7 @@ async function load(root, ctx) {
     ctx.panel('series', async (el) => {
       const ts = await nodeSeries;
       ctx.chart(el).setOption(
-        charts.lines(byFlowType(ts.series), (p) => p[1], ctx.range, { stack: true, area: true }), true);
+        charts.lines(byFlowType(ts.series), (p) => p[1], ctx.range, { step: ts.step, stack: true, area: true }), true);
     }),
     ctx.panel('pods', async (el) => {
       const { rows } = await api('top', { ...d, by: 'pod', limit: 10 });
