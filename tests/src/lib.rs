@@ -340,24 +340,6 @@ pub fn write_ipfix_capture(path: &Path, msgs: &[Vec<u8>]) {
     pcap::write_udp_pcap(path, src, dst, traffic::START, msgs);
 }
 
-/// Receives datagrams until `done(received)` holds, within `timeout`.
-pub fn recv_datagrams(
-    sock: &UdpSocket,
-    timeout: Duration,
-    what: &str,
-    mut done: impl FnMut(&[(SocketAddr, Vec<u8>)]) -> bool,
-) -> Vec<(SocketAddr, Vec<u8>)> {
-    let mut got = Vec::new();
-    let mut buf = vec![0u8; 65536];
-    wait_for(timeout, what, || {
-        if let Ok((n, from)) = sock.recv_from(&mut buf) {
-            got.push((from, buf[..n].to_vec()));
-        }
-        done(&got).then_some(())
-    });
-    got
-}
-
 /// A value an Antrea-layout field is given, as the test expects peers to show it.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Val {
