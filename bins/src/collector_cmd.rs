@@ -108,7 +108,7 @@ pub async fn start(
     let http_addr = listener.local_addr()?;
     let app = crate::collector::router(store.clone())
         .merge(crate::collector::ui::ui_router())
-        .merge(ops.router());
+        .merge(ops.metrics_router());
     let http_shutdown = shutdown.clone();
     let http = tokio::spawn(async move {
         axum::serve(listener, app)

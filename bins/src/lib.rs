@@ -8,6 +8,7 @@ pub mod collector_cmd;
 pub mod config;
 pub mod conntrack_cmd;
 pub mod decode;
+pub mod demo;
 pub mod ops;
 pub mod registry_cmd;
 pub mod sample;

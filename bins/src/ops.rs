@@ -54,9 +54,14 @@ impl Ops {
 
     /// `/metrics`, `/healthz`, `/readyz`.
     pub fn router(self: &Arc<Ops>) -> Router {
+        self.metrics_router()
+            .route("/healthz", get(|| async { "ok\n" }))
+    }
+
+    /// `/metrics` and `/readyz`, for servers that have a `/healthz` of their own.
+    pub fn metrics_router(self: &Arc<Ops>) -> Router {
         Router::new()
             .route("/metrics", get(metrics))
-            .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz))
             .with_state(self.clone())
     }

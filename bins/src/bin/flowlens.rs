@@ -1,7 +1,7 @@
 //! `flowlens`: collector, demo, simulator, decoder and conntrack tools in one binary.
 
 use clap::{Parser, Subcommand};
-use flowlens_bins::{collector_cmd, conntrack_cmd, decode, registry_cmd, sim_cmd};
+use flowlens_bins::{collector_cmd, conntrack_cmd, decode, demo, registry_cmd, sim_cmd};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -16,6 +16,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// The whole pipeline on a simulated cluster, with live dashboards on a local port.
+    Demo(demo::DemoArgs),
     /// Decode IPFIX from a pcap/pcapng capture or a raw IPFIX stream into JSON lines.
     Decode(decode::DecodeArgs),
     /// Read the live Linux conntrack table (needs CAP_NET_ADMIN).
@@ -34,6 +36,7 @@ enum Cmd {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let res = match cli.cmd {
+        Cmd::Demo(a) => demo::run(a),
         Cmd::Decode(a) => decode::run(a),
         Cmd::Conntrack(c) => c.run(),
         Cmd::Registry(a) => registry_cmd::run(a),
