@@ -16,6 +16,9 @@ fn main() {
     println!("cargo:rerun-if-changed=ui/src");
     println!("cargo:rerun-if-changed=ui/vendor/echarts.min.js");
     println!("cargo:rerun-if-changed=ui/vendor.sh");
+    // The table below holds absolute paths: a checkout elsewhere sharing the target dir (CI's
+    // fresh clone, a worktree) must regenerate it rather than reuse another tree's files.
+    println!("cargo:rerun-if-env-changed=CARGO_MANIFEST_DIR");
 
     if !echarts.is_file() {
         let ran = Command::new("sh").arg(ui.join("vendor.sh")).status();
