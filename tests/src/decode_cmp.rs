@@ -128,6 +128,21 @@ const TSHARK_TO_IE: &[(&str, &[&str], Kind)] = &[
         Kind::Text,
     ),
     ("cflow.flows", &["deltaFlowCount"], Kind::Num),
+    (
+        "cflow.original_observation_domain_id",
+        &["originalObservationDomainId"],
+        Kind::Num,
+    ),
+    (
+        "cflow.original_exporter_ipv4_address",
+        &["originalExporterIPv4Address"],
+        Kind::Text,
+    ),
+    (
+        "cflow.original_exporter_ipv6_address",
+        &["originalExporterIPv6Address"],
+        Kind::Text,
+    ),
     ("cflow.octets_exp", &["exportedOctetTotalCount"], Kind::Num),
     (
         "cflow.packets_exp",
@@ -195,6 +210,13 @@ fn compare_record(t: &PdmlRecord, f: &Map<String, Value>) -> Vec<String> {
     }
     let mut seen: Vec<String> = Vec::new();
     for g in &t.fields {
+        if g.name == "cflow.enterprise_private_entry" {
+            match compare_enterprise(g, f) {
+                Ok(key) => seen.push(key),
+                Err(e) => errs.push(e),
+            }
+            continue;
+        }
         let Some((_, names, kind)) = TSHARK_TO_IE.iter().find(|(n, _, _)| *n == g.name) else {
             errs.push(format!(
                 "tshark field {} ({:?}) is not in TSHARK_TO_IE",
@@ -257,9 +279,16 @@ fn compare_record(t: &PdmlRecord, f: &Map<String, Value>) -> Vec<String> {
             None => errs.push(format!("{key}: cannot read tshark's {:?}", g.show)),
         }
     }
+    // tshark shows nothing for an empty variable-length enterprise field.
+    let empty_enterprise = |k: &str, v: &Value| {
+        v.as_str() == Some("") && flowcore::ie::by_name(k).is_some_and(|e| e.pen != 0)
+    };
     let extra: Vec<&String> = f
-        .keys()
-        .filter(|k| !META_KEYS.contains(&k.as_str()) && !seen.contains(k))
+        .iter()
+        .filter(|(k, v)| {
+            !(META_KEYS.contains(&k.as_str()) || seen.contains(k) || empty_enterprise(k, v))
+        })
+        .map(|(k, _)| k)
         .collect();
     if !extra.is_empty() {
         errs.push(format!(
@@ -267,6 +296,62 @@ fn compare_record(t: &PdmlRecord, f: &Map<String, Value>) -> Vec<String> {
         ));
     }
     errs
+}
+
+/// An enterprise field tshark has no name for ("Enterprise Private entry: (Project Antrea) Type
+/// 101: Value (hex bytes): …"): the IE is found in flowcore's registry by PEN and id, and
+/// flowlens's JSON value, turned back into wire bytes by the IE's type, must equal tshark's raw
+/// bytes. Returns the JSON key compared.
+fn compare_enterprise(
+    g: &crate::tshark::PdmlField,
+    f: &Map<String, Value>,
+) -> Result<String, String> {
+    use flowcore::ie::DataType::*;
+    let pen = if g.showname.contains("(Project Antrea)") {
+        flowcore::ie::PEN_ANTREA
+    } else {
+        return Err(format!(
+            "enterprise field of an unknown PEN: {:?}",
+            g.showname
+        ));
+    };
+    let id: u16 = g
+        .showname
+        .split(" Type ")
+        .nth(1)
+        .and_then(|r| r.split(':').next())
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or_else(|| format!("no element id in {:?}", g.showname))?;
+    let ie = flowcore::ie::lookup(flowcore::ie::IeId::new(pen, id))
+        .ok_or_else(|| format!("{pen}/{id} is not in flowcore's registry"))?;
+    let v = f
+        .get(ie.name)
+        .ok_or_else(|| format!("tshark shows {pen}/{id}; flowlens printed no {}", ie.name))?;
+    let n = g.size;
+    let bytes: Option<Vec<u8>> = match (ie.data_type, v) {
+        (String, Value::String(s)) => Some(s.as_bytes().to_vec()),
+        (Ipv4Address | Ipv6Address, Value::String(s)) => {
+            s.parse::<std::net::IpAddr>().ok().map(|a| match a {
+                std::net::IpAddr::V4(a) => a.octets().to_vec(),
+                std::net::IpAddr::V6(a) => a.octets().to_vec(),
+            })
+        }
+        (Unsigned8 | Unsigned16 | Unsigned32 | Unsigned64 | DateTimeSeconds, Value::Number(x)) => x
+            .as_u64()
+            .filter(|_| n <= 8)
+            .map(|x| x.to_be_bytes()[8 - n..].to_vec()),
+        _ => None,
+    };
+    let hex: Option<std::string::String> =
+        bytes.map(|b| b.iter().map(|x| format!("{x:02x}")).collect());
+    if hex.as_deref() == Some(g.value.as_str()) {
+        Ok(ie.name.to_string())
+    } else {
+        Err(format!(
+            "{}: flowlens {v}, tshark's raw bytes {} ({n} bytes)",
+            ie.name, g.value
+        ))
+    }
 }
 
 /// What a comparison covered.

@@ -302,3 +302,17 @@ fn tshark_decodes_each_layout_alone() {
         check(&tests::tshark::decode_file(&file, 4739), &recs);
     }
 }
+
+/// `flowlens decode` on flowlens's own Antrea-layout messages agrees with tshark: IANA and reverse
+/// fields by tshark's names, Antrea's fields by their raw bytes.
+#[test]
+fn flowlens_decode_agrees_with_tshark_on_antrea_layouts() {
+    let dir = TempDir::new("tshark-decode");
+    let recs = records();
+    let mut enc = encoder_with_layouts(DOMAIN);
+    let msgs = encode(&mut enc, &recs);
+    let file = dir.join("flowlens.pcap");
+    write_ipfix_capture(&file, &msgs);
+    let c = tests::decode_cmp::assert_decode_matches_tshark(&file, 4739);
+    assert_eq!(c.records, recs.len(), "{c:?}");
+}
