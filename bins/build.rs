@@ -16,9 +16,6 @@ fn main() {
     println!("cargo:rerun-if-changed=ui/src");
     println!("cargo:rerun-if-changed=ui/vendor/echarts.min.js");
     println!("cargo:rerun-if-changed=ui/vendor.sh");
-    // The table below holds absolute paths: a checkout elsewhere sharing the target dir (CI's
-    // fresh clone, a worktree) must regenerate it rather than reuse another tree's files.
-    println!("cargo:rerun-if-env-changed=CARGO_MANIFEST_DIR");
 
     if !echarts.is_file() {
         let ran = Command::new("sh").arg(ui.join("vendor.sh")).status();
@@ -42,10 +39,12 @@ fn main() {
     for (name, path) in &files {
         let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let etag = format!("\"{:016x}\"", fnv1a(&bytes));
+        // Relative to the crate, so the table stays right in any checkout that shares the
+        // target dir (CI's fresh clone, a worktree) even when cargo reuses this output.
+        let rel = path.strip_prefix(&manifest).unwrap_or(path).display().to_string();
         let _ = writeln!(
             out,
-            "    ({name:?}, include_bytes!({:?}), {:?}, {etag:?}),",
-            path.display().to_string(),
+            "    ({name:?}, include_bytes!(concat!(env!(\"CARGO_MANIFEST_DIR\"), \"/\", {rel:?})), {:?}, {etag:?}),",
             content_type(name),
         );
     }
