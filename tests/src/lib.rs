@@ -17,6 +17,7 @@ use flowcore::ipfix::{EncodeError, Encoder, FieldSpec, Layout};
 use flowcore::model::Timestamp;
 
 pub mod decode_cmp;
+pub mod e2e;
 pub mod pcap;
 pub mod traffic;
 pub mod tshark;
