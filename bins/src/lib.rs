@@ -9,6 +9,7 @@ pub mod config;
 pub mod conntrack_cmd;
 pub mod decode;
 pub mod demo;
+pub mod observe;
 pub mod ops;
 pub mod registry_cmd;
 pub mod sample;

@@ -1,7 +1,7 @@
 //! `flowlens`: collector, demo, simulator, decoder and conntrack tools in one binary.
 
 use clap::{Parser, Subcommand};
-use flowlens_bins::{collector_cmd, conntrack_cmd, decode, demo, registry_cmd, sim_cmd};
+use flowlens_bins::{collector_cmd, conntrack_cmd, decode, demo, observe, registry_cmd, sim_cmd};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -25,6 +25,8 @@ enum Cmd {
     Conntrack(conntrack_cmd::ConntrackCmd),
     /// Receive aggregated IPFIX, store it, and serve the HTTP API and dashboards.
     Collector(collector_cmd::CollectorArgs),
+    /// Query or follow flow records stored by a collector, as a table or JSON lines.
+    Observe(observe::ObserveArgs),
     /// Print the information-element registry (Logstash definitions, JSON or CSV).
     Registry(registry_cmd::RegistryArgs),
     /// Deterministic simulated cluster runs with fault injection and invariant checks.
@@ -41,6 +43,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Conntrack(c) => c.run(),
         Cmd::Registry(a) => registry_cmd::run(a),
         Cmd::Collector(a) => collector_cmd::run(a),
+        Cmd::Observe(a) => observe::run(a),
         Cmd::Sim(a) => sim_cmd::run(a),
         Cmd::Replay(a) => sim_cmd::replay(a),
     };
