@@ -61,9 +61,8 @@ fn tools() -> Result<(PathBuf, PathBuf), String> {
     Ok((chromium, pw))
 }
 
-fn seeded_store(now: u64) -> Arc<dyn Store> {
-    let dir = std::env::temp_dir().join(format!("flowlens-ui-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+fn seeded_store(dir: &Path, now: u64) -> Arc<dyn Store> {
+    let _ = std::fs::remove_dir_all(dir);
     let store = SqliteStore::open(SqliteConfig::new(dir)).expect("open store");
     // 5 Nodes, 40 Pods, records ending over the last 50 minutes: the UI's default range
     // (the last hour) shows all of them.
@@ -94,7 +93,8 @@ fn dashboards_in_headless_chromium() {
         .duration_since(UNIX_EPOCH)
         .expect("clock")
         .as_secs();
-    let store = seeded_store(now);
+    let dir = std::env::temp_dir().join(format!("flowlens-ui-{}", std::process::id()));
+    let store = seeded_store(&dir, now);
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -150,6 +150,9 @@ fn dashboards_in_headless_chromium() {
             std::thread::sleep(Duration::from_secs(3600));
         }
     }
+    // Stops the server (its tasks hold the store), then removes the store's files.
+    drop(rt);
+    let _ = std::fs::remove_dir_all(&dir);
     match status {
         Some(s) => assert!(s.success(), "browser checks failed ({s}); output above"),
         None => panic!("browser checks timed out after {SCRIPT_TIMEOUT:?}; output above"),
