@@ -1012,3 +1012,135 @@ fn entries_without_counters_keep_the_last_totals() {
     assert_eq!(r.len(), 1);
     assert_eq!(r[0].totals.octets, 1000);
 }
+
+// --- robustness: arbitrary inputs never panic ---------------------------------------------
+
+#[derive(Clone, Debug)]
+enum AnyOp {
+    Dump(Vec<ConntrackEntry>),
+    Entries(Vec<ConntrackEntry>),
+    Destroy(ConntrackEntry),
+    Timeout,
+    Poll(u8),
+    Ack(u64),
+    Nack(u64),
+    Time(i64),
+    Pod(u8, u8, bool),
+    Shutdown,
+}
+
+fn any_entry() -> impl Strategy<Value = ConntrackEntry> {
+    let addr = prop_oneof![
+        (0u8..4).prop_map(|i| IpAddr::from([10, 1, 1, 10 + i])),
+        (0u8..4).prop_map(|i| IpAddr::from([10, 1, 2, 20 + i])),
+        Just(ip("203.0.113.5")),
+        Just(ip("192.168.0.1")),
+        Just(ip("fd00::1")),
+    ];
+    let tuple = (
+        addr.clone(),
+        addr,
+        0u16..4,
+        0u16..4,
+        prop::sample::select(vec![6u8, 17, 1]),
+    )
+        .prop_map(|(src, dst, sp, dp, proto)| Tuple {
+            src,
+            dst,
+            src_port: sp,
+            dst_port: dp,
+            proto,
+        });
+    let counters = proptest::option::of((0u64..4, 0u64..4).prop_map(|(p, b)| Counters {
+        packets: p,
+        bytes: b,
+    }));
+    (
+        tuple.clone(),
+        tuple,
+        0u16..2,
+        0u32..3,
+        proptest::option::of((0u64..3).prop_map(secs)),
+        counters.clone(),
+        counters,
+        proptest::option::of(
+            (0u8..11).prop_map(|v| TcpState::from_kernel(v).unwrap_or(TcpState::None)),
+        ),
+    )
+        .prop_map(
+            |(orig, reply, zone, id, start, oc, rc, tcp)| ConntrackEntry {
+                orig,
+                reply,
+                zone,
+                id,
+                start,
+                orig_counters: oc,
+                reply_counters: rc,
+                tcp_state: tcp,
+                ..ConntrackEntry::default()
+            },
+        )
+}
+
+fn any_op() -> impl Strategy<Value = AnyOp> {
+    prop_oneof![
+        proptest::collection::vec(any_entry(), 0..6).prop_map(AnyOp::Dump),
+        proptest::collection::vec(any_entry(), 0..3).prop_map(AnyOp::Entries),
+        any_entry().prop_map(AnyOp::Destroy),
+        Just(AnyOp::Timeout),
+        any::<u8>().prop_map(AnyOp::Poll),
+        (0u64..20).prop_map(AnyOp::Ack),
+        (0u64..20).prop_map(AnyOp::Nack),
+        (-30i64..90).prop_map(AnyOp::Time),
+        (any::<u8>(), any::<u8>(), any::<bool>()).prop_map(|(a, b, c)| AnyOp::Pod(a, b, c)),
+        Just(AnyOp::Shutdown),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64), ..ProptestConfig::default() })]
+
+    /// Any sequence of calls, with time jumping back and forth, unknown acks and odd entries:
+    /// no panic, and the bookkeeping stays consistent.
+    #[test]
+    fn arbitrary_inputs_never_panic(ops in proptest::collection::vec(any_op(), 0..80), max in 1usize..6) {
+        let mut ex = cluster(ExporterConfig { max_connections: max, ..ExporterConfig::default() });
+        let mut now = secs(10);
+        for op in ops {
+            match op {
+                AnyOp::Dump(es) => ex.handle_dump(now, &es),
+                AnyOp::Entries(es) => ex.handle_entries(now, &es),
+                AnyOp::Destroy(e) => ex.handle_destroy(now, &e),
+                AnyOp::Timeout => ex.handle_timeout(now),
+                AnyOp::Poll(n) => {
+                    for _ in 0..n % 4 {
+                        if let Some(x) = ex.poll_record(now) {
+                            prop_assert!(x.record.totals.checked_sub(x.record.deltas).is_some());
+                            let _ = x.record.resolved(ex.interner());
+                        }
+                    }
+                }
+                AnyOp::Ack(id) => { let _ = ex.ack(ExportId(id)); }
+                AnyOp::Nack(id) => { let _ = ex.nack(ExportId(id)); }
+                AnyOp::Time(d) => {
+                    now = Timestamp::from_nanos(now.as_nanos().saturating_add_signed(d * 1_000_000_000));
+                }
+                AnyOp::Pod(a, b, del) => {
+                    let uid = format!("r{}", a % 4);
+                    if del {
+                        ex.handle_metadata(now, MetadataUpdate::PodDeleted { uid });
+                    } else {
+                        let node = if b % 2 == 0 { "n1" } else { "n2" };
+                        let addr = format!("10.1.1.{}", 10 + b % 4);
+                        ex.handle_metadata(now, MetadataUpdate::Pod(pod(&uid, "shop", &uid, node, &addr, "x")));
+                    }
+                }
+                AnyOp::Shutdown => ex.shutdown(now),
+            }
+            let st = ex.stats();
+            prop_assert!(st.tracked <= max, "{:?}", st);
+            prop_assert!(st.tracked + st.ending <= 2 * max, "{:?}", st);
+            prop_assert_eq!(st.records_polled, st.records_acked + st.records_nacked + ex.in_flight() as u64);
+        }
+    }
+}
