@@ -419,7 +419,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
                     let _ = dump_txs[i].try_send(table);
                 }
                 let secs = t.saturating_since(t0).as_secs();
-                if secs % 5 == 0 {
+                if secs.is_multiple_of(5) {
                     let s = collector.store.clone();
                     let stored = tokio::task::spawn_blocking(move || s.stats().map(|s| s.records).unwrap_or(0)).await.unwrap_or(0);
                     println!(

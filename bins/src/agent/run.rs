@@ -86,12 +86,15 @@ impl AgentMetrics {
     }
 }
 
+/// A dump's result: the filled vector (handed back for reuse) and the table's size.
+type DumpResult = anyhow::Result<(Vec<ConntrackEntry>, io_linux::TableStats)>;
+
 /// Dumps conntrack on request on a dedicated thread, handing back filled vectors (reused).
 fn spawn_dumper(
     zone: Option<u16>,
 ) -> anyhow::Result<(
     std::sync::mpsc::Sender<Vec<ConntrackEntry>>,
-    mpsc::Receiver<anyhow::Result<(Vec<ConntrackEntry>, io_linux::TableStats)>>,
+    mpsc::Receiver<DumpResult>,
 )> {
     let (req_tx, req_rx) = std::sync::mpsc::channel::<Vec<ConntrackEntry>>();
     let (res_tx, res_rx) = mpsc::channel(1);
