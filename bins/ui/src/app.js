@@ -28,13 +28,15 @@ window.flowlens = {
   chartOf: (el) => echarts.getInstanceByDom(el),
 };
 
-/** Unix seconds of `now`, `now-15m` (s, m, h, d) or a number. */
+/** Unix seconds of `now`, `now-15m` (s, m, h, d), Unix seconds, or an ISO date (as the API takes). */
 function resolveTime(v, now) {
   if (!v || v === 'now') return now;
   const m = /^now-(\d+)([smhd])$/.exec(v);
   if (m) return now - Number(m[1]) * { s: 1, m: 60, h: 3600, d: 86400 }[m[2]];
   const n = Number(v);
-  return Number.isFinite(n) ? Math.floor(n) : now;
+  if (Number.isFinite(n)) return Math.floor(n);
+  const t = Date.parse(v);
+  return Number.isFinite(t) ? Math.floor(t / 1000) : now;
 }
 
 function toLocalInput(secs) {
