@@ -12,6 +12,9 @@ packages=(
   libfixbuf-tools # ipfixDump
   softflowd      # third-party IPFIX exporter for decode tests
   nfdump         # nfcapd, another collector
+  curl           # end-to-end tests' test traffic
+  openssl        # TLS tests (foreign CAs) and deploy/tls/gen-certs.sh
+  chromium       # headless browser for the dashboard tests
 )
 missing=()
 for p in "${packages[@]}"; do
