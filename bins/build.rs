@@ -41,7 +41,11 @@ fn main() {
         let etag = format!("\"{:016x}\"", fnv1a(&bytes));
         // Relative to the crate, so the table stays right in any checkout that shares the
         // target dir (CI's fresh clone, a worktree) even when cargo reuses this output.
-        let rel = path.strip_prefix(&manifest).unwrap_or(path).display().to_string();
+        let rel = path
+            .strip_prefix(&manifest)
+            .unwrap_or(path)
+            .display()
+            .to_string();
         let _ = writeln!(
             out,
             "    ({name:?}, include_bytes!(concat!(env!(\"CARGO_MANIFEST_DIR\"), \"/\", {rel:?})), {:?}, {etag:?}),",

@@ -1,9 +1,9 @@
 //! The pieces behind the flowlens binaries. Each subcommand of `flowlens` lives in its own module
 //! so the command-line binary stays a thin dispatcher.
 
-pub mod collector;
 pub mod agent;
 pub mod aggregator;
+pub mod collector;
 pub mod collector_cmd;
 pub mod config;
 pub mod conntrack_cmd;
@@ -13,7 +13,7 @@ pub mod observe;
 pub mod ops;
 pub mod registry_cmd;
 pub mod sample;
-pub mod sim_cmd;
 pub mod signals;
+pub mod sim_cmd;
 pub mod sinks;
 pub mod transport;
