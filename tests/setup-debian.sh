@@ -15,6 +15,7 @@ packages=(
   curl           # end-to-end tests' test traffic
   openssl        # TLS tests (foreign CAs) and deploy/tls/gen-certs.sh
   chromium       # headless browser for the dashboard tests
+  fonts-dejavu-core # a font for Chromium's screenshots
 )
 missing=()
 for p in "${packages[@]}"; do
