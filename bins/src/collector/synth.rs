@@ -34,6 +34,8 @@ struct Pod {
     ip: IpAddr,
     labels: Arc<str>,
     peers: Vec<usize>,
+    /// Indexes into `Synth::services`: a Pod calls a few Services, not all of them.
+    services: Vec<usize>,
     ingress: PolicyInfo,
     egress: PolicyInfo,
 }
@@ -65,6 +67,8 @@ const APPS: [&str; 8] = [
 ];
 /// Peers each Pod talks to: bounds the Pod-pair cardinality like real service graphs do.
 const PEERS: usize = 8;
+/// Services each Pod calls.
+const SERVICES: usize = 3;
 
 fn s(v: impl AsRef<str>) -> Arc<str> {
     Arc::from(v.as_ref())
@@ -99,6 +103,7 @@ impl Synth {
                     )),
                     labels: s(format!("{{\"app\":\"{app}\"}}")),
                     peers: Vec::new(),
+                    services: Vec::new(),
                     // Every other app has policies, so the "no policy" case shows too.
                     ingress: if i % 2 == 0 {
                         policy("ingress", 1)
@@ -126,13 +131,23 @@ impl Synth {
                 let backend = k * 5 % pods_n;
                 let p = &pods[backend];
                 Service {
-                    name: s(format!("{}/{}-svc:http", p.ns, APPS[k % APPS.len()])),
+                    name: if k < APPS.len() {
+                        s(format!("{}/{}-svc:http", p.ns, APPS[k]))
+                    } else {
+                        s(format!("{}/{}-svc-{k}:http", p.ns, APPS[k % APPS.len()]))
+                    },
                     ip: IpAddr::V4(Ipv4Addr::new(10, 96, (k / 250) as u8, (k % 250 + 1) as u8)),
                     port: 80,
                     backend,
                 }
             })
             .collect();
+        let services: Vec<Service> = services;
+        for pod in &mut pods {
+            pod.services = (0..SERVICES)
+                .map(|_| rng.below(services.len() as u64) as usize)
+                .collect();
+        }
         let external = (0..20)
             .map(|k| IpAddr::V4(Ipv4Addr::new(203, 0, 113, k + 1)))
             .collect();
@@ -206,7 +221,7 @@ impl Synth {
             0..60 => Some(src.peers[r.below(PEERS as u64) as usize]),
             // Pod → Service (the DNAT'd destination is the backend Pod).
             60..80 => {
-                let svc = &self.services[r.below(self.services.len() as u64) as usize];
+                let svc = &self.services[src.services[r.below(SERVICES as u64) as usize]];
                 rec.cluster_ip = Some(svc.ip);
                 rec.service_port = svc.port;
                 rec.service_port_name = svc.name.clone();
