@@ -49,6 +49,8 @@ pub fn require_root() {
     ] {
         require_tool(tool, pkg);
     }
+    // Build (or locate) the binaries before any namespace exists.
+    bins();
 }
 
 /// A network namespace `fle2e-<tag>-<pid>-<n>`, loopback up, deleted on drop.

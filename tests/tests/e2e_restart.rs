@@ -1,0 +1,243 @@
+//! The aggregator stops and comes back mid-stream, end to end on real conntrack.
+//!
+//! One long-lived TCP connection from the client Pod's namespace to an echo server in the
+//! server Pod's keeps carrying traffic (500 bytes each way every 50 ms) while `flowlens-agent`
+//! exports it over TCP to `flowlens-aggregator`, which writes JSON lines (appending: both
+//! incarnations write to the same file). Once records of the connection have come out, the
+//! aggregator is stopped; the test waits until the agent has failed at least one export for
+//! want of a session and has retried the connection, restarts the aggregator, waits for a record
+//! from the new one, then closes the connection and waits for its end-of-flow record.
+//!
+//! What is asserted, per counter (packets and octets, both directions), with `C` conntrack's
+//! final value for the connection (`conntrack -L -o extended`, TIME_WAIT):
+//! - both cases: the end-of-flow record's total equals `C` (totals recover whatever happened);
+//! - graceful stop (SIGTERM; the aggregator flushes every flow before it exits): the deltas of
+//!   all the connection's records, before and after the restart, add up to exactly `C` —
+//!   nothing lost, nothing counted twice;
+//! - crash (SIGKILL): the deltas add up to at most `C` (nothing counted twice), and what is
+//!   missing is at most what the dead aggregator can have held unexported: `C_n − L`, where `L`
+//!   is the last total it wrote before dying and `C_n` is conntrack's value once the agent had
+//!   noticed the loss (any later delta was never acknowledged, so it is re-sent).
+//!
+//! Needs root (see tests/README.md).
+
+use std::time::Duration;
+
+use tests::TempDir;
+use tests::e2e::*;
+
+const CLIENT: &str = "10.99.0.1";
+const SERVER: &str = "10.99.0.2";
+const ECHO_PORT: u16 = 9000;
+const AGG_METRICS: &str = "127.0.0.1:19395";
+const AGENT_METRICS: &str = "127.0.0.1:19394";
+
+#[derive(Clone, Copy, PartialEq)]
+enum Stop {
+    Graceful,
+    Crash,
+}
+
+#[test]
+fn aggregator_graceful_restart_loses_nothing() {
+    restart(Stop::Graceful);
+}
+
+#[test]
+fn aggregator_crash_keeps_totals_and_never_double_counts() {
+    restart(Stop::Crash);
+}
+
+fn restart(stop: Stop) {
+    require_root();
+    let tag = match stop {
+        Stop::Graceful => "term",
+        Stop::Crash => "kill",
+    };
+    let dir = TempDir::new(&format!("e2e-restart-{tag}"));
+    let client = Netns::new(&format!("rs{tag}-cl"));
+    let server = Netns::new(&format!("rs{tag}-sv"));
+    veth(
+        &client,
+        "pod0",
+        &format!("{CLIENT}/24"),
+        &server,
+        "pod0",
+        &format!("{SERVER}/24"),
+    );
+    client.enable_conntrack(&dir);
+    let meta = dir.join("meta.yaml");
+    std::fs::write(&meta, metadata_yaml(CLIENT, SERVER)).unwrap();
+    let jsonl = dir.join("flows.jsonl");
+    let agg_yaml = format!(
+        "listenAddr: \"127.0.0.1:14741\"\naggregatorTransportProtocol: tcp\n\
+         activeFlowRecordTimeout: 1s\ncorrelationTimeout: 1s\ninactiveFlowRecordTimeout: 10s\n\
+         metricsAddr: \"{AGG_METRICS}\"\nmetadataFile: {}\njsonLines: {{path: {}}}\n",
+        meta.display(),
+        jsonl.display()
+    );
+    let mut agg = start_aggregator(&client, &dir, "aggregator-1", &agg_yaml, AGG_METRICS);
+    let _echo = echo_server(&server, &dir, SERVER, ECHO_PORT);
+    let mut agent = start_agent(
+        &client,
+        &dir,
+        "agent",
+        &format!(
+            "flowCollectorAddr: \"127.0.0.1:14741:tcp\"\nenableTLSToFlowAggregator: false\n\
+             flowPollInterval: 1s\nactiveFlowExportTimeout: 1s\nidleFlowExportTimeout: 5s\n\
+             nodeName: node-a\nmetricsAddr: \"{AGENT_METRICS}\"\nmetadataFile: {}\n",
+            meta.display()
+        ),
+    );
+    wait_metric(
+        &client,
+        AGENT_METRICS,
+        "flowlens_agent_ipfix_export_session_up",
+        1.0,
+        Duration::from_secs(20),
+        || agent.assert_running(),
+    );
+
+    let conn = EchoClient::connect(&client, SERVER, ECHO_PORT);
+    let tuple = Tuple5 {
+        src: CLIENT.into(),
+        dst: SERVER.into(),
+        sport: conn.port,
+        dport: ECHO_PORT,
+        proto: 6,
+    };
+    let (stop_traffic, traffic) = traffic(conn, 500, Duration::from_millis(50));
+    let of_conn = || -> Vec<serde_json::Value> {
+        read_jsonl(&jsonl)
+            .into_iter()
+            .filter(|r| tuple.matches(r))
+            .collect()
+    };
+
+    // Records of the connection come out of the first aggregator.
+    tests::wait_for(
+        Duration::from_secs(20),
+        "a record of the connection from the first aggregator",
+        || {
+            agent.assert_running();
+            agg.assert_running();
+            (of_conn().len() >= 2).then_some(())
+        },
+    );
+    let failed_before = scrape(
+        &client,
+        AGENT_METRICS,
+        "flowlens_agent_records_failed_total",
+    );
+    let connect_failures_before = scrape(
+        &client,
+        AGENT_METRICS,
+        "flowlens_agent_ipfix_export_connect_failures_total",
+    );
+    let status = match stop {
+        Stop::Graceful => agg.stop("-TERM"),
+        Stop::Crash => agg.stop("-KILL"),
+    };
+    if stop == Stop::Graceful {
+        assert!(
+            status.success(),
+            "the aggregator did not exit cleanly on SIGTERM ({status}):\n{}",
+            agg.log()
+        );
+    }
+    drop(agg);
+    let before = of_conn();
+    let last_before = before.last().expect("records before the stop").clone();
+
+    // The agent fails exports while the aggregator is away, and retries the connection.
+    wait_metric(
+        &client,
+        AGENT_METRICS,
+        "flowlens_agent_records_failed_total",
+        failed_before + 1.0,
+        Duration::from_secs(20),
+        || agent.assert_running(),
+    );
+    wait_metric(
+        &client,
+        AGENT_METRICS,
+        "flowlens_agent_ipfix_export_connect_failures_total",
+        connect_failures_before + 1.0,
+        Duration::from_secs(20),
+        || agent.assert_running(),
+    );
+    let at_notice = client
+        .conntrack(ECHO_PORT)
+        .into_iter()
+        .find(|e| e.tuple == tuple)
+        .expect("the connection in conntrack");
+
+    let mut agg = start_aggregator(&client, &dir, "aggregator-2", &agg_yaml, AGG_METRICS);
+    tests::wait_for(
+        Duration::from_secs(30),
+        "a record of the connection from the restarted aggregator",
+        || {
+            agent.assert_running();
+            agg.assert_running();
+            (of_conn().len() > before.len()).then_some(())
+        },
+    );
+    stop_traffic.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut conn, sent) = traffic.join().expect("traffic thread");
+    conn.close();
+    let ct = client.final_conntrack(ECHO_PORT, 1);
+    assert_eq!(ct[0].tuple, tuple);
+    let by = wait_end_of_flow(
+        &jsonl,
+        std::slice::from_ref(&tuple),
+        Duration::from_secs(30),
+        || {
+            agent.assert_running();
+            agg.assert_running();
+        },
+    );
+    let recs = &by[&tuple];
+    let last = recs.iter().rfind(|r| r["flowEndReason"] == 3).unwrap();
+    let sums = sum_deltas(recs);
+    let mut report = format!(
+        "{sent} echoes; {} records ({} before the stop)\n",
+        recs.len(),
+        before.len()
+    );
+    let mut errs = Vec::new();
+    for (total, _) in COUNTERS {
+        let c = ct_counter(&ct[0], total);
+        let got = num(last, total);
+        let sum = sums[total];
+        let l = num(&last_before, total);
+        let cn = ct_counter(&at_notice, total);
+        report += &format!(
+            "{total}: conntrack {c}, end-of-flow total {got}, sum of deltas {sum}; \
+             last total before the stop {l}, conntrack when the agent noticed {cn}\n"
+        );
+        if got != c {
+            errs.push(format!("{total}: end-of-flow total {got} ≠ conntrack {c}"));
+        }
+        match stop {
+            Stop::Graceful if sum != c => errs.push(format!(
+                "{total}: deltas add up to {sum}, conntrack {c} ({})",
+                if sum < c { "lost" } else { "double counted" }
+            )),
+            Stop::Crash if sum > c => {
+                errs.push(format!("{total}: deltas add up to {sum} > conntrack {c}"))
+            }
+            Stop::Crash if c - sum > cn.saturating_sub(l) => errs.push(format!(
+                "{total}: {} missing, more than the {} the dead aggregator can have held",
+                c - sum,
+                cn.saturating_sub(l)
+            )),
+            _ => {}
+        }
+    }
+    eprintln!("{report}");
+    assert!(
+        errs.is_empty(),
+        "{}\n{report}records: {recs:#?}",
+        errs.join("\n")
+    );
+}
