@@ -421,7 +421,18 @@ impl MetadataIndex {
         for ip in old_ips.iter().filter(|ip| !ips.contains(ip)) {
             self.close_tenancy(*ip, id, now);
         }
-        for ip in ips.iter().filter(|ip| !old_ips.contains(ip)) {
+        // New IPs, and IPs another Pod took over meanwhile (two live Pods cannot share an IP:
+        // the latest report wins).
+        let holds = |t: &HashMap<IpAddr, Vec<Tenancy>>, ip: &IpAddr| {
+            t.get(ip)
+                .is_some_and(|v| v.iter().any(|x| x.pod == id && x.until.is_none()))
+        };
+        let claims: Vec<IpAddr> = ips
+            .iter()
+            .filter(|ip| !old_ips.contains(ip) || !holds(&self.ip_tenancies, ip))
+            .copied()
+            .collect();
+        for ip in &claims {
             // The Pod owned the IP from its creation (informer events lag behind connections),
             // but never before the previous owner let it go.
             let v = self.ip_tenancies.entry(*ip).or_default();

@@ -219,3 +219,107 @@ fn a_pod_reported_again_after_its_delete_resolves_again() {
     assert_eq!(name_at(&m, "10.0.0.5", 500).as_deref(), Some("a"));
     assert_eq!(m.stats().pods, 1);
 }
+
+mod robustness {
+    use super::*;
+    use crate::policy::{LabelSelector, NetworkPolicy, PolicyTypes, Rule};
+    use proptest::prelude::*;
+
+    fn update() -> impl Strategy<Value = MetadataUpdate> {
+        let addr = (0u8..6).prop_map(|i| format!("10.0.0.{i}"));
+        prop_oneof![
+            (
+                0u8..4,
+                addr.clone(),
+                0u64..100,
+                any::<bool>(),
+                proptest::option::of(0u64..100)
+            )
+                .prop_map(|(u, a, created, host, deleted)| {
+                    let mut p = pod(&format!("u{u}"), &format!("p{u}"), "n1", &a, created);
+                    p.host_network = host;
+                    p.deleted = deleted.map(Timestamp::from_secs);
+                    MetadataUpdate::Pod(p)
+                }),
+            (0u8..5).prop_map(|u| MetadataUpdate::PodDeleted {
+                uid: format!("u{u}")
+            }),
+            (0u8..2, addr.clone(), 8u8..33).prop_map(|(n, a, len)| MetadataUpdate::Node(
+                NodeInfo {
+                    name: format!("n{n}"),
+                    addresses: vec![ip(&a)],
+                    pod_cidrs: vec![crate::policy::Cidr::new(ip(&a), len)],
+                }
+            )),
+            (0u8..3).prop_map(|n| MetadataUpdate::NodeDeleted {
+                name: format!("n{n}")
+            }),
+            (addr, 0u16..3, proptest::option::of(0u16..3)).prop_map(|(a, port, np)| {
+                MetadataUpdate::Service(ServiceInfo {
+                    namespace: "default".into(),
+                    name: "s".into(),
+                    cluster_ips: vec![ip(&a)],
+                    ports: vec![ServicePortInfo {
+                        name: String::new(),
+                        protocol: 6,
+                        port,
+                        node_port: np,
+                    }],
+                    ..ServiceInfo::default()
+                })
+            }),
+            Just(MetadataUpdate::ServiceDeleted {
+                namespace: "default".into(),
+                name: "s".into()
+            }),
+            Just(MetadataUpdate::NamespaceDeleted {
+                name: "default".into()
+            }),
+            Just(MetadataUpdate::Policy(NetworkPolicy {
+                namespace: "default".into(),
+                name: "np".into(),
+                pod_selector: LabelSelector::all(),
+                ingress: vec![Rule::default()],
+                egress: vec![],
+                policy_types: PolicyTypes {
+                    ingress: true,
+                    egress: true
+                },
+            })),
+            Just(MetadataUpdate::PolicyDeleted {
+                namespace: "default".into(),
+                name: "np".into()
+            }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64), ..ProptestConfig::default() })]
+        /// Any event sequence, at times going back and forth: lookups never panic, and a Pod
+        /// reported live is found at its IP right after.
+        #[test]
+        fn arbitrary_updates_never_panic(evs in proptest::collection::vec((0u64..200, update()), 0..40)) {
+            let mut m = MetadataIndex::new(Duration::from_secs(30));
+            for (t, ev) in evs {
+                let now = Timestamp::from_secs(t);
+                let live = match &ev {
+                    MetadataUpdate::Pod(p) if !p.host_network && p.deleted.is_none() => Some((p.ips[0], p.uid.clone())),
+                    _ => None,
+                };
+                m.apply(now, ev);
+                if let Some((addr, uid)) = live {
+                    let later = Timestamp::from_secs(1_000);
+                    let id = m.pod_at(addr, later);
+                    prop_assert_eq!(id.and_then(|id| m.pod(id)).map(|p| p.uid.to_string()), Some(uid));
+                }
+                for i in 0..6u8 {
+                    let a = IpAddr::from([10, 0, 0, i]);
+                    let _ = m.classify(a, now);
+                    let _ = m.service(a, 6, 1);
+                    let id = m.pod_at(a, now);
+                    let _ = m.evaluate_policies((a, id), (a, id), 6, 1);
+                }
+            }
+        }
+    }
+}
