@@ -387,16 +387,19 @@ impl Sim {
                 o.flow_type, conn.flow_type as u8
             ));
         }
-        let pod = |p: Option<(usize, usize)>| match p {
-            Some((s, i)) => {
-                let slot = &self.cl.slots[s];
-                (
-                    slot.incarnations[i].name.clone(),
-                    self.cl.namespaces[self.cl.apps[slot.app].ns].clone(),
-                    self.node_name(slot.node).to_string(),
-                )
+        let cl = &self.cl;
+        let pod = |p: Option<(usize, usize)>| -> (&str, &str, &str) {
+            match p {
+                Some((s, i)) => {
+                    let slot = &cl.slots[s];
+                    (
+                        &slot.incarnations[i].name,
+                        &cl.namespaces[cl.apps[slot.app].ns],
+                        &cl.nodes[slot.node].name,
+                    )
+                }
+                None => ("", "", ""),
             }
-            None => Default::default(),
         };
         let (sp, sns, snode) = pod(conn.src_pod);
         let (dp, dns, dnode) = pod(conn.dst_pod);
@@ -413,18 +416,28 @@ impl Sim {
                 o.src_namespace, o.src_pod, o.src_node, o.dst_namespace, o.dst_pod, o.dst_node
             ));
         }
-        let svc = conn.service.map(|(s, p)| {
-            let s = &self.cl.services[s];
-            s.port_name(&self.cl, &s.ports[p])
-        });
-        let have_source = o.from_source.is_some() || conn.flow_type != FlowType::InterNode;
-        let (want_ip, want_port, want_name) = match (conn.dialled, &svc) {
-            (Some((ip, port)), Some(name)) => (Some(ip), port, name.clone()),
-            _ => (None, 0, String::new()),
+        // `namespace/name:port` without building it (this runs for every aggregated record).
+        let name_is = |got: &str, s: usize, p: usize| {
+            let svc = &cl.services[s];
+            let (ns, port) = (&cl.namespaces[svc.ns], &svc.ports[p].name);
+            got.len() == ns.len() + svc.name.len() + port.len() + 2
+                && got.starts_with(ns.as_str())
+                && got[ns.len()..].starts_with('/')
+                && got[ns.len() + 1..].starts_with(svc.name.as_str())
+                && got[ns.len() + 1 + svc.name.len()..].starts_with(':')
+                && got.ends_with(port.as_str())
         };
-        let svc_ok = (o.cluster_ip == want_ip
-            && o.service_port == want_port
-            && *o.service_port_name == *want_name)
+        let svc = conn.service;
+        let have_source = o.from_source.is_some() || conn.flow_type != FlowType::InterNode;
+        let (want_ip, want_port) = match (conn.dialled, svc) {
+            (Some((ip, port)), Some(_)) => (Some(ip), port),
+            _ => (None, 0),
+        };
+        let name_ok = match svc {
+            Some((s, p)) if want_ip.is_some() => name_is(&o.service_port_name, s, p),
+            _ => o.service_port_name.is_empty(),
+        };
+        let svc_ok = (o.cluster_ip == want_ip && o.service_port == want_port && name_ok)
             // Only the source Node sees the DNAT: a destination-only record has no Service.
             || (!have_source && o.cluster_ip.is_none() && o.service_port == 0);
         let late_destination = o.from_source.is_some_and(|s| s.deltas == [0; 4])
@@ -433,6 +446,10 @@ impl Sim {
         if !svc_ok && late_destination {
             self.known[4] += 1;
         } else if !svc_ok {
+            let want_name = svc.map(|(s, p)| {
+                let s = &self.cl.services[s];
+                s.port_name(&self.cl, &s.ports[p])
+            });
             errs.push(format!(
                 "Service {:?}:{} {:?}, truth {want_ip:?}:{want_port} {want_name:?}",
                 o.cluster_ip, o.service_port, o.service_port_name
@@ -443,7 +460,28 @@ impl Sim {
                 (false, &o.ingress, conn.ingress),
                 (true, &o.egress, conn.egress),
             ] {
-                let (name, ns, kind, rule, action) = name_of(v, self, egress);
+                let ok = match v {
+                    None => got.name.is_empty() && got.namespace.is_empty() && got.action == 0,
+                    Some(None) => got.name.is_empty() && got.kind == 0 && got.action == 2,
+                    Some(Some((p, r))) => {
+                        let pol = &self.cl.policies[p];
+                        let prefix = if egress { "egress-" } else { "ingress-" };
+                        *got.name == *pol.name
+                            && *got.namespace == *self.cl.namespaces[pol.ns]
+                            && got.kind == 1
+                            && got.action == 1
+                            && got
+                                .rule
+                                .strip_prefix(prefix)
+                                .and_then(|x| x.parse::<usize>().ok())
+                                == Some(r)
+                    }
+                };
+                let (name, ns, kind, rule, action) = if ok {
+                    continue;
+                } else {
+                    name_of(v, self, egress)
+                };
                 if *got.name != *name
                     || *got.namespace != *ns
                     || got.kind != kind
@@ -478,6 +516,19 @@ impl Sim {
             let conn = &self.conns[c];
             let truth = conn.final_counters();
             let mut faulted = false;
+            // Another connection used this 5-tuple (the aggregator may confuse the two).
+            let newer_on_key = {
+                let k = &conn.key;
+                self.by_key
+                    .get(&flowcore::aggregator::CorrelationKey {
+                        src: k.src,
+                        dst: k.dst,
+                        src_port: k.src_port,
+                        dst_port: k.dst_port,
+                        proto: k.proto,
+                    })
+                    .is_some_and(|v| v.len() > 1)
+            };
             for vi in 0..conn.views.len() {
                 let t = &self.tracks[c][vi];
                 self.summary.invariants_checked += 4;
@@ -529,6 +580,8 @@ impl Sim {
                         short[5] += 1;
                     } else if t.lost_restart && t.exporters == 0 {
                         short[1] += 1;
+                    } else if newer_on_key {
+                        known[7] += 1;
                     } else {
                         err = err.or(fail(format!(
                             "aggregated per-Node totals {out:?}, exporter's final {sent:?}"
@@ -561,6 +614,7 @@ impl Sim {
                     || t.crash_lost
                     || t.agg_evicted
                     || t.mixed
+                    || newer_on_key
                     || t.exporters == 0;
                 if let Some(e) = err {
                     self.now = conn.t_destroy;
@@ -632,6 +686,7 @@ impl Sim {
             "late destination half of a finished flow: record without Service fields",
             "double count: late half of a finished flow not matched to its tombstone (Node clocks differ)",
             "mixed record: late half of an older connection joined to a reused 5-tuple's tombstone",
+            "half of a connection lost among others on a reused 5-tuple (taken as stale or merged)",
         ];
         self.summary.known_issues = issues
             .iter()

@@ -71,6 +71,8 @@ pub struct Conn {
     pub destroyed: bool,
     /// The 5-tuple was taken over by a later connection (which ended this one).
     pub reused_by: Option<u32>,
+    /// `counters(t_close)`, kept by [`Conn::seal`].
+    pub final_counters: BiCounters,
 }
 
 fn data(t: Nanos, from: Nanos, to: Nanos, pps: u32) -> u64 {
@@ -84,6 +86,19 @@ fn data(t: Nanos, from: Nanos, to: Nanos, pps: u32) -> u64 {
 impl Conn {
     /// Both directions' counters at `t`, as conntrack accounting shows them.
     pub fn counters(&self, t: Nanos) -> BiCounters {
+        // Half the entries of a dump are TIME_WAIT tails: their counters are frozen.
+        if t >= self.t_close {
+            return self.final_counters;
+        }
+        self.compute(t)
+    }
+
+    /// Recomputes the frozen final counters; call after changing the timeline.
+    pub fn seal(&mut self) {
+        self.final_counters = self.compute(self.t_close);
+    }
+
+    fn compute(&self, t: Nanos) -> BiCounters {
         if t < self.t_start {
             return BiCounters::default();
         }
@@ -149,7 +164,7 @@ impl Conn {
 
     /// Final counters (what the last record must carry).
     pub fn final_counters(&self) -> BiCounters {
-        self.counters(self.t_close)
+        self.final_counters
     }
 
     pub fn tcp_state(&self, t: Nanos) -> Option<TcpState> {

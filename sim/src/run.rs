@@ -202,9 +202,12 @@ pub struct Sim {
     pub(crate) violation: Option<Violation>,
     agg_in_total: u64,
     pub(crate) acked_total: u64,
+    all_services: Vec<usize>,
+    /// Services with a NodePort (targets of external clients).
+    node_port_services: Vec<usize>,
     recorder: Option<(usize, crate::trace::TraceWriter)>,
     /// Known core issues by kind (see `check::final_checks`).
-    pub(crate) known: [u64; 7],
+    pub(crate) known: [u64; 8],
     last_traced_obs: Option<(u32, BiCounters)>,
     pub(crate) delivered_total: u64,
 }
@@ -335,8 +338,12 @@ impl Sim {
             violation: None,
             agg_in_total: 0,
             acked_total: 0,
+            all_services: (0..cl.services.len()).collect(),
+            node_port_services: (0..cl.services.len())
+                .filter(|&s| cl.services[s].ports.iter().any(|p| p.node_port.is_some()))
+                .collect(),
             recorder: None,
-            known: [0; 7],
+            known: [0; 8],
             last_traced_obs: None,
             delivered_total: 0,
             cl,
@@ -590,11 +597,23 @@ impl Sim {
     // --- traffic -----------------------------------------------------------------------------
 
     /// A slot whose current Pod is alive from `now` (with margin) and its remaining lifetime.
-    fn pick_pod(&mut self, filter: impl Fn(usize) -> bool) -> Option<(usize, usize, Nanos)> {
+    /// A Pod alive from `now` (with margin): among the slots of `app` (any slot when `None`),
+    /// not `exclude`. Returns slot, incarnation and how long the Pod has left.
+    fn pick_pod(
+        &mut self,
+        app: Option<usize>,
+        exclude: Option<usize>,
+    ) -> Option<(usize, usize, Nanos)> {
         let margin = 2 * SEC + self.faults.max_skew;
         for _ in 0..4 {
-            let s = self.rng.below(self.cl.slots.len() as u64) as usize;
-            if !filter(s) {
+            let s = match app {
+                Some(a) => {
+                    let slots = &self.cl.apps[a].slots;
+                    slots[self.rng.below(slots.len() as u64) as usize]
+                }
+                None => self.rng.below(self.cl.slots.len() as u64) as usize,
+            };
+            if Some(s) == exclude {
                 continue;
             }
             let slot = &self.cl.slots[s];
@@ -692,24 +711,19 @@ impl Sim {
     fn plan(&mut self, kind: Kind, proto: u8) -> Option<Spec> {
         let (client, server, service, until) = match kind {
             Kind::PodToPod => {
-                let (cs, ci, cu) = self.pick_pod(|_| true)?;
-                let (ss, si, su) = self.pick_pod(|s| s != cs)?;
+                let (cs, ci, cu) = self.pick_pod(None, None)?;
+                let (ss, si, su) = self.pick_pod(None, Some(cs))?;
                 (Some((cs, ci)), Some((ss, si)), None, cu.min(su))
             }
             Kind::PodToService | Kind::FromExternal => {
-                let svcs: Vec<usize> = (0..self.cl.services.len())
-                    .filter(|&s| {
-                        kind != Kind::FromExternal
-                            || self.cl.services[s]
-                                .ports
-                                .iter()
-                                .any(|p| p.node_port.is_some())
-                    })
-                    .collect();
-                let &svc = self.rng.pick(&svcs)?;
+                let svcs = if kind == Kind::FromExternal {
+                    &self.node_port_services
+                } else {
+                    &self.all_services
+                };
+                let &svc = self.rng.pick(svcs)?;
                 let app = self.cl.services[svc].app;
-                let slots = self.cl.apps[app].slots.clone();
-                let (ss, si, su) = self.pick_pod(|s| slots.contains(&s))?;
+                let (ss, si, su) = self.pick_pod(Some(app), None)?;
                 let ports = &self.cl.services[svc].ports;
                 let pi = if kind == Kind::FromExternal {
                     ports.iter().position(|p| p.node_port.is_some())?
@@ -719,12 +733,12 @@ impl Sim {
                 if kind == Kind::FromExternal {
                     (None, Some((ss, si)), Some((svc, pi)), su)
                 } else {
-                    let (cs, ci, cu) = self.pick_pod(|s| s != ss)?;
+                    let (cs, ci, cu) = self.pick_pod(None, Some(ss))?;
                     (Some((cs, ci)), Some((ss, si)), Some((svc, pi)), cu.min(su))
                 }
             }
             Kind::ToExternal => {
-                let (cs, ci, cu) = self.pick_pod(|_| true)?;
+                let (cs, ci, cu) = self.pick_pod(None, None)?;
                 (Some((cs, ci)), None, None, cu)
             }
         };
@@ -939,7 +953,10 @@ impl Sim {
             views,
             destroyed: false,
             reused_by: None,
+            final_counters: BiCounters::default(),
         };
+        let mut conn = conn;
+        conn.seal();
         if conn.views.iter().any(|v| {
             self.live_tuples.contains(&(v.node, v.orig))
                 || self.live_tuples.contains(&(v.node, v.reply))
@@ -1008,6 +1025,7 @@ impl Sim {
             conn.t_destroy = now;
             conn.t_close = conn.t_close.min(now);
             conn.t_traffic_end = conn.t_traffic_end.min(now);
+            conn.seal();
         }
         for v in &self.conns[c as usize].views {
             self.live_tuples.remove(&(v.node, v.orig));
