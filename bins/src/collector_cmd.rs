@@ -80,11 +80,7 @@ pub async fn start(
         Transport::Tcp => lc.tcp = Some(cfg.listen_addr),
         Transport::Udp => lc.udp = Some(cfg.listen_addr),
         Transport::Tls => {
-            let files = tls::TlsFiles {
-                ca: cfg.tls.ca_cert.clone().unwrap_or_default(),
-                cert: cfg.tls.cert.clone().unwrap_or_default(),
-                key: cfg.tls.key.clone().unwrap_or_default(),
-            };
+            let files = cfg.tls.transport();
             lc.tls = Some(cfg.listen_addr);
             lc.tls_config = Some(tls::watch_server_config(
                 files,
@@ -140,7 +136,7 @@ pub async fn start(
             if !batch.is_empty() && (batch.len() >= 5000 || !more || rx.is_empty()) {
                 let b = std::mem::replace(&mut batch, Vec::with_capacity(5000));
                 let s = ingest_store.clone();
-                let now = crate::agent::run::now().as_secs();
+                let now = crate::clock::now().as_secs();
                 let n = b.len() as u64;
                 match tokio::task::spawn_blocking(move || s.insert(&b, now)).await {
                     Ok(Ok(())) => {
@@ -175,17 +171,16 @@ pub fn run(args: CollectorArgs) -> anyhow::Result<()> {
     let cfg = file
         .validate()
         .with_context(|| format!("in config file {}", args.config.display()))?;
-    crate::config::init_logging(&cfg.log);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let ops = Ops::new("flowlens_collector");
-        let shutdown = CancellationToken::new();
-        let r = start(cfg, ops, shutdown.clone()).await?;
-        tracing::info!(ipfix = %r.ipfix_addr, http = %r.http_addr, "collector running");
-        crate::signals::wait().await;
-        shutdown.cancel();
-        r.task.await?
-    })
+    let log = cfg.log.clone();
+    crate::signals::run_service(
+        "flowlens_collector",
+        &log,
+        cfg,
+        |cfg, ops, shutdown| async move {
+            let r = start(cfg, ops, shutdown.clone()).await?;
+            tracing::info!(ipfix = %r.ipfix_addr, http = %r.http_addr, "collector running");
+            shutdown.cancelled().await;
+            r.task.await?
+        },
+    )
 }

@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::export_path::ExportPath;
-use crate::agent::run::now;
+use crate::clock::now;
 use crate::ops::Ops;
 use crate::transport::metrics::ExporterMetrics;
 
@@ -461,17 +461,7 @@ async fn agent_task(
     exported: Arc<AtomicU64>,
 ) {
     loop {
-        let sleep = async {
-            match core.poll_timeout() {
-                Some(t) => {
-                    tokio::time::sleep(Duration::from_nanos(
-                        t.as_nanos().saturating_sub(now().as_nanos()),
-                    ))
-                    .await
-                }
-                None => std::future::pending().await,
-            }
-        };
+        let sleep = crate::clock::sleep_until(core.poll_timeout());
         tokio::select! {
             _ = stop.cancelled() => break,
             d = dumps.recv() => match d {

@@ -19,3 +19,43 @@ pub async fn wait() {
     }
     tracing::info!("signal received; shutting down");
 }
+
+/// Runs a service to completion: logging as configured, a tokio runtime, its operations
+/// registry (metrics prefix `metrics_prefix`), and a shutdown token cancelled on SIGINT/SIGTERM.
+pub fn run_service<C, F, Fut>(
+    metrics_prefix: &str,
+    log: &crate::config::LogConfig,
+    cfg: C,
+    run: F,
+) -> anyhow::Result<()>
+where
+    F: FnOnce(C, std::sync::Arc<crate::ops::Ops>, tokio_util::sync::CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    crate::config::init_logging(log);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let prefix = metrics_prefix.to_string();
+    rt.block_on(async move {
+        let ops = crate::ops::Ops::new(&prefix);
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let sig = shutdown.clone();
+        tokio::spawn(async move {
+            wait().await;
+            sig.cancel();
+        });
+        run(cfg, ops, shutdown).await
+    })
+}
+
+/// The process exit for a binary's result, printing the whole error chain.
+pub fn exit(name: &str, res: anyhow::Result<()>) -> std::process::ExitCode {
+    match res {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -10,13 +10,13 @@
 //! an aggregator restart or a network partition loses nothing.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use flowcore::exporter::{ExporterConfig, FlowExporter};
 use flowcore::ipfix::{EncoderConfig, node_observation_domain};
 use flowcore::metadata::MetadataUpdate;
-use flowcore::model::{ConntrackEntry, Timestamp};
+use flowcore::model::ConntrackEntry;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
@@ -24,19 +24,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::export_path::ExportPath;
+use crate::clock::now;
 use crate::config::agent::AgentConfig;
 use crate::ops::Ops;
 use crate::transport::metrics::ExporterMetrics;
 use crate::transport::{Transport, tls};
-
-/// Wall clock as the core's `Timestamp`.
-pub fn now() -> Timestamp {
-    Timestamp::from_nanos(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64),
-    )
-}
 
 /// Agent metrics (besides the transport's).
 #[derive(Clone)]
@@ -191,6 +183,11 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let metrics = AgentMetrics::new(&ops);
+    let http = tokio::spawn(crate::ops::serve(
+        cfg.metrics_addr,
+        ops.router(),
+        shutdown.clone().cancelled_owned(),
+    ));
     let tmetrics = ExporterMetrics::default();
     ops.register(|r| tmetrics.register(r, "ipfix_export"));
     match io_linux::startup_checks(io_linux::SysctlPolicy::Enable) {
@@ -214,11 +211,7 @@ pub async fn run(
 
     // Transport: one exporter actor per aggregator replica, all outcomes into one channel.
     let tls_cfg = if cfg.transport == Transport::Tls {
-        let files = tls::TlsFiles {
-            ca: cfg.tls.ca_cert.clone().unwrap_or_default(),
-            cert: cfg.tls.cert.clone().unwrap_or_default(),
-            key: cfg.tls.key.clone().unwrap_or_default(),
-        };
+        let files = cfg.tls.transport();
         Some(tls::watch_client_config(
             files,
             Duration::from_secs(30),
@@ -270,17 +263,7 @@ pub async fn run(
             .into_iter()
             .chain(path.pipeline.poll_timeout())
             .min();
-        let sleep = async {
-            match deadline {
-                Some(t) => {
-                    tokio::time::sleep(Duration::from_nanos(
-                        t.as_nanos().saturating_sub(now().as_nanos()),
-                    ))
-                    .await
-                }
-                None => std::future::pending().await,
-            }
-        };
+        let sleep = crate::clock::sleep_until(deadline);
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = poll_tick.tick(), if dump_started.is_none() => {
@@ -347,5 +330,6 @@ pub async fn run(
             "shut down with messages unconfirmed"
         );
     }
+    let _ = http.await;
     Ok(())
 }

@@ -21,7 +21,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::run::now;
+use crate::clock::now;
 use crate::config::aggregator::AggregatorConfig;
 use crate::ops::Ops;
 use crate::sinks::jsonl::{JsonLinesSink, Rotation};
@@ -121,11 +121,7 @@ pub async fn run(
                 tracing::info!(dir = %dir.display(), renewal = ?r, "TLS certificates ready");
                 tls::GeneratedCerts::in_dir(dir).server()
             }
-            None => tls::TlsFiles {
-                ca: cfg.tls.ca_cert.clone().unwrap_or_default(),
-                cert: cfg.tls.cert.clone().unwrap_or_default(),
-                key: cfg.tls.key.clone().unwrap_or_default(),
-            },
+            None => cfg.tls.transport(),
         };
         Some(tls::watch_server_config(
             files,
@@ -208,17 +204,7 @@ pub async fn run(
 
     let mut seen = flowcore::aggregator::AggregatorStats::default();
     loop {
-        let sleep = async {
-            match core.poll_timeout() {
-                Some(t) => {
-                    tokio::time::sleep(Duration::from_nanos(
-                        t.as_nanos().saturating_sub(now().as_nanos()),
-                    ))
-                    .await
-                }
-                None => std::future::pending().await,
-            }
-        };
+        let sleep = crate::clock::sleep_until(core.poll_timeout());
         tokio::select! {
             msg = rx.recv() => match msg {
                 Some(msg) => {

@@ -24,14 +24,7 @@ struct Cli {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("flowlens-agent: error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    flowlens_bins::signals::exit("flowlens-agent", run(Cli::parse()))
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -42,27 +35,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if cli.metadata.is_some() {
         cfg.metadata_file = cli.metadata;
     }
-    config::init_logging(&cfg.log);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let ops = flowlens_bins::ops::Ops::new("flowlens_agent");
-        let shutdown = tokio_util::sync::CancellationToken::new();
-        let http = tokio::spawn(flowlens_bins::ops::serve(
-            cfg.metrics_addr,
-            ops.router(),
-            shutdown.clone().cancelled_owned(),
-        ));
-        let sig = shutdown.clone();
-        tokio::spawn(async move {
-            flowlens_bins::signals::wait().await;
-            sig.cancel();
-        });
-        let res = flowlens_bins::agent::run::run(cfg, ops, shutdown.clone()).await;
-        shutdown.cancel();
-        let _ = http.await;
-        res
-    })
+    let log = cfg.log.clone();
+    flowlens_bins::signals::run_service("flowlens_agent", &log, cfg, flowlens_bins::agent::run::run)
 }

@@ -25,14 +25,7 @@ struct Cli {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("flowlens-aggregator: error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    flowlens_bins::signals::exit("flowlens-aggregator", run(Cli::parse()))
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -43,18 +36,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if cli.metadata.is_some() {
         cfg.metadata_file = cli.metadata;
     }
-    config::init_logging(&cfg.log);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let ops = flowlens_bins::ops::Ops::new("flowlens_aggregator");
-        let shutdown = tokio_util::sync::CancellationToken::new();
-        let sig = shutdown.clone();
-        tokio::spawn(async move {
-            flowlens_bins::signals::wait().await;
-            sig.cancel();
-        });
-        flowlens_bins::aggregator::run::run(cfg, ops, shutdown).await
-    })
+    let log = cfg.log.clone();
+    flowlens_bins::signals::run_service(
+        "flowlens_aggregator",
+        &log,
+        cfg,
+        flowlens_bins::aggregator::run::run,
+    )
 }

@@ -41,6 +41,18 @@ pub struct TlsFiles {
     pub key: Option<std::path::PathBuf>,
 }
 
+impl TlsFiles {
+    /// The transport's view (unset paths become empty, which fails loading with the path named;
+    /// validation has already required them where TLS is on).
+    pub fn transport(&self) -> crate::transport::tls::TlsFiles {
+        crate::transport::tls::TlsFiles {
+            ca: self.ca_cert.clone().unwrap_or_default(),
+            cert: self.cert.clone().unwrap_or_default(),
+            key: self.key.clone().unwrap_or_default(),
+        }
+    }
+}
+
 /// Logging.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
