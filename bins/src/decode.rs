@@ -331,18 +331,16 @@ struct Decode<'o, W: Write> {
 struct Emit<'a> {
     out: &'a mut dyn Write,
     on_error: &'a mut dyn FnMut(String),
-    records: &'a mut u64,
-    options_records: &'a mut u64,
-    errors: &'a mut u64,
+    summary: &'a mut Summary,
     write_err: &'a mut Option<std::io::Error>,
 }
 
 impl Emit<'_> {
     fn record(&mut self, exporter: &str, r: &DataRecord<'_>) {
         if r.is_options() {
-            *self.options_records += 1;
+            self.summary.options_records += 1;
         } else {
-            *self.records += 1;
+            self.summary.records += 1;
         }
         if self.write_err.is_some() {
             return;
@@ -357,7 +355,7 @@ impl Emit<'_> {
     }
 
     fn error(&mut self, e: String) {
-        *self.errors += 1;
+        self.summary.errors += 1;
         (self.on_error)(e);
     }
 }
@@ -367,9 +365,7 @@ impl<W: Write> Decode<'_, W> {
         Emit {
             out: &mut *self.out,
             on_error: &mut *self.on_error,
-            records: &mut self.summary.records,
-            options_records: &mut self.summary.options_records,
-            errors: &mut self.summary.errors,
+            summary: &mut self.summary,
             write_err: &mut self.write_err,
         }
     }
@@ -420,9 +416,7 @@ impl<W: Write> Decode<'_, W> {
                 let mut emit = Emit {
                     out: &mut *self.out,
                     on_error: &mut *self.on_error,
-                    records: &mut self.summary.records,
-                    options_records: &mut self.summary.options_records,
-                    errors: &mut self.summary.errors,
+                    summary: &mut self.summary,
                     write_err: &mut self.write_err,
                 };
                 let s = self.udp.entry(key).or_insert_with(|| UdpSession {
@@ -454,9 +448,7 @@ impl<W: Write> Decode<'_, W> {
                 let mut emit = Emit {
                     out: &mut *self.out,
                     on_error: &mut *self.on_error,
-                    records: &mut self.summary.records,
-                    options_records: &mut self.summary.options_records,
-                    errors: &mut self.summary.errors,
+                    summary: &mut self.summary,
                     write_err: &mut self.write_err,
                 };
                 let s = self.tcp.entry(key).or_insert_with(TcpStream::new);
