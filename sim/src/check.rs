@@ -684,7 +684,7 @@ impl Sim {
             "double count: aggregator forgot a quiet flow (inactive timeout + tombstone) and recounted its late record",
             "double count after the aggregator evicted the flow or its tombstone (store full)",
             "late destination half of a finished flow: record without Service fields",
-            "double count: late half of a finished flow not matched to its tombstone (Node clocks differ)",
+            "double count: late half of a finished flow not matched to its tombstone (Node clocks differ, or tombstone gone)",
             "mixed record: late half of an older connection joined to a reused 5-tuple's tombstone",
             "half of a connection lost among others on a reused 5-tuple (taken as stale or merged)",
         ];

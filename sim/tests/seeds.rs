@@ -90,6 +90,7 @@ fn one_seed_reproduces_the_run() {
 /// covered (they pass: each loss is counted where the fault explains it).
 #[test]
 fn regression_seeds_of_fault_handling() {
+    run(Scenario::Partition, 7, 1); // late half joined to a newer connection (mixed record)
     run(Scenario::Partition, 11, 3); // 11, 13: late halves across a 5-tuple reuse
     run(Scenario::Partition, 66, 1);
     run(Scenario::Partition, 181, 1);
@@ -97,4 +98,36 @@ fn regression_seeds_of_fault_handling() {
     run(Scenario::Capacity, 11, 1); // flow evicted, its tombstone too
     run(Scenario::LostEvents, 240, 1); // reused 5-tuple after a lost destroy event
     run(Scenario::Chaos, 57, 1); // tombstone missed because of clock skew
+    run(Scenario::Chaos, 210, 1); // halves of connections on a reused 5-tuple confused
+    run(Scenario::Skew, 494, 1); // a Service connection and a direct one share the destination tuple
+}
+
+/// A trace the simulator records replays through one exporter core: every connection's records
+/// add up (deltas sum to the last totals) and each ends with one final record.
+#[test]
+fn recorded_trace_replays() {
+    use std::collections::BTreeMap;
+    let mut cfg = SimConfig::new(3, Scenario::Default);
+    cfg.record_node = Some(0);
+    let s = run_seed(&cfg);
+    let text = s.trace.expect("recorded");
+    let trace = sim::trace::Trace::parse(&text).expect("parses");
+    assert!(!trace.events.is_empty() && !trace.nodes.is_empty());
+    let mut per: BTreeMap<(String, u64), ([u64; 2], [u64; 2], u32)> = BTreeMap::new();
+    let stats = sim::trace::replay(&trace, None, |r, _| {
+        let e = per
+            .entry((format!("{:?}", r.key), r.flow_start.as_nanos()))
+            .or_default();
+        e.0[0] += r.deltas.octets;
+        e.0[1] += r.deltas.reverse_octets;
+        e.1 = [r.totals.octets, r.totals.reverse_octets];
+        e.2 += r.flow_end_reason.is_final() as u32;
+        Ok::<_, ()>(())
+    })
+    .expect("replays");
+    assert!(stats.records > 10 && stats.dumps > 10, "{stats:?}");
+    for (k, (sum, last, finals)) in per {
+        assert_eq!(sum, last, "{k:?}");
+        assert_eq!(finals, 1, "{k:?}");
+    }
 }
