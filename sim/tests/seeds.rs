@@ -113,7 +113,9 @@ fn recorded_trace_replays() {
     let text = s.trace.expect("recorded");
     let trace = sim::trace::Trace::parse(&text).expect("parses");
     assert!(!trace.events.is_empty() && !trace.nodes.is_empty());
-    let mut per: BTreeMap<(String, u64), ([u64; 2], [u64; 2], u32)> = BTreeMap::new();
+    // (key, start) → (sum of deltas, last totals, final records), octets both ways.
+    type Acc = ([u64; 2], [u64; 2], u32);
+    let mut per: BTreeMap<(String, u64), Acc> = BTreeMap::new();
     let stats = sim::trace::replay(&trace, None, |r, _| {
         let e = per
             .entry((format!("{:?}", r.key), r.flow_start.as_nanos()))
