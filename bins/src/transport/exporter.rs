@@ -3,25 +3,31 @@
 //!
 //! ## How a caller uses it
 //! ```text
-//! let (exporter, mut outcomes) = Exporter::spawn(cfg, metrics, shutdown);
-//! let mut sessions = exporter.sessions();          // watch of Option<SessionId>
+//! let (exporter, mut outcomes, _task) = Exporter::spawn(cfg, metrics, shutdown);
+//! let mut tracker = exporter.tracker();
 //! loop {
 //!     select! {
-//!         _ = sessions.changed() => if let Some(s) = *sessions.borrow() {
-//!             enc.reset_session();                 // templates first on the new session
-//!             session = s;                         // (and nack what the encoder still holds)
-//!         },
 //!         Some(o) = outcomes.recv() => if o.result.is_ok() { ack(o.tag) } else { nack(o.tag) },
-//!         _ = tick => for msg in encoded { if exporter.try_send(session, tag, msg).is_err() { nack(tag) } },
+//!         _ = tick => {
+//!             // Resets the encoder on a new session; hands back messages built for the old one.
+//!             let Some(session) = tracker.sync(&mut enc, |stale| nack_message(stale)) else {
+//!                 continue; // no session: leave the records with the exporter core
+//!             };
+//!             write records into enc; enc.flush(now);
+//!             while let Some(msg) = enc.poll_transmit() {
+//!                 if exporter.try_send(session, tag, msg).is_err() { nack(tag) }
+//!             }
+//!         }
 //!     }
 //! }
 //! ```
 //! Every message is stamped with the session it was built for. The actor writes a message only
 //! on that session; one built for a session that has ended is failed unwritten
 //! ([`SendError::SessionEnded`]), because on a new session it would arrive before the templates
-//! and with sequence numbers from the old one. The caller learns of a new session from
-//! [`Exporter::sessions`], calls `Encoder::reset_session()` (templates re-sent, sequence
-//! restarted) and builds on from there — so templates always lead a session.
+//! and with sequence numbers from the old one. [`SessionTracker::sync`] notices a new session,
+//! takes the finished messages the encoder still holds for the old one out of the way, and calls
+//! `Encoder::reset_session()` (templates re-sent, sequence restarted) — so templates always lead
+//! a session.
 //!
 //! Over UDP a "session" is one connected socket; it ends when a send fails (an ICMP
 //! port-unreachable comes back as the next send's error). Template refresh stays the encoder's
@@ -213,6 +219,14 @@ impl Exporter {
             .map_err(|_| SendError::Shutdown)
     }
 
+    /// A tracker that resets an encoder on every new session.
+    pub fn tracker(&self) -> SessionTracker {
+        SessionTracker {
+            state: self.state.clone(),
+            encoder_session: None,
+        }
+    }
+
     /// The session state; `changed()` wakes on every new session and every loss.
     pub fn sessions(&self) -> watch::Receiver<SessionState> {
         self.state.clone()
@@ -231,6 +245,39 @@ impl Exporter {
             .await
             .map_err(|_| SendError::Shutdown)?;
         state.current.ok_or(SendError::Shutdown)
+    }
+}
+
+/// Keeps an encoder in step with the exporter's sessions (module docs).
+pub struct SessionTracker {
+    state: watch::Receiver<SessionState>,
+    encoder_session: Option<SessionId>,
+}
+
+impl SessionTracker {
+    /// The session to stamp new messages with, `None` while no session is up. When a session
+    /// came up since the encoder's last one, first hands every finished message the encoder
+    /// still holds to `stale` (built for the old session: the caller fails their records) and
+    /// resets the encoder's session, so its next message carries the templates.
+    pub fn sync(
+        &mut self,
+        enc: &mut flowcore::ipfix::Encoder,
+        mut stale: impl FnMut(Bytes),
+    ) -> Option<SessionId> {
+        let current = self.state.borrow_and_update().current?;
+        if self.encoder_session != Some(current) {
+            while let Some(m) = enc.poll_transmit() {
+                stale(m);
+            }
+            enc.reset_session();
+            self.encoder_session = Some(current);
+        }
+        Some(current)
+    }
+
+    /// Waits until the session state changes (a session comes up or is lost).
+    pub async fn changed(&mut self) -> Result<(), SendError> {
+        self.state.changed().await.map_err(|_| SendError::Shutdown)
     }
 }
 
