@@ -1,7 +1,7 @@
 //! End to end on real conntrack: `flowlens-agent` (Node node-a, static metadata) polls the
 //! conntrack table of the client Pod's namespace while curl there fetches from an HTTP server
-//! in the server Pod's namespace (node-b); it exports over TCP to `flowlens-aggregator` on the
-//! namespace's loopback, which writes JSON lines. Every connection's records must carry the
+//! in the server Pod's namespace (node-b); it exports over TCP (and, in a second test, UDP) to
+//! `flowlens-aggregator` on the namespace's loopback, which writes JSON lines. Every connection's records must carry the
 //! Pods, Nodes, flowType 2 (InterNode: node-b is remote), tcpState TIME_WAIT at the end, and
 //! totals equal to `conntrack -L -o extended`, compared per 5-tuple; the deltas of a
 //! connection's records must add up to its totals.
@@ -20,11 +20,20 @@ const HTTP_PORT: u16 = 8080;
 const CONNECTIONS: usize = 3;
 
 #[test]
-fn agent_exports_real_conntrack_with_pods_and_counters() {
+fn agent_exports_real_conntrack_with_pods_and_counters_over_tcp() {
+    agent_end_to_end("tcp");
+}
+
+#[test]
+fn agent_exports_real_conntrack_with_pods_and_counters_over_udp() {
+    agent_end_to_end("udp");
+}
+
+fn agent_end_to_end(transport: &str) {
     require_root();
-    let dir = TempDir::new("e2e-agent");
-    let client = Netns::new("agent-cl");
-    let server = Netns::new("agent-sv");
+    let dir = TempDir::new(&format!("e2e-agent-{transport}"));
+    let client = Netns::new(&format!("agent{transport}-cl"));
+    let server = Netns::new(&format!("agent{transport}-sv"));
     veth(
         &client,
         "pod0",
@@ -43,7 +52,7 @@ fn agent_exports_real_conntrack_with_pods_and_counters() {
         &dir,
         "aggregator",
         &format!(
-            "listenAddr: \"127.0.0.1:14739\"\naggregatorTransportProtocol: tcp\n\
+            "listenAddr: \"127.0.0.1:14739\"\naggregatorTransportProtocol: {transport}\n\
              activeFlowRecordTimeout: 2s\ncorrelationTimeout: 2s\ninactiveFlowRecordTimeout: 10s\n\
              metricsAddr: \"127.0.0.1:19391\"\nmetadataFile: {}\njsonLines: {{path: {}}}\n",
             meta.display(),
@@ -57,7 +66,7 @@ fn agent_exports_real_conntrack_with_pods_and_counters() {
         &dir,
         "agent",
         &format!(
-            "flowCollectorAddr: \"127.0.0.1:14739:tcp\"\nenableTLSToFlowAggregator: false\n\
+            "flowCollectorAddr: \"127.0.0.1:14739:{transport}\"\nenableTLSToFlowAggregator: false\n\
              flowPollInterval: 1s\nactiveFlowExportTimeout: 2s\nidleFlowExportTimeout: 2s\n\
              nodeName: node-a\nmetricsAddr: \"127.0.0.1:19390\"\nmetadataFile: {}\n",
             meta.display()

@@ -3,9 +3,10 @@
 //!
 //! Three namespaces: node-a (client Pod 10.99.0.1), node-b (server Pod 10.99.0.2), joined by a
 //! "Pod network" veth, and the aggregator's, reached from each Node over a veth of its own (so
-//! the agents' IPFIX sessions are no Pod's traffic). Each Node namespace runs a
-//! `flowlens-agent` with its own `nodeName` and the same static metadata, polling its own
-//! conntrack table. curl on node-a fetches from an HTTP server on node-b. Every connection's
+//! the agents' IPFIX sessions are no Pod's traffic), with mutual TLS: the aggregator generates
+//! its CA and certificates (`tlsDir`), both agents use the generated client certificate. Each
+//! Node namespace runs a `flowlens-agent` with its own `nodeName` and the same static
+//! metadata, polling its own conntrack table. curl on node-a fetches from an HTTP server on node-b. Every connection's
 //! aggregated records must be `correlated: true`, carry the Pods, Nodes and flowType 2, and
 //! the end-of-flow record's per-Node counters must equal each Node's conntrack:
 //! `…FromSourceNode` = node-a's `conntrack -L`, `…FromDestinationNode` = node-b's; both
@@ -25,6 +26,7 @@ const HTTP_PORT: u16 = 8082;
 const CONNECTIONS: usize = 3;
 const AGG_METRICS: &str = "127.0.0.1:19397";
 const AGENT_METRICS: &str = "127.0.0.1:19396";
+const AGG_IP: &str = "192.168.70.1";
 
 #[test]
 fn two_agents_halves_are_correlated_with_both_nodes_counters() {
@@ -57,45 +59,57 @@ fn two_agents_halves_are_correlated_with_both_nodes_counters() {
         "tob",
         "192.168.72.1/24",
     );
+    // The aggregator's address, the name in its generated server certificate, is on its
+    // loopback; each Node routes to it over its own veth.
+    aggns.ip(&["addr", "add", &format!("{AGG_IP}/32"), "dev", "lo"]);
+    node_a.ip(&[
+        "route",
+        "add",
+        &format!("{AGG_IP}/32"),
+        "via",
+        "192.168.71.1",
+    ]);
+    node_b.ip(&[
+        "route",
+        "add",
+        &format!("{AGG_IP}/32"),
+        "via",
+        "192.168.72.1",
+    ]);
     node_a.enable_conntrack(&dir);
     node_b.enable_conntrack(&dir);
     let meta = dir.join("meta.yaml");
     std::fs::write(&meta, metadata_yaml(CLIENT, SERVER)).unwrap();
     let jsonl = dir.join("flows.jsonl");
+    let tls = dir.join("tls");
 
     let mut agg = start_aggregator(
         &aggns,
         &dir,
         "aggregator",
         &format!(
-            "listenAddr: \"0.0.0.0:4739\"\naggregatorTransportProtocol: tcp\n\
+            "listenAddr: \"0.0.0.0:4739\"\naggregatorTransportProtocol: tls\n\
+             tlsDir: {}\nflowAggregatorAddress: \"{AGG_IP}\"\n\
              activeFlowRecordTimeout: 2s\ncorrelationTimeout: 10s\ninactiveFlowRecordTimeout: 20s\n\
              metricsAddr: \"{AGG_METRICS}\"\nmetadataFile: {}\njsonLines: {{path: {}}}\n",
+            tls.display(),
             meta.display(),
             jsonl.display()
         ),
         AGG_METRICS,
     );
-    let agent_yaml = |node: &str, agg_ip: &str| {
+    let agent_yaml = |node: &str| {
         format!(
-            "flowCollectorAddr: \"{agg_ip}:4739:tcp\"\nenableTLSToFlowAggregator: false\n\
+            "flowCollectorAddr: \"{AGG_IP}:4739:tls\"\nenableTLSToFlowAggregator: true\n\
              flowPollInterval: 1s\nactiveFlowExportTimeout: 2s\nidleFlowExportTimeout: 2s\n\
-             nodeName: {node}\nmetricsAddr: \"{AGENT_METRICS}\"\nmetadataFile: {}\n",
-            meta.display()
+             nodeName: {node}\nmetricsAddr: \"{AGENT_METRICS}\"\nmetadataFile: {}\n\
+             tls: {{caCert: {t}/ca.crt, cert: {t}/client.crt, key: {t}/client.key}}\n",
+            meta.display(),
+            t = tls.display()
         )
     };
-    let mut agent_a = start_agent(
-        &node_a,
-        &dir,
-        "agent-a",
-        &agent_yaml("node-a", "192.168.71.1"),
-    );
-    let mut agent_b = start_agent(
-        &node_b,
-        &dir,
-        "agent-b",
-        &agent_yaml("node-b", "192.168.72.1"),
-    );
+    let mut agent_a = start_agent(&node_a, &dir, "agent-a", &agent_yaml("node-a"));
+    let mut agent_b = start_agent(&node_b, &dir, "agent-b", &agent_yaml("node-b"));
     for (ns, agent) in [(&node_a, &mut agent_a), (&node_b, &mut agent_b)] {
         wait_metric(
             ns,

@@ -8,6 +8,9 @@
 //! want of a session and has retried the connection, restarts the aggregator, waits for a record
 //! from the new one, then closes the connection and waits for its end-of-flow record.
 //!
+//! While the connection is live, `/api/flows` must find it (port, Pod, address, protocol and
+//! namespace filters) and filters that do not match must leave it out.
+//!
 //! What is asserted, per counter (packets and octets, both directions), with `C` conntrack's
 //! final value for the connection (`conntrack -L -o extended`, TIME_WAIT):
 //! - both cases: the end-of-flow record's total equals `C` (totals recover whatever happened);
@@ -124,6 +127,30 @@ fn restart(stop: Stop) {
             (of_conn().len() >= 2).then_some(())
         },
     );
+    // The live connection is in the aggregator's memory: `/api/flows` finds it by port, Pod,
+    // address, protocol and namespace, and filters that do not match leave it out.
+    let flows = |q: &str| -> Vec<serde_json::Value> {
+        let body = client
+            .http_get(&format!("http://{AGG_METRICS}/api/flows?{q}"))
+            .unwrap_or_else(|| panic!("GET /api/flows?{q} failed"));
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("/api/flows?{q}: {e}: {body}"))
+    };
+    for q in [
+        format!("port={}", tuple.sport),
+        format!("pod=server&ip={SERVER}&protocol=6"),
+        "namespace=shop".to_string(),
+    ] {
+        let f = flows(&q);
+        assert!(
+            f.iter()
+                .any(|r| tuple.matches(r) && r["sourcePodName"] == "client"),
+            "/api/flows?{q} lacks the live connection: {f:#?}"
+        );
+    }
+    for q in ["port=1", "pod=nobody", "protocol=17", "namespace=other"] {
+        let f = flows(q);
+        assert!(f.is_empty(), "/api/flows?{q} should be empty: {f:#?}");
+    }
     let failed_before = scrape(
         &client,
         AGENT_METRICS,
