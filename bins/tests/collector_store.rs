@@ -595,3 +595,28 @@ fn open_errors_name_the_path() {
         "{e}"
     );
 }
+
+/// The periodic task the collector runs applies retention without being asked.
+#[tokio::test]
+async fn retention_runs_periodically() {
+    let dir = tmpdir("ret-task");
+    let cfg = SqliteConfig {
+        max_age: Some(Duration::from_secs(3600)),
+        ..SqliteConfig::new(&dir)
+    };
+    let store = std::sync::Arc::new(SqliteStore::open(cfg).unwrap());
+    // Records from 2026-01-01: far older than an hour by the wall clock.
+    store
+        .insert(&Synth::new(1, 2, 4).batch(100, T0, 600), T0 as u64)
+        .unwrap();
+    let task = flowlens_bins::collector::spawn_retention(store.clone(), Duration::from_millis(20));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store.stats().unwrap().records > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "retention task never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    task.abort();
+}

@@ -230,6 +230,10 @@ pub fn insert_batch(
     }
     write_rollups(&tx, &rollups, scratch, "")?;
     write_rollups(&tx, &rollups.hourly(), scratch, schema::HOURLY)?;
+    tx.execute(
+        "UPDATE meta SET value = value + ?1 WHERE key = 'records'",
+        [batch.len() as i64],
+    )?;
     tx.commit()
 }
 

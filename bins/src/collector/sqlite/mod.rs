@@ -85,7 +85,7 @@ fn connect(path: &Path, writer: bool) -> Result<Connection, StoreError> {
     let pragmas = if writer {
         "PRAGMA page_size = 8192; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
          PRAGMA temp_store = MEMORY; PRAGMA cache_size = -262144; PRAGMA busy_timeout = 5000; \
-         PRAGMA wal_autocheckpoint = 8192;"
+         PRAGMA wal_autocheckpoint = 32768;"
     } else {
         "PRAGMA temp_store = MEMORY; PRAGMA cache_size = -65536; PRAGMA busy_timeout = 5000;"
     };
@@ -100,6 +100,12 @@ impl SqliteStore {
         let c = connect(&path, true)?;
         c.execute_batch(&schema::ddl())
             .map_err(|e| open_err(&path, e))?;
+        c.execute(
+            "INSERT INTO meta (key, value) SELECT 'records', (SELECT COUNT(*) FROM flows) \
+             WHERE NOT EXISTS (SELECT 1 FROM meta WHERE key = 'records')",
+            [],
+        )
+        .map_err(|e| open_err(&path, e))?;
         let found: i64 = c
             .query_row(
                 "INSERT INTO meta (key, value) VALUES ('schema_version', ?1) \
@@ -181,6 +187,10 @@ impl SqliteStore {
                 [cut],
             )? as u64;
         }
+        tx.execute(
+            "UPDATE meta SET value = value - ?1 WHERE key = 'records'",
+            [records as i64],
+        )?;
         tx.commit()?;
         Ok((records, rollup))
     }

@@ -668,11 +668,14 @@ fn flow_row(row: &Row<'_>) -> rusqlite::Result<FlowRow> {
 /// `(records, oldest end, newest end)`.
 pub fn record_span(c: &Connection) -> rusqlite::Result<(u64, Option<u64>, Option<u64>)> {
     c.query_row(
-        "SELECT COUNT(*), MIN(end_secs), MAX(end_secs) FROM flows",
+        // The count is kept in `meta` by insert and retention: COUNT(*) walks a whole index
+        // (~0.5 s per 2 M records). MIN and MAX are one index probe each.
+        "SELECT (SELECT value FROM meta WHERE key = 'records'), \
+         (SELECT MIN(end_secs) FROM flows), (SELECT MAX(end_secs) FROM flows)",
         [],
         |r| {
             Ok((
-                r.get::<_, i64>(0)?.max(0) as u64,
+                r.get::<_, Option<i64>>(0)?.unwrap_or(0).max(0) as u64,
                 r.get::<_, Option<i64>>(1)?.map(|v| v.max(0) as u64),
                 r.get::<_, Option<i64>>(2)?.map(|v| v.max(0) as u64),
             ))
