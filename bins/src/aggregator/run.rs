@@ -26,7 +26,7 @@ use crate::config::aggregator::AggregatorConfig;
 use crate::ops::Ops;
 use crate::sinks::jsonl::{JsonLinesSink, Rotation};
 use crate::transport::collector::{Collector, CollectorConfig};
-use crate::transport::exporter::{Exporter, ExporterConfig as TransportConfig, SessionId};
+use crate::transport::exporter::{Exporter, ExporterConfig as TransportConfig, SessionTracker};
 use crate::transport::metrics::{CollectorMetrics, ExporterMetrics};
 use crate::transport::{Transport, tls};
 
@@ -171,7 +171,8 @@ pub async fn run(
                 Exporter::spawn(t, emetrics.clone(), shutdown.child_token());
             // Outcomes are counted by the transport's metrics; drain them.
             tokio::spawn(async move { while outcomes.recv().await.is_some() {} });
-            Some((enc, ex, None::<SessionId>))
+            let tracker = ex.tracker();
+            Some((enc, ex, tracker))
         }
         None => None,
     };
@@ -240,10 +241,20 @@ pub async fn run(
 fn emit(
     core: &mut Aggregator,
     t: Timestamp,
-    ipfix: &mut Option<(Encoder, Exporter, Option<SessionId>)>,
+    ipfix: &mut Option<(Encoder, Exporter, SessionTracker)>,
     json: Option<&mpsc::Sender<AggregatedRecord>>,
     m: &AggMetrics,
 ) {
+    let ipfix_drop = || {
+        m.sink_drops
+            .get_or_create(&vec![("sink".into(), "ipfix".into())])
+            .inc();
+    };
+    // The session first: a new one must get templates before any record written from now on
+    // (the encoder holds nothing between calls, since every call flushes and sends).
+    let session = ipfix
+        .as_mut()
+        .and_then(|(enc, _, tracker)| tracker.sync(enc, |_| ipfix_drop()));
     let mut wrote = false;
     while let Some(r) = core.poll_record() {
         if let Some(j) = json
@@ -258,20 +269,15 @@ fn emit(
             wrote = true;
         }
     }
-    if let Some((enc, ex, session)) = ipfix.as_mut() {
-        if ex.session() != *session {
-            *session = ex.session();
-            enc.reset_session();
-        }
+    if let Some((enc, ex, _)) = ipfix.as_mut() {
         if wrote {
             enc.flush(t);
         }
+        // Without a session the downstream collector is unreachable; records are dropped and
+        // counted (the aggregator keeps no replay buffer for its own exports).
         while let Some(msg) = enc.poll_transmit() {
-            let ok = session.is_some_and(|s| ex.try_send(s, 0, msg).is_ok());
-            if !ok {
-                m.sink_drops
-                    .get_or_create(&vec![("sink".into(), "ipfix".into())])
-                    .inc();
+            if session.is_none_or(|s| ex.try_send(s, 0, msg).is_err()) {
+                ipfix_drop();
             }
         }
     }
