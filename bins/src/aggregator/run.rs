@@ -131,6 +131,43 @@ pub async fn run(
     } else {
         None
     };
+    // Generated certificates are renewed before they expire; the server configuration reloads
+    // changed files by itself (a renewed CA must still reach the agents, e.g. through a Secret).
+    if cfg.transport == Transport::Tls
+        && let Some(dir) = cfg.tls_dir.clone()
+    {
+        let names = vec![
+            cfg.server_name.clone(),
+            "localhost".into(),
+            "127.0.0.1".into(),
+        ];
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(3600));
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                match tls::ensure_certs(
+                    &dir,
+                    &names,
+                    SystemTime::now(),
+                    Duration::from_secs(30 * 86400),
+                    &tls::CertValidity::default(),
+                ) {
+                    Ok(tls::Renewal::Kept) => {}
+                    Ok(r) => {
+                        tracing::warn!(dir = %dir.display(), renewal = ?r, "TLS certificates renewed")
+                    }
+                    Err(e) => {
+                        tracing::error!(dir = %dir.display(), error = %format!("{e:#}"), "renewing TLS certificates failed")
+                    }
+                }
+            }
+        });
+    }
     let mut ccfg = CollectorConfig::default();
     match cfg.transport {
         Transport::Tcp => ccfg.tcp = Some(cfg.listen_addr),
