@@ -374,6 +374,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             std::slice::from_ref(&agg_addr),
             Transport::Tcp,
             None,
+            None,
             1024,
             EncoderConfig::stream(node_observation_domain(&node.name)),
             &tmetrics,

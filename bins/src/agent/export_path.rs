@@ -53,6 +53,7 @@ impl ExportPath {
         collectors: &[CollectorAddr],
         transport: Transport,
         tls: Option<watch::Receiver<Arc<ClientConfig>>>,
+        server_name: Option<String>,
         queue_capacity: usize,
         enc_cfg: EncoderConfig,
         metrics: &ExporterMetrics,
@@ -67,6 +68,7 @@ impl ExportPath {
         for c in collectors {
             let mut t = TransportConfig::new(c.clone(), transport);
             t.tls = tls.clone();
+            t.server_name = server_name.clone();
             t.queue_capacity = queue_capacity;
             let (ex, mut rx, _task) = Exporter::spawn(t, metrics.clone(), shutdown.child_token());
             let fwd = outcome_tx.clone();

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use flowcore::config::{CollectorAddr, Host};
 use flowcore::exporter::{ExporterConfig, FlowExporter};
 use flowcore::ipfix::{EncoderConfig, node_observation_domain};
 use flowcore::metadata::MetadataUpdate;
@@ -224,11 +225,14 @@ pub async fn run(
         Transport::Udp => EncoderConfig::datagram(domain, 1500, Duration::from_secs(60)),
         _ => EncoderConfig::stream(domain),
     };
-    let names: Vec<String> = cfg.collectors.iter().map(|c| c.to_string()).collect();
+    // A name with several addresses (a headless Service over aggregator replicas) is one shard
+    // per address; TLS still verifies the name.
+    let (collectors, server_name) = expand_replicas(&cfg.collectors).await;
     let mut path = ExportPath::start(
-        &cfg.collectors,
+        &collectors,
         cfg.transport,
         tls_cfg,
+        server_name,
         cfg.max_queued_messages,
         enc_cfg,
         &tmetrics,
@@ -256,7 +260,7 @@ pub async fn run(
     let mut dump_started: Option<Instant> = None;
     let mut first_dump_done = false;
 
-    tracing::info!(node = %cfg.node_name, domain, collectors = ?names, transport = %cfg.transport, "agent running");
+    tracing::info!(node = %cfg.node_name, domain, collectors = ?collectors.iter().map(|c| c.to_string()).collect::<Vec<_>>(), transport = %cfg.transport, "agent running");
     loop {
         let deadline = core
             .poll_timeout()
@@ -332,4 +336,28 @@ pub async fn run(
     }
     let _ = http.await;
     Ok(())
+}
+
+/// Expands a single collector name that resolves to several addresses into one collector per
+/// address (sorted, so every agent orders the replicas alike), keeping the name for TLS
+/// verification. Anything else is returned as configured. Resolution happens once at start; a
+/// changed replica set takes an agent restart (a rolling restart of the DaemonSet).
+async fn expand_replicas(collectors: &[CollectorAddr]) -> (Vec<CollectorAddr>, Option<String>) {
+    if let [c] = collectors
+        && let Host::Name(name) = &c.host
+        && let Ok(addrs) = tokio::net::lookup_host((name.as_str(), c.port)).await
+    {
+        let mut ips: Vec<std::net::IpAddr> = addrs.map(|a| a.ip()).collect();
+        ips.sort();
+        ips.dedup();
+        if ips.len() > 1 {
+            tracing::info!(name = %name, replicas = ips.len(), "sharding flows across aggregator replicas");
+            let out = ips
+                .into_iter()
+                .map(|ip| CollectorAddr::new(Host::Ip(ip), c.port, c.transport))
+                .collect();
+            return (out, Some(name.clone()));
+        }
+    }
+    (collectors.to_vec(), None)
 }
