@@ -7,6 +7,7 @@
 //! minute cutoff), and nothing a client sends can make a query unbounded.
 
 pub mod api;
+pub mod ingest;
 pub mod query;
 pub mod sqlite;
 pub mod store;
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use api::router;
+pub use ingest::{Ingest, IngestConfig};
 pub use sqlite::{SqliteConfig, SqliteStore};
 pub use store::{Store, StoreError};
 
