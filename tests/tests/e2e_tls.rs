@@ -149,6 +149,13 @@ fn mutual_tls_admits_the_generated_client_and_refuses_others() {
     );
     let refused = scrape(&client, AGG_METRICS, HANDSHAKE_FAILURES) - t0;
     let refused_secs = since.elapsed().as_secs_f64();
+    // What the refused agent believes it delivered: nothing arrived, so nothing may count as
+    // exported (an exported record's delta is forgotten by the agent).
+    let bad_exported = scrape(
+        &client,
+        AGENT_METRICS,
+        "flowlens_agent_records_exported_total",
+    );
     drop(bad);
     let failures = scrape(&client, AGG_METRICS, HANDSHAKE_FAILURES);
 
@@ -217,14 +224,32 @@ fn mutual_tls_admits_the_generated_client_and_refuses_others() {
         ) == 1.0,
         "the agent's session is not up"
     );
-    // Checked last so that everything above is known to work: refused, the agent must back
-    // off (200 ms doubling, jittered), not reconnect in a tight loop.
-    assert!(
-        refused <= 10.0 + 2.0 * refused_secs,
-        "the agent with a refused certificate reconnected {refused} times in {refused_secs:.1} s: \
-         no backoff after a session the aggregator closed (bins/src/transport/exporter.rs: \
-         Actor::run sets retry_at only after a failed connect; a session that connects and is \
-         then closed — TLS 1.3 finishes client-side before the server's alert — is retried at \
-         once)"
-    );
+    // Checked last so that everything above is known to work. Refused, the agent must not
+    // count records as exported (their deltas would be forgotten: lost once the certificate is
+    // fixed, e.g. by a Secret update the agent reloads) ...
+    let no_export = (bad_exported == 0.0).then_some(()).ok_or_else(|| {
+        format!(
+            "the agent with a refused certificate counted {bad_exported} records as exported \
+             though none arrived: messages written into a TLS session the aggregator then \
+             refused are acknowledged (bins/src/transport/exporter.rs Actor::write acks a \
+             message once written to the socket)"
+        )
+    });
+    // ... and must back off (200 ms doubling, jittered), not reconnect in a tight loop.
+    let backoff = (refused <= 10.0 + 2.0 * refused_secs)
+        .then_some(())
+        .ok_or_else(|| {
+            format!(
+                "the agent with a refused certificate reconnected {refused} times in \
+             {refused_secs:.1} s: no backoff after a session the aggregator closed \
+             (bins/src/transport/exporter.rs: Actor::run sets retry_at only after a failed \
+             connect; a session that connects and is then closed — TLS 1.3 finishes client-side \
+             before the server's alert — is retried at once)"
+            )
+        });
+    let errs: Vec<String> = [no_export, backoff]
+        .into_iter()
+        .filter_map(Result::err)
+        .collect();
+    assert!(errs.is_empty(), "{}", errs.join("\n"));
 }
