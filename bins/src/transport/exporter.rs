@@ -181,6 +181,7 @@ impl Exporter {
             state: state_tx,
             next_session: 1,
             in_flight: None,
+            retry_at: tokio::time::Instant::now(),
         };
         let task = tokio::spawn(actor.run(shutdown).instrument(span));
         (
@@ -287,7 +288,8 @@ struct Conn {
     writer: Writer,
     closed: tokio::sync::oneshot::Receiver<String>,
     reader: JoinHandle<()>,
-    wrote_any: bool,
+    /// When the session came up.
+    since: tokio::time::Instant,
 }
 
 enum Writer {
@@ -336,14 +338,15 @@ struct Actor {
     next_session: u64,
     /// The tag being written during the shutdown drain, to report it if the drain is cut off.
     in_flight: Option<u64>,
+    /// No connection attempt before this (backoff after a failed connect or a lost session).
+    retry_at: tokio::time::Instant,
 }
 
 impl Actor {
     async fn run(mut self, shutdown: CancellationToken) {
         let mut conn: Option<Conn> = None;
-        let mut retry_at = tokio::time::Instant::now();
         loop {
-            if conn.is_none() && tokio::time::Instant::now() >= retry_at {
+            if conn.is_none() && tokio::time::Instant::now() >= self.retry_at {
                 let attempt = tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => break,
@@ -366,7 +369,7 @@ impl Actor {
                         tracing::warn!(error = %msg, retry_in = ?delay, "cannot connect to the collector");
                         self.metrics.connect_failures.inc();
                         self.state.send_modify(|s| s.last_error = Some(msg));
-                        retry_at = tokio::time::Instant::now() + delay;
+                        self.retry_at = tokio::time::Instant::now() + delay;
                     }
                 }
             }
@@ -381,7 +384,7 @@ impl Actor {
                     let Some(m) = m else { break };
                     self.write(&mut conn, m).await;
                 }
-                _ = tokio::time::sleep_until(retry_at), if conn.is_none() => {}
+                _ = tokio::time::sleep_until(self.retry_at), if conn.is_none() => {}
             }
         }
         self.drain(&mut conn).await;
@@ -394,11 +397,6 @@ impl Actor {
                 Ok(()) => {
                     self.metrics.messages_sent.inc();
                     self.metrics.bytes_sent.inc_by(m.msg.len() as u64);
-                    if !c.wrote_any {
-                        // The collector took a message: this peer works, back off from scratch.
-                        c.wrote_any = true;
-                        self.backoff.reset();
-                    }
                     Ok(())
                 }
                 Err(e) => {
@@ -428,7 +426,14 @@ impl Actor {
             c.reader.abort();
             c.writer.close().await;
             tracing::warn!(session = c.id.0, reason = %why, "session to the collector lost");
+            // A session that lasted proved the peer works: back off from scratch. One that the
+            // collector closed at once (a refused certificate: TLS 1.3 finishes client-side
+            // before the server's alert) must not be retried in a tight loop.
+            if c.since.elapsed() >= Duration::from_secs(30) {
+                self.backoff.reset();
+            }
         }
+        self.retry_at = tokio::time::Instant::now() + self.backoff.next_delay();
         self.metrics.disconnects.inc();
         self.metrics.session_up.set(0);
         self.state.send_replace(SessionState {
@@ -516,7 +521,7 @@ impl Actor {
             writer,
             closed,
             reader,
-            wrote_any: false,
+            since: tokio::time::Instant::now(),
         })
     }
 
