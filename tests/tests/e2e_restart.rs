@@ -1,4 +1,4 @@
-//! The aggregator stops and comes back mid-stream, end to end on real conntrack.
+//! The aggregator (or the agent) stops and comes back mid-stream, end to end on real conntrack.
 //!
 //! One long-lived TCP connection from the client Pod's namespace to an echo server in the
 //! server Pod's keeps carrying traffic (500 bytes each way every 50 ms) while `flowlens-agent`
@@ -21,6 +21,9 @@
 //!   missing is at most what the dead aggregator can have held unexported: `C_n − L`, where `L`
 //!   is the last total it wrote before dying and `C_n` is conntrack's value once the agent had
 //!   noticed the loss (any later delta was never acknowledged, so it is re-sent).
+//! - agent crash (SIGKILL to the agent, a new agent started; the aggregator stays up): the new
+//!   agent knows nothing of what was exported and reports conntrack's totals; the deltas of all
+//!   records still add up to exactly `C`.
 //!
 //! Needs root (see tests/README.md).
 
@@ -37,8 +40,12 @@ const AGENT_METRICS: &str = "127.0.0.1:19394";
 
 #[derive(Clone, Copy, PartialEq)]
 enum Stop {
+    /// The aggregator gets SIGTERM.
     Graceful,
+    /// The aggregator gets SIGKILL.
     Crash,
+    /// The agent gets SIGKILL (the aggregator stays up).
+    AgentCrash,
 }
 
 #[test]
@@ -51,11 +58,17 @@ fn aggregator_crash_keeps_totals_and_never_double_counts() {
     restart(Stop::Crash);
 }
 
+#[test]
+fn agent_crash_and_restart_never_double_counts() {
+    restart(Stop::AgentCrash);
+}
+
 fn restart(stop: Stop) {
     require_root();
     let tag = match stop {
         Stop::Graceful => "term",
         Stop::Crash => "kill",
+        Stop::AgentCrash => "agent",
     };
     let dir = TempDir::new(&format!("e2e-restart-{tag}"));
     let client = Netns::new(&format!("rs{tag}-cl"));
@@ -81,17 +94,13 @@ fn restart(stop: Stop) {
     );
     let mut agg = start_aggregator(&client, &dir, "aggregator-1", &agg_yaml, AGG_METRICS);
     let _echo = echo_server(&server, &dir, SERVER, ECHO_PORT);
-    let mut agent = start_agent(
-        &client,
-        &dir,
-        "agent",
-        &format!(
-            "flowCollectorAddr: \"127.0.0.1:14741:tcp\"\nenableTLSToFlowAggregator: false\n\
+    let agent_yaml = format!(
+        "flowCollectorAddr: \"127.0.0.1:14741:tcp\"\nenableTLSToFlowAggregator: false\n\
              flowPollInterval: 1s\nactiveFlowExportTimeout: 1s\nidleFlowExportTimeout: 5s\n\
              nodeName: node-a\nmetricsAddr: \"{AGENT_METRICS}\"\nmetadataFile: {}\n",
-            meta.display()
-        ),
+        meta.display()
     );
+    let mut agent = start_agent(&client, &dir, "agent-1", &agent_yaml);
     wait_metric(
         &client,
         AGENT_METRICS,
@@ -161,48 +170,60 @@ fn restart(stop: Stop) {
         AGENT_METRICS,
         "flowlens_agent_ipfix_export_connect_failures_total",
     );
-    let status = match stop {
-        Stop::Graceful => agg.stop("-TERM"),
-        Stop::Crash => agg.stop("-KILL"),
-    };
-    if stop == Stop::Graceful {
-        assert!(
-            status.success(),
-            "the aggregator did not exit cleanly on SIGTERM ({status}):\n{}",
-            agg.log()
+    let (before, last_before, at_notice);
+    if stop == Stop::AgentCrash {
+        agent.stop("-KILL");
+        drop(agent);
+        before = of_conn();
+        last_before = before.last().expect("records before the stop").clone();
+        at_notice = None;
+        // A new agent knows nothing of what the old one exported: it reports the connection's
+        // totals from conntrack, and the aggregator counts only what it has not exported yet.
+        agent = start_agent(&client, &dir, "agent-2", &agent_yaml);
+    } else {
+        let status = match stop {
+            Stop::Graceful => agg.stop("-TERM"),
+            _ => agg.stop("-KILL"),
+        };
+        if stop == Stop::Graceful {
+            assert!(
+                status.success(),
+                "the aggregator did not exit cleanly on SIGTERM ({status}):\n{}",
+                agg.log()
+            );
+        }
+        drop(agg);
+        before = of_conn();
+        last_before = before.last().expect("records before the stop").clone();
+
+        // The agent fails exports while the aggregator is away, and retries the connection.
+        wait_metric(
+            &client,
+            AGENT_METRICS,
+            "flowlens_agent_records_failed_total",
+            failed_before + 1.0,
+            Duration::from_secs(20),
+            || agent.assert_running(),
         );
+        wait_metric(
+            &client,
+            AGENT_METRICS,
+            "flowlens_agent_ipfix_export_connect_failures_total",
+            connect_failures_before + 1.0,
+            Duration::from_secs(20),
+            || agent.assert_running(),
+        );
+        at_notice = client
+            .conntrack(ECHO_PORT)
+            .into_iter()
+            .find(|e| e.tuple == tuple);
+
+        assert!(at_notice.is_some(), "the connection is not in conntrack");
+        agg = start_aggregator(&client, &dir, "aggregator-2", &agg_yaml, AGG_METRICS);
     }
-    drop(agg);
-    let before = of_conn();
-    let last_before = before.last().expect("records before the stop").clone();
-
-    // The agent fails exports while the aggregator is away, and retries the connection.
-    wait_metric(
-        &client,
-        AGENT_METRICS,
-        "flowlens_agent_records_failed_total",
-        failed_before + 1.0,
-        Duration::from_secs(20),
-        || agent.assert_running(),
-    );
-    wait_metric(
-        &client,
-        AGENT_METRICS,
-        "flowlens_agent_ipfix_export_connect_failures_total",
-        connect_failures_before + 1.0,
-        Duration::from_secs(20),
-        || agent.assert_running(),
-    );
-    let at_notice = client
-        .conntrack(ECHO_PORT)
-        .into_iter()
-        .find(|e| e.tuple == tuple)
-        .expect("the connection in conntrack");
-
-    let mut agg = start_aggregator(&client, &dir, "aggregator-2", &agg_yaml, AGG_METRICS);
     tests::wait_for(
         Duration::from_secs(30),
-        "a record of the connection from the restarted aggregator",
+        "a record of the connection after the restart",
         || {
             agent.assert_running();
             agg.assert_running();
@@ -237,7 +258,7 @@ fn restart(stop: Stop) {
         let got = num(last, total);
         let sum = sums[total];
         let l = num(&last_before, total);
-        let cn = ct_counter(&at_notice, total);
+        let cn = at_notice.as_ref().map_or(0, |e| ct_counter(e, total));
         report += &format!(
             "{total}: conntrack {c}, end-of-flow total {got}, sum of deltas {sum}; \
              last total before the stop {l}, conntrack when the agent noticed {cn}\n"
@@ -246,7 +267,7 @@ fn restart(stop: Stop) {
             errs.push(format!("{total}: end-of-flow total {got} ≠ conntrack {c}"));
         }
         match stop {
-            Stop::Graceful if sum != c => errs.push(format!(
+            Stop::Graceful | Stop::AgentCrash if sum != c => errs.push(format!(
                 "{total}: deltas add up to {sum}, conntrack {c} ({})",
                 if sum < c { "lost" } else { "double counted" }
             )),
