@@ -3,7 +3,10 @@
 //!     export CARGO_TARGET_DIR=$HOME/.cache/flowlens-target
 //!     cargo run --release -p bins --example agent_bench -- [SIZES…] [--polls P]
 //!
-//! Default sizes 100000 1000000, 8 polls each. Each size runs in a fresh child process (so its
+//! Default sizes 100000 1000000, 8 polls each. `--bounded`: instead of `Pipeline::pump` (which
+//! encodes the exporter's whole backlog before the first message can be taken), hand each
+//! message out (and ack it) as soon as the encoder finishes it — what peak RSS would be if the
+//! export path pulled records only as the transport takes messages. Each size runs in a fresh child process (so its
 //! peak RSS, VmHWM, is its own) against a fresh network namespace whose conntrack table is
 //! filled through ctnetlink with that many TCP ESTABLISHED entries (accounting and timestamps
 //! on, so every dumped message is full-sized). `nf_conntrack_max` is raised for the run and
@@ -36,8 +39,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use flowcore::exporter::{ExporterConfig, FlowExporter};
-use flowcore::ipfix::{EncoderConfig, node_observation_domain};
+use flowcore::exporter::{ExportId, ExporterConfig, FlowExporter};
+use flowcore::ipfix::flow_record::write_flow_record;
+use flowcore::ipfix::{Encoder, EncoderConfig, Layout, node_observation_domain};
 use flowcore::metadata::{MetadataUpdate, NodeInfo, PodInfo, PodPhase};
 use flowcore::model::{ConntrackEntry, ConntrackStatus, Counters, TcpState, Timestamp, Tuple};
 use flowcore::policy::Labels;
@@ -252,11 +256,47 @@ fn drain(p: &mut Pipeline, core: &mut FlowExporter, out: &mut Out) {
     }
 }
 
+/// One export round: `Pipeline::pump` (production), or with `bounded` a loop that hands each
+/// message out as soon as the encoder finishes it.
+fn pump(
+    p: &mut Pipeline,
+    enc: &mut Encoder,
+    bounded: bool,
+    now: Timestamp,
+    core: &mut FlowExporter,
+    out: &mut Out,
+) {
+    if !bounded {
+        p.pump(now, core);
+        drain(p, core, out);
+        return;
+    }
+    let mut pending = std::collections::VecDeque::new();
+    let mut take = |enc: &mut Encoder,
+                    core: &mut FlowExporter,
+                    pending: &mut std::collections::VecDeque<ExportId>| {
+        while let Some((m, k)) = enc.poll_message() {
+            out.records += u64::from(k);
+            out.messages += 1;
+            out.bytes += m.len() as u64;
+            let ids: Vec<ExportId> = pending.drain(..(k as usize).min(pending.len())).collect();
+            Pipeline::settle(core, &ids, true);
+        }
+    };
+    while let Some(e) = core.poll_record(now) {
+        write_flow_record(enc, now, &e.record, core.interner()).unwrap();
+        pending.push_back(e.id);
+        take(enc, core, &mut pending);
+    }
+    enc.flush(now);
+    take(enc, core, &mut pending);
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.1}", d.as_secs_f64() * 1e3)
 }
 
-fn child(n: u32, polls: u64) {
+fn child(n: u32, polls: u64, bounded: bool) {
     let ns = NetNs::create("flagbench").unwrap();
     let mut sock = ns
         .run(|| {
@@ -283,7 +323,8 @@ fn child(n: u32, polls: u64) {
     bare.sort_by_key(|b| b.0);
     let (bare_wall, bare_cpu) = bare[1];
     println!(
-        "\n## {n} entries (fill {:.2} s; VmRSS before polls {} MiB)\n\nkernel bare dump (median of 3): wall {} ms, CPU {} ms (user {} / sys {} ms)\n",
+        "\n## {n} entries{} (fill {:.2} s; VmRSS before polls {} MiB)\n\nkernel bare dump (median of 3): wall {} ms, CPU {} ms (user {} / sys {} ms)\n",
+        if bounded { ", --bounded export" } else { "" },
         fill.as_secs_f64(),
         rss_start / 1024,
         ms(bare_wall),
@@ -301,6 +342,12 @@ fn child(n: u32, polls: u64) {
     let domain = node_observation_domain("n1");
     let mut pipe =
         Pipeline::new(EncoderConfig::stream(domain), &["127.0.0.1:4739".into()]).unwrap();
+    // --bounded: the same records and encoder, each message taken (and acked) as soon as it is
+    // full, instead of `Pipeline::pump` encoding the whole backlog first.
+    let mut enc = Encoder::new(EncoderConfig::stream(domain)).unwrap();
+    for l in [Layout::AgentV4, Layout::AgentV6] {
+        enc.add_template(l.template_id(), l.fields()).unwrap();
+    }
     let mut v: Vec<ConntrackEntry> = Vec::new();
     let mut steady: Vec<PollFigures> = Vec::new();
     for k in 0..polls {
@@ -319,8 +366,7 @@ fn child(n: u32, polls: u64) {
 
         let c2 = Cpu::now();
         let mut out = Out::default();
-        pipe.pump(now, &mut core);
-        drain(&mut pipe, &mut core, &mut out);
+        pump(&mut pipe, &mut enc, bounded, now, &mut core, &mut out);
         // The agent's timer rounds until the next poll.
         let mut rounds = 0;
         while let Some(d) = core.poll_timeout() {
@@ -329,8 +375,7 @@ fn child(n: u32, polls: u64) {
             }
             let d = d.max(now);
             core.handle_timeout(d);
-            pipe.pump(d, &mut core);
-            drain(&mut pipe, &mut core, &mut out);
+            pump(&mut pipe, &mut enc, bounded, d, &mut core, &mut out);
             rounds += 1;
         }
         let exp = Cpu::now().since(c2);
@@ -409,18 +454,20 @@ fn child(n: u32, polls: u64) {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut polls = 8u64;
+    let mut bounded = false;
     let mut sizes = Vec::new();
     let mut child_n = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--polls" => polls = it.next().expect("--polls P").parse().expect("a number"),
+            "--bounded" => bounded = true,
             "--child" => child_n = Some(it.next().expect("--child N").parse().expect("a number")),
             s => sizes.push(s.parse::<u32>().expect("sizes are numbers")),
         }
     }
     if let Some(n) = child_n {
-        child(n, polls);
+        child(n, polls, bounded);
         return;
     }
     if sizes.is_empty() {
@@ -441,10 +488,12 @@ fn main() {
     );
     let exe = std::env::current_exe().unwrap();
     for n in sizes {
-        let st = Command::new(&exe)
-            .args(["--child", &n.to_string(), "--polls", &polls.to_string()])
-            .status()
-            .unwrap();
+        let mut c = Command::new(&exe);
+        c.args(["--child", &n.to_string(), "--polls", &polls.to_string()]);
+        if bounded {
+            c.arg("--bounded");
+        }
+        let st = c.status().unwrap();
         assert!(st.success(), "child for {n} failed: {st}");
     }
 }
