@@ -2,13 +2,13 @@
 //! collecting process as the aggregator), stored in the embedded SQLite store, served by the HTTP
 //! API and the web UI on one port.
 //!
-//! Ingest batches records (up to 5000, or every 250 ms) and inserts each batch in one
-//! transaction on the blocking pool; while a batch is being written the next one accumulates, and
-//! a full channel pushes back on the aggregator's TCP connection rather than buffering.
+//! Ingest goes through `collector::ingest` (one writer thread, large transactions, a bounded
+//! queue that pushes back on the aggregator's TCP connection rather than buffering).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -17,6 +17,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::collector::ingest::{Ingest, IngestConfig};
 use crate::collector::{SqliteConfig, SqliteStore, Store};
 use crate::config::collector::CollectorConfig;
 use crate::ops::Ops;
@@ -113,46 +114,35 @@ pub async fn start(
     });
     ops.set_ready(true);
 
-    let ingest_store = store.clone();
+    // The store writer coalesces what arrives into large transactions on its own thread; a
+    // full queue makes `send` wait, which stops this loop reading, which pushes back on the
+    // aggregator's TCP connection.
+    let ingest = Ingest::spawn(store.clone(), IngestConfig::default())
+        .context("starting the store writer")?;
+    let istats = ingest.stats().clone();
     let task = tokio::spawn(async move {
         let mut names = Interner::default();
-        let mut batch: Vec<AggregatedRecord> = Vec::with_capacity(5000);
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
-        loop {
-            let more = tokio::select! {
-                m = rx.recv() => match m {
-                    Some(m) => {
-                        for rec in m.records() {
-                            if let Ok(r) = AggregatedRecord::from_ipfix(&rec, &mut names) {
-                                batch.push(r);
-                            }
-                        }
-                        true
-                    }
-                    None => false,
-                },
-                _ = tick.tick() => true,
-            };
-            if !batch.is_empty() && (batch.len() >= 5000 || !more || rx.is_empty()) {
-                let b = std::mem::replace(&mut batch, Vec::with_capacity(5000));
-                let s = ingest_store.clone();
-                let now = crate::clock::now().as_secs();
-                let n = b.len() as u64;
-                match tokio::task::spawn_blocking(move || s.insert(&b, now)).await {
-                    Ok(Ok(())) => {
-                        stored.inc_by(n);
-                    }
-                    Ok(Err(e)) => {
-                        store_errors.inc();
-                        tracing::error!(error = %e, records = n, "storing a batch failed");
-                    }
-                    Err(e) => tracing::error!(error = %e, "store task failed"),
-                }
-            }
-            if !more {
+        let mut seen = (0u64, 0u64);
+        while let Some(m) = rx.recv().await {
+            let batch: Vec<AggregatedRecord> = m
+                .records()
+                .filter_map(|rec| AggregatedRecord::from_ipfix(&rec, &mut names).ok())
+                .collect();
+            if ingest.send(batch).await.is_err() {
+                tracing::error!("the store writer stopped; records are no longer stored");
                 break;
             }
+            let (ok, failed) = (
+                istats.records_stored.load(Relaxed),
+                istats.records_failed.load(Relaxed),
+            );
+            stored.inc_by(ok - seen.0);
+            store_errors.inc_by(failed - seen.1);
+            seen = (ok, failed);
         }
+        // Everything received is written before the collector reports done.
+        tokio::task::spawn_blocking(move || ingest.close()).await?;
+        stored.inc_by(istats.records_stored.load(Relaxed) - seen.0);
         let _ = collector_task.await;
         let _ = http.await;
         retention.abort();
