@@ -1,0 +1,164 @@
+//! A clean agent shutdown flushes every live connection, end to end on real conntrack.
+//!
+//! A long-lived TCP connection (client Pod → echo server in the server Pod) carries some traffic
+//! and then idles, still ESTABLISHED. The agent's export timeouts are long (60 s), so nothing of
+//! it has been exported when the agent gets SIGTERM, after it has polled the idle connection
+//! twice. The agent must exit 0 and its flush must reach the aggregator: the connection's
+//! record has flowEndReason 4 (forced end), the Pods, and totals (and the sum of deltas) equal
+//! to conntrack's counters for the idle connection.
+//!
+//! Needs root (see tests/README.md).
+
+use std::time::Duration;
+
+use tests::TempDir;
+use tests::e2e::*;
+
+const CLIENT: &str = "10.99.0.1";
+const SERVER: &str = "10.99.0.2";
+const ECHO_PORT: u16 = 9001;
+const AGG_METRICS: &str = "127.0.0.1:19399";
+const AGENT_METRICS: &str = "127.0.0.1:19398";
+
+#[test]
+fn agent_shutdown_flushes_live_connections() {
+    require_root();
+    let dir = TempDir::new("e2e-shutdown");
+    let client = Netns::new("shut-cl");
+    let server = Netns::new("shut-sv");
+    veth(
+        &client,
+        "pod0",
+        &format!("{CLIENT}/24"),
+        &server,
+        "pod0",
+        &format!("{SERVER}/24"),
+    );
+    client.enable_conntrack(&dir);
+    let meta = dir.join("meta.yaml");
+    std::fs::write(&meta, metadata_yaml(CLIENT, SERVER)).unwrap();
+    let jsonl = dir.join("flows.jsonl");
+    let mut agg = start_aggregator(
+        &client,
+        &dir,
+        "aggregator",
+        &format!(
+            "listenAddr: \"127.0.0.1:14742\"\naggregatorTransportProtocol: tcp\n\
+             activeFlowRecordTimeout: 60s\ncorrelationTimeout: 1s\ninactiveFlowRecordTimeout: 60s\n\
+             metricsAddr: \"{AGG_METRICS}\"\nmetadataFile: {}\njsonLines: {{path: {}}}\n",
+            meta.display(),
+            jsonl.display()
+        ),
+        AGG_METRICS,
+    );
+    let _echo = echo_server(&server, &dir, SERVER, ECHO_PORT);
+    let mut agent = start_agent(
+        &client,
+        &dir,
+        "agent",
+        &format!(
+            "flowCollectorAddr: \"127.0.0.1:14742:tcp\"\nenableTLSToFlowAggregator: false\n\
+             flowPollInterval: 1s\nactiveFlowExportTimeout: 60s\nidleFlowExportTimeout: 60s\n\
+             nodeName: node-a\nmetricsAddr: \"{AGENT_METRICS}\"\nmetadataFile: {}\n",
+            meta.display()
+        ),
+    );
+    wait_metric(
+        &client,
+        AGENT_METRICS,
+        "flowlens_agent_ipfix_export_session_up",
+        1.0,
+        Duration::from_secs(20),
+        || agent.assert_running(),
+    );
+
+    let mut conn = EchoClient::connect(&client, SERVER, ECHO_PORT);
+    let tuple = Tuple5 {
+        src: CLIENT.into(),
+        dst: SERVER.into(),
+        sport: conn.port,
+        dport: ECHO_PORT,
+        proto: 6,
+    };
+    for _ in 0..5 {
+        conn.send(1000);
+    }
+    // The connection is idle from here on; two more polls and the agent has its final counters.
+    let polls = scrape(
+        &client,
+        AGENT_METRICS,
+        "flowlens_agent_conntrack_polls_total",
+    );
+    wait_metric(
+        &client,
+        AGENT_METRICS,
+        "flowlens_agent_conntrack_polls_total",
+        polls + 2.0,
+        Duration::from_secs(20),
+        || agent.assert_running(),
+    );
+    let ct = client
+        .conntrack(ECHO_PORT)
+        .into_iter()
+        .find(|e| e.tuple == tuple)
+        .expect("the connection in conntrack");
+    assert_eq!(ct.state, "ESTABLISHED", "{ct:?}");
+    assert!(
+        read_jsonl(&jsonl).iter().all(|r| !tuple.matches(r)),
+        "the connection was exported before the shutdown; the test's timeouts are too short"
+    );
+
+    let status = agent.stop("-TERM");
+    assert!(
+        status.success(),
+        "the agent did not exit cleanly on SIGTERM ({status}):\n{}",
+        agent.log()
+    );
+    let recs = tests::wait_for(
+        Duration::from_secs(20),
+        "the flushed record of the live connection",
+        || {
+            agg.assert_running();
+            let r: Vec<_> = read_jsonl(&jsonl)
+                .into_iter()
+                .filter(|r| tuple.matches(r))
+                .collect();
+            (!r.is_empty()).then_some(r)
+        },
+    );
+    let last = recs.last().unwrap();
+    let sums = sum_deltas(&recs);
+    let mut errs = Vec::new();
+    for (total, _) in COUNTERS {
+        let want = ct_counter(&ct, total);
+        if num(last, total) != want || sums[total] != want {
+            errs.push(format!(
+                "{total}: total {}, sum of deltas {}, conntrack {want}",
+                num(last, total),
+                sums[total]
+            ));
+        }
+    }
+    for (key, want) in [
+        ("sourcePodName", "client"),
+        ("destinationPodName", "server"),
+        ("tcpState", "ESTABLISHED"),
+    ] {
+        if last[key] != want {
+            errs.push(format!("{key} is {}, want {want:?}", last[key]));
+        }
+    }
+    if last["flowEndReason"] != 4 {
+        errs.push(format!(
+            "flowEndReason {} (want 4, forced end)",
+            last["flowEndReason"]
+        ));
+    }
+    assert!(
+        errs.is_empty(),
+        "{}\nconntrack: {ct:?}\nrecords: {recs:#?}\nagent log:\n{}",
+        errs.join("\n"),
+        agent.log()
+    );
+    conn.close();
+}
