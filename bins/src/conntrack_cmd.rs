@@ -20,6 +20,8 @@ pub enum ConntrackCmd {
     Dump(DumpArgs),
     /// Print conntrack events as they happen (like `conntrack -E`); Ctrl-C stops.
     Watch(WatchArgs),
+    /// Record dumps and destroy events as a trace for `flowlens replay` and the simulator.
+    Record(crate::sim_cmd::RecordArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -86,6 +88,7 @@ impl ConntrackCmd {
         match self {
             ConntrackCmd::Dump(a) => dump(a),
             ConntrackCmd::Watch(a) => watch(a),
+            ConntrackCmd::Record(a) => crate::sim_cmd::record(a),
         }
     }
 }

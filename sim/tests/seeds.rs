@@ -133,3 +133,25 @@ fn recorded_trace_replays() {
         assert_eq!(finals, 1, "{k:?}");
     }
 }
+
+/// A trace recorded from a real network namespace (`flowlens conntrack record` with TCP and UDP
+/// loopback traffic, accounting and timestamps on) parses and replays.
+#[test]
+fn live_recorded_trace_replays() {
+    let text = include_str!("fixtures/live-netns.trace");
+    let trace = sim::trace::Trace::parse(text).expect("parses");
+    let mut tcp_final = 0;
+    let stats = sim::trace::replay(&trace, Some("vm"), |r, _| {
+        assert!(
+            r.deltas
+                .checked_sub(r.totals)
+                .is_none_or(|d| d == Default::default())
+        );
+        tcp_final += (r.key.proto == 6 && r.flow_end_reason.is_final()) as u32;
+        Ok::<_, ()>(())
+    })
+    .expect("replays");
+    assert_eq!(stats.dumps, 5);
+    assert!(stats.records >= 50, "{stats:?}");
+    assert!(tcp_final >= 20, "{tcp_final}");
+}
