@@ -228,6 +228,12 @@ pub async fn run(
     // A name with several addresses (a headless Service over aggregator replicas) is one shard
     // per address; TLS still verifies the name.
     let (collectors, server_name) = expand_replicas(&cfg.collectors).await;
+    // The transport outlives the main loop: the shutdown flush below still goes out through it,
+    // and it stops (draining and closing its sessions) only when this function returns. With
+    // `shutdown` itself the actors closed their queues at the signal, before the flush reached
+    // them, and the flushed records were failed unsent.
+    let transport_stop = CancellationToken::new();
+    let _transport_stop = transport_stop.clone().drop_guard();
     let mut path = ExportPath::start(
         &collectors,
         cfg.transport,
@@ -236,7 +242,7 @@ pub async fn run(
         cfg.max_queued_messages,
         enc_cfg,
         &tmetrics,
-        &shutdown,
+        &transport_stop,
     )?;
 
     // Metadata.
