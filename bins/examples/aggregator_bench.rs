@@ -22,10 +22,12 @@
 //! aggregated per second; loss = records sent − records_in; CPU of both processes (utime+stime
 //! of /proc/<pid>/stat) over the same interval.
 
+use std::alloc::{GlobalAlloc, Layout as AllocLayout, System};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, TcpStream};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use flowcore::ipfix::flow_record::write_flow_record;
@@ -37,6 +39,29 @@ use flowcore::model::{
 use flowlens_bins::config::aggregator::AggregatorFile;
 use flowlens_bins::ops::Ops;
 use tokio_util::sync::CancellationToken;
+
+/// Live heap bytes (a counting global allocator), for bytes per in-flight flow.
+struct Counting;
+static LIVE: AtomicI64 = AtomicI64::new(0);
+
+// SAFETY: forwards to the system allocator, only counting.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: AllocLayout) -> *mut u8 {
+        LIVE.fetch_add(l.size() as i64, Relaxed);
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: AllocLayout) {
+        LIVE.fetch_sub(l.size() as i64, Relaxed);
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: AllocLayout, n: usize) -> *mut u8 {
+        LIVE.fetch_add(n as i64 - l.size() as i64, Relaxed);
+        unsafe { System.realloc(p, l, n) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
 
 /// (user, sys) seconds of a process, from /proc/<pid>/stat (100 Hz ticks).
 fn cpu_of(pid: &str) -> (f64, f64) {
@@ -316,6 +341,7 @@ fn main() {
     cout.read_line(&mut line).unwrap();
     assert!(line.starts_with("ready"), "sender: {line}");
     let rss_before = status_kb("VmRSS");
+    let heap_before = LIVE.load(Relaxed);
     let me = std::process::id().to_string();
     let base_in = metric(&ops.render(), "flowlens_aggregator_records_in_total");
 
@@ -352,6 +378,16 @@ fn main() {
     let (agg_u, agg_s) = (ca_end.0 - ca.0, ca_end.1 - ca.1);
     let (snd_u, snd_s) = (cc_end.0 - cc.0, cc_end.1 - cc.1);
     let text = ops.render();
+    // Let the collector's queues drain to the core before counting the heap.
+    std::thread::sleep(Duration::from_millis(300));
+    let heap_after = LIVE.load(Relaxed);
+    let in_flight = metric(&ops.render(), "flowlens_aggregator_flows_in_flight");
+    println!(
+        "aggregator live heap: {} MiB before go, {} MiB with {in_flight} flows in flight = {:.0} B per in-flight flow (heap growth / flows)",
+        heap_before >> 20,
+        heap_after >> 20,
+        (heap_after - heap_before) as f64 / in_flight.max(1) as f64
+    );
     println!(
         "records sent {total}, records_in {received}, loss {} ({:.4} %); first record in at {first_in:.2} s, last at {t_end:.2} s after go",
         total as i64 - received as i64,
