@@ -241,10 +241,9 @@ fn mutual_tls_admits_the_generated_client_and_refuses_others() {
         .ok_or_else(|| {
             format!(
                 "the agent with a refused certificate reconnected {refused} times in \
-             {refused_secs:.1} s: no backoff after a session the aggregator closed \
-             (bins/src/transport/exporter.rs: Actor::run sets retry_at only after a failed \
-             connect; a session that connects and is then closed — TLS 1.3 finishes client-side \
-             before the server's alert — is retried at once)"
+             {refused_secs:.1} s: no backoff after a session the aggregator closed (TLS 1.3 \
+             finishes client-side before the server's alert, so the session counts as \
+             connected; bins/src/transport/exporter.rs must back off after a lost session too)"
             )
         });
     let errs: Vec<String> = [no_export, backoff]
