@@ -83,3 +83,15 @@ fn aggregator_restart_recounts_totals() {
 fn aggregator_recounts_evicted_flows() {
     assert_no_issue(Scenario::Capacity, 0, "evicted the flow");
 }
+
+/// Partition scenario, seed 9698 (found at 10,000 seeds, not yet explained): a UDP flow's
+/// destination Node is partitioned when the connection is destroyed; its end-of-flow half
+/// arrives 20 s later while the flow (source side ended, exported at 112.8 s) should still be in
+/// flight, yet the aggregator opens a new, uncorrelated flow for it and counts its totals again.
+/// Expected: the late half joins the flow (deltas 0); actual: deltas = totals (double count).
+#[test]
+#[ignore = "unexplained double count after a partition, found at 10,000 seeds"]
+fn partition_seed_9698_double_count() {
+    let s = run_seed(&SimConfig::new(9698, Scenario::Partition));
+    assert!(s.violation.is_none(), "{:?}", s.violation.map(|v| v.what));
+}
