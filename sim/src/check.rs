@@ -194,9 +194,8 @@ impl Sim {
         self.delivered_total += 1;
         if self.traced(c) {
             let line = format!(
-                "delivered to aggregator (view {vi}): {totals:?}; aggregator stale {} duplicate {}",
-                self.agg_stats().records_stale,
-                self.agg_stats().records_duplicate
+                "delivered to aggregator (view {vi}): {totals:?}; aggregator {:?}",
+                self.agg_stats()
             );
             self.push_trace(line);
         }

@@ -1398,7 +1398,8 @@ impl Sim {
         carried: &mut impl Iterator<Item = Carried>,
     ) -> (usize, bool) {
         enum Item {
-            In,
+            /// A record went in; the aggregator's `reused` counter before it.
+            In(u64),
             Out(Box<AggregatedRecord>),
             Err(String),
         }
@@ -1408,7 +1409,7 @@ impl Sim {
         let id = node.id;
         let agg = &mut self.agg;
         let res = node.decoder.decode(now, msg, |rec| {
-            items.push(Item::In);
+            items.push(Item::In(agg.stats().reused));
             if let Err(e) = agg.handle_record(now, id, &rec) {
                 items.push(Item::Err(e.to_string()));
             }
@@ -1423,9 +1424,12 @@ impl Sim {
         let mut decoded = 0;
         for it in items {
             match it {
-                Item::In => {
+                Item::In(reused_before) => {
                     decoded += 1;
                     if let Some((c, vi, totals)) = carried.next() {
+                        if self.traced(c) && self.agg.stats().reused > reused_before {
+                            self.push_trace("the aggregator took this record for a new connection on the 5-tuple (reused)".into());
+                        }
                         self.on_delivered(c, vi, totals);
                     }
                 }
