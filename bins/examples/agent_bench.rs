@@ -267,7 +267,7 @@ fn pump(
     out: &mut Out,
 ) {
     if !bounded {
-        p.pump(now, core);
+        p.pump(now, core, usize::MAX);
         drain(p, core, out);
         return;
     }

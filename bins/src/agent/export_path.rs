@@ -44,6 +44,8 @@ pub struct ExportPath {
     outcomes: mpsc::Receiver<Outcome>,
     in_flight: HashMap<u64, Vec<ExportId>>,
     next_tag: u64,
+    /// Messages handed to the transports and not yet reported, at most.
+    max_in_flight: usize,
 }
 
 impl ExportPath {
@@ -84,6 +86,7 @@ impl ExportPath {
         }
         Ok(ExportPath {
             pipeline,
+            max_in_flight: queue_capacity * exporters.len().max(1),
             current: vec![None; exporters.len()],
             exporters,
             sessions,
@@ -98,24 +101,35 @@ impl ExportPath {
         self.in_flight.len()
     }
 
-    /// Encodes what the core has to send and hands it to the transport; a message with no
-    /// session or a full queue is failed at once (nacked).
+    /// Encodes what the core has to send and hands it to the transport, a bounded amount at a
+    /// time: no more than `max_in_flight` messages await their outcome, and records beyond that
+    /// stay due in the core until outcomes free room (the caller pumps again after each event).
+    /// A message with no session or a full queue is failed at once (nacked).
     pub fn pump(&mut self, now: Timestamp, core: &mut FlowExporter) -> Settled {
-        self.pipeline.pump(now, core);
         let mut s = Settled::default();
-        while let Some(o) = self.pipeline.poll_outgoing() {
-            if let Some(session) = self.current[o.shard] {
-                self.next_tag += 1;
-                if self.exporters[o.shard]
-                    .try_send(session, self.next_tag, o.message)
-                    .is_ok()
-                {
-                    self.in_flight.insert(self.next_tag, o.exports);
-                    continue;
-                }
+        loop {
+            let room = self.max_in_flight.saturating_sub(self.in_flight.len());
+            if room == 0 {
+                break;
             }
-            s.failed += o.exports.len() as u64;
-            Pipeline::settle(core, &o.exports, false);
+            let more = self.pipeline.pump(now, core, room);
+            while let Some(o) = self.pipeline.poll_outgoing() {
+                if let Some(session) = self.current[o.shard] {
+                    self.next_tag += 1;
+                    if self.exporters[o.shard]
+                        .try_send(session, self.next_tag, o.message)
+                        .is_ok()
+                    {
+                        self.in_flight.insert(self.next_tag, o.exports);
+                        continue;
+                    }
+                }
+                s.failed += o.exports.len() as u64;
+                Pipeline::settle(core, &o.exports, false);
+            }
+            if !more {
+                break;
+            }
         }
         s
     }

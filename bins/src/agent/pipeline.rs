@@ -84,6 +84,9 @@ impl Pipeline {
 
     /// The replica a flow goes to.
     pub fn shard_of(&self, key: &FlowKey) -> usize {
+        if self.shards.len() == 1 {
+            return 0;
+        }
         rendezvous(self.shards.iter().map(|s| s.name.as_str()), key)
     }
 
@@ -110,8 +113,20 @@ impl Pipeline {
     }
 
     /// Everything the exporter has to send, encoded, and finished messages queued.
-    pub fn pump(&mut self, now: Timestamp, exporter: &mut FlowExporter) {
-        while let Some(e) = exporter.poll_record(now) {
+    /// Encodes records the exporter has due until `max_queued` finished messages wait here, then
+    /// finishes the messages under construction. Returns whether it stopped with records still
+    /// due (call again once messages have been taken): bounding what is encoded ahead of the
+    /// transport keeps memory flat when a million connections fall due at once.
+    pub fn pump(&mut self, now: Timestamp, exporter: &mut FlowExporter, max_queued: usize) -> bool {
+        let mut more = false;
+        loop {
+            if self.out.len() >= max_queued {
+                more = true;
+                break;
+            }
+            let Some(e) = exporter.poll_record(now) else {
+                break;
+            };
             let i = self.shard_of(&e.record.key);
             let shard = &mut self.shards[i];
             match write_flow_record(&mut shard.enc, now, &e.record, exporter.interner()) {
@@ -130,6 +145,7 @@ impl Pipeline {
             self.shards[i].enc.flush(now);
             self.collect(i);
         }
+        more
     }
 
     /// UDP template refresh.
