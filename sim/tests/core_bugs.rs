@@ -89,9 +89,21 @@ fn aggregator_recounts_evicted_flows() {
 /// arrives 20 s later while the flow (source side ended, exported at 112.8 s) should still be in
 /// flight, yet the aggregator opens a new, uncorrelated flow for it and counts its totals again.
 /// Expected: the late half joins the flow (deltas 0); actual: deltas = totals (double count).
+///
+/// Lost-events scenario, seed 2658 (also found at 10,000 seeds), likely the same: the
+/// destination's end-of-flow half finishes the flow at 180.7 s (record reason 3, both sides,
+/// deltas 0) although the source side had only reported an idle export; the source's own
+/// end-of-flow half at 182.8 s neither finds the flow nor is taken as a duplicate by the
+/// tombstone, opens a new uncorrelated flow and is counted again.
 #[test]
-#[ignore = "unexplained double count after a partition, found at 10,000 seeds"]
-fn partition_seed_9698_double_count() {
-    let s = run_seed(&SimConfig::new(9698, Scenario::Partition));
-    assert!(s.violation.is_none(), "{:?}", s.violation.map(|v| v.what));
+#[ignore = "unexplained double count of a late end-of-flow half, found at 10,000 seeds"]
+fn late_end_of_flow_half_recounted_seeds_9698_2658() {
+    for (sc, seed) in [(Scenario::Partition, 9698), (Scenario::LostEvents, 2658)] {
+        let s = run_seed(&SimConfig::new(seed, sc));
+        assert!(
+            s.violation.is_none(),
+            "{sc} seed {seed}: {:?}",
+            s.violation.map(|v| v.what)
+        );
+    }
 }
