@@ -434,7 +434,11 @@ impl Aggregator {
             Side {
                 start_secs: half.start_secs,
                 totals,
-                exported: prev.map_or([0; 4], |s| s.exported),
+                // A Node this aggregator has not heard from about this flow: what the agent says it
+                // already delivered (totals − deltas) was exported before — by this aggregator's
+                // previous incarnation, or it is 0 for a new connection — so only the record's
+                // delta is new. Counting from 0 would re-count everything after a restart.
+                exported: prev.map_or_else(|| sub(totals, half.deltas), |s| s.exported),
                 end_secs: half.end_secs,
                 exported_end_secs: prev.map_or(half.start_secs, |s| s.exported_end_secs),
                 end_reason: half.end_reason,
@@ -798,6 +802,10 @@ fn fill_from_metadata(
         &mut m.dst_node,
     );
     filled
+}
+
+fn sub(a: [u64; 4], b: [u64; 4]) -> [u64; 4] {
+    [0, 1, 2, 3].map(|i| a[i].saturating_sub(b[i]))
 }
 
 fn add(a: [u64; 4], b: [u64; 4]) -> [u64; 4] {
