@@ -289,3 +289,135 @@ fn restart(stop: Stop) {
         errs.join("\n")
     );
 }
+
+/// The aggregator forgets a flow that stays idle past `inactiveFlowRecordTimeout` (and past the
+/// time it remembers finished flows), while the connection lives on; when traffic resumes, the
+/// agent's next record must add only the new traffic: the deltas of all the connection's
+/// records add up to exactly conntrack's final counters.
+#[test]
+fn aggregator_forgetting_an_idle_flow_never_double_counts() {
+    require_root();
+    let dir = TempDir::new("e2e-idle-forget");
+    let client = Netns::new("idle-cl");
+    let server = Netns::new("idle-sv");
+    veth(
+        &client,
+        "pod0",
+        &format!("{CLIENT}/24"),
+        &server,
+        "pod0",
+        &format!("{SERVER}/24"),
+    );
+    client.enable_conntrack(&dir);
+    let meta = dir.join("meta.yaml");
+    std::fs::write(&meta, metadata_yaml(CLIENT, SERVER)).unwrap();
+    let jsonl = dir.join("flows.jsonl");
+    let mut agg = start_aggregator(
+        &client,
+        &dir,
+        "aggregator",
+        &format!(
+            "listenAddr: \"127.0.0.1:14741\"\naggregatorTransportProtocol: tcp\n\
+             activeFlowRecordTimeout: 1s\ncorrelationTimeout: 1s\ninactiveFlowRecordTimeout: 2s\n\
+             metricsAddr: \"{AGG_METRICS}\"\nmetadataFile: {}\njsonLines: {{path: {}}}\n",
+            meta.display(),
+            jsonl.display()
+        ),
+        AGG_METRICS,
+    );
+    let _echo = echo_server(&server, &dir, SERVER, ECHO_PORT);
+    let mut agent = start_agent(
+        &client,
+        &dir,
+        "agent",
+        &format!(
+            "flowCollectorAddr: \"127.0.0.1:14741:tcp\"\nenableTLSToFlowAggregator: false\n\
+             flowPollInterval: 1s\nactiveFlowExportTimeout: 1s\nidleFlowExportTimeout: 1s\n\
+             nodeName: node-a\nmetricsAddr: \"{AGENT_METRICS}\"\nmetadataFile: {}\n",
+            meta.display()
+        ),
+    );
+    wait_metric(
+        &client,
+        AGENT_METRICS,
+        "flowlens_agent_ipfix_export_session_up",
+        1.0,
+        Duration::from_secs(20),
+        || agent.assert_running(),
+    );
+    let mut conn = EchoClient::connect(&client, SERVER, ECHO_PORT);
+    let tuple = Tuple5 {
+        src: CLIENT.into(),
+        dst: SERVER.into(),
+        sport: conn.port,
+        dport: ECHO_PORT,
+        proto: 6,
+    };
+    for _ in 0..10 {
+        conn.send(500);
+    }
+    tests::wait_for(
+        Duration::from_secs(20),
+        "the aggregator to export the connection and then forget it (idle)",
+        || {
+            agent.assert_running();
+            agg.assert_running();
+            let seen = read_jsonl(&jsonl).iter().any(|r| tuple.matches(r));
+            let live = scrape(&client, AGG_METRICS, "flowlens_aggregator_flows_in_flight");
+            (seen && live == 0.0).then_some(())
+        },
+    );
+    // Four more agent polls (≥ 3 s, more than the 2 s a finished flow is remembered), still
+    // idle; then the connection carries traffic again and closes.
+    let polls = scrape(
+        &client,
+        AGENT_METRICS,
+        "flowlens_agent_conntrack_polls_total",
+    );
+    wait_metric(
+        &client,
+        AGENT_METRICS,
+        "flowlens_agent_conntrack_polls_total",
+        polls + 4.0,
+        Duration::from_secs(20),
+        || agent.assert_running(),
+    );
+    let before = read_jsonl(&jsonl)
+        .iter()
+        .filter(|r| tuple.matches(r))
+        .count();
+    for _ in 0..10 {
+        conn.send(700);
+    }
+    conn.close();
+    let ct = client.final_conntrack(ECHO_PORT, 1);
+    let by = wait_end_of_flow(
+        &jsonl,
+        std::slice::from_ref(&tuple),
+        Duration::from_secs(30),
+        || {
+            agent.assert_running();
+            agg.assert_running();
+        },
+    );
+    let recs = &by[&tuple];
+    let sums = sum_deltas(recs);
+    let last = recs.iter().rfind(|r| r["flowEndReason"] == 3).unwrap();
+    let mut errs = Vec::new();
+    for (total, _) in COUNTERS {
+        let c = ct_counter(&ct[0], total);
+        if num(last, total) != c || sums[total] != c {
+            errs.push(format!(
+                "{total}: end-of-flow total {}, sum of deltas {}, conntrack {c}",
+                num(last, total),
+                sums[total]
+            ));
+        }
+    }
+    assert!(
+        errs.is_empty(),
+        "{}\n{} records ({before} before the idle period): {recs:#?}",
+        errs.join("\n"),
+        recs.len()
+    );
+}
