@@ -189,8 +189,9 @@ impl Sides {
 /// What is remembered of a finished flow for `inactive_timeout`, so that a late or duplicated
 /// half cannot start it over and count its bytes again.
 struct Tombstone {
-    start_secs: u32,
-    /// Per side: totals as last exported.
+    /// Per side: the connection's start as that Node reported it (Nodes' clocks differ), and
+    /// the totals as last exported.
+    start_secs: [Option<u32>; 2],
     exported: [Option<[u64; 4]>; 2],
     expires: Timestamp,
 }
@@ -386,7 +387,9 @@ impl Aggregator {
                 self.expire_tombstones(now);
                 let mut late = None;
                 if let Some(t) = self.tombstones.get(&half.key)
-                    && half.start_secs <= t.start_secs
+                    && t.start_secs[side_idx]
+                        .or(t.start_secs.into_iter().flatten().max())
+                        .is_some_and(|s| half.start_secs <= s)
                 {
                     // A half of a flow already finished: only what it adds beyond the last export
                     // counts, and it waits for no partner.
@@ -692,7 +695,7 @@ impl Aggregator {
         self.tombstones.insert(
             flow.key,
             Tombstone {
-                start_secs: flow.start_secs,
+                start_secs: [SOURCE, DESTINATION].map(|i| flow.sides.get(i).map(|s| s.start_secs)),
                 exported: [SOURCE, DESTINATION].map(|i| flow.sides.get(i).map(|s| s.exported)),
                 expires,
             },
