@@ -207,7 +207,7 @@ pub struct Sim {
     node_port_services: Vec<usize>,
     recorder: Option<(usize, crate::trace::TraceWriter)>,
     /// Known core issues by kind (see `check::final_checks`).
-    pub(crate) known: [u64; 8],
+    pub(crate) known: [u64; 9],
     last_traced_obs: Option<(u32, BiCounters)>,
     pub(crate) delivered_total: u64,
 }
@@ -343,7 +343,7 @@ impl Sim {
                 .filter(|&s| cl.services[s].ports.iter().any(|p| p.node_port.is_some()))
                 .collect(),
             recorder: None,
-            known: [0; 8],
+            known: [0; 9],
             last_traced_obs: None,
             delivered_total: 0,
             cl,
