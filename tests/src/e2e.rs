@@ -700,20 +700,40 @@ print("closed", flush=True)
     }
 }
 
-/// Sends `bytes` every `every` over `client` on a thread until the returned stop flag is set;
-/// the thread hands the client back when joined. Pacing, not synchronisation: the test waits for
-/// conditions, the traffic just has to keep flowing meanwhile.
-pub fn traffic(
-    mut client: EchoClient,
-    bytes: usize,
-    every: Duration,
-) -> (
-    std::sync::Arc<std::sync::atomic::AtomicBool>,
-    std::thread::JoinHandle<(EchoClient, u64)>,
-) {
+/// Traffic over one [`EchoClient`] on a thread of its own, started by [`traffic`]. Dropped
+/// without [`Traffic::finish`] (a failing test), it stops the thread and waits for it.
+pub struct Traffic {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<(EchoClient, u64)>>,
+}
+
+impl Traffic {
+    /// Stops sending and hands back the client and how many echoes went through.
+    pub fn finish(mut self) -> (EchoClient, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.thread.take().expect("running").join() {
+            Ok(r) => r,
+            Err(p) => std::panic::resume_unwind(p),
+        }
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Sends `bytes` every `every` over `client` until [`Traffic::finish`]. Pacing, not
+/// synchronisation: the test waits for conditions, the traffic just has to keep flowing
+/// meanwhile.
+pub fn traffic(mut client: EchoClient, bytes: usize, every: Duration) -> Traffic {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let s = stop.clone();
-    let h = std::thread::spawn(move || {
+    let thread = std::thread::spawn(move || {
         let mut sent = 0u64;
         while !s.load(Ordering::Relaxed) {
             let t = Instant::now();
@@ -723,7 +743,10 @@ pub fn traffic(
         }
         (client, sent)
     });
-    (stop, h)
+    Traffic {
+        stop,
+        thread: Some(thread),
+    }
 }
 
 /// The records of `recs` for each tuple, summarised: the final record and the per-counter sum

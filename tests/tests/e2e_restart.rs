@@ -118,7 +118,7 @@ fn restart(stop: Stop) {
         dport: ECHO_PORT,
         proto: 6,
     };
-    let (stop_traffic, traffic) = traffic(conn, 500, Duration::from_millis(50));
+    let traffic = traffic(conn, 500, Duration::from_millis(50));
     let of_conn = || -> Vec<serde_json::Value> {
         read_jsonl(&jsonl)
             .into_iter()
@@ -230,8 +230,7 @@ fn restart(stop: Stop) {
             (of_conn().len() > before.len()).then_some(())
         },
     );
-    stop_traffic.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (mut conn, sent) = traffic.join().expect("traffic thread");
+    let (mut conn, sent) = traffic.finish();
     conn.close();
     let ct = client.final_conntrack(ECHO_PORT, 1);
     assert_eq!(ct[0].tuple, tuple);
