@@ -197,6 +197,8 @@ pub async fn run(
     }
 
     // Sinks.
+    let export_stop = CancellationToken::new();
+    let mut export_task = None;
     let mut ipfix = match &cfg.external {
         Some(addr) => {
             let mut enc = Encoder::new(EncoderConfig::stream(1))?;
@@ -204,8 +206,11 @@ pub async fn run(
                 enc.add_template(l.template_id(), l.fields())?;
             }
             let t = TransportConfig::new(addr.clone(), addr.transport_or_tcp());
-            let (ex, mut outcomes, _task) =
-                Exporter::spawn(t, emetrics.clone(), shutdown.child_token());
+            // Its own stop token, cancelled only after the final flush was handed over: the
+            // shutdown token would close its queue before the flush.
+            let (ex, mut outcomes, task) =
+                Exporter::spawn(t, emetrics.clone(), export_stop.clone());
+            export_task = Some(task);
             // Outcomes are counted by the transport's metrics; drain them.
             tokio::spawn(async move { while outcomes.recv().await.is_some() {} });
             let tracker = ex.tracker();
@@ -213,6 +218,7 @@ pub async fn run(
         }
         None => None,
     };
+    let mut json_thread = None;
     let json = match &cfg.json_lines {
         Some(j) => {
             let sink = JsonLinesSink::open(
@@ -222,7 +228,9 @@ pub async fn run(
                     max_files: j.max_files,
                 },
             )?;
-            Some(spawn_json_sink(sink))
+            let (tx, thread) = spawn_json_sink(sink);
+            json_thread = Some(thread);
+            Some(tx)
         }
         None => None,
     };
@@ -268,7 +276,15 @@ pub async fn run(
     core.flush_all(now());
     emit(&mut core, now(), &mut ipfix, json.as_ref(), &m);
     update_metrics(&core, &mut seen, &m);
+    // Every sink writes what it was handed before the process ends.
     drop(json);
+    if let Some(t) = json_thread {
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
+    }
+    export_stop.cancel();
+    if let Some(t) = export_task {
+        let _ = t.await;
+    }
     let _ = collector_task.await;
     let _ = http.await;
     Ok(())
@@ -348,9 +364,11 @@ fn update_metrics(
 }
 
 /// The JSON lines sink on its own thread (file IO), behind a bounded queue.
-fn spawn_json_sink(mut sink: JsonLinesSink) -> mpsc::Sender<AggregatedRecord> {
+fn spawn_json_sink(
+    mut sink: JsonLinesSink,
+) -> (mpsc::Sender<AggregatedRecord>, std::thread::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<AggregatedRecord>(65536);
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("json-sink".into())
         .spawn(move || {
             while let Some(r) = rx.blocking_recv() {
@@ -364,7 +382,7 @@ fn spawn_json_sink(mut sink: JsonLinesSink) -> mpsc::Sender<AggregatedRecord> {
             let _ = sink.flush();
         })
         .expect("spawning a thread");
-    tx
+    (tx, thread)
 }
 
 async fn api_flows(
