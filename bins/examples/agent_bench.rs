@@ -267,8 +267,15 @@ fn pump(
     out: &mut Out,
 ) {
     if !bounded {
-        p.pump(now, core, usize::MAX);
-        drain(p, core, out);
+        // As `ExportPath::pump` drives it: at most 256 messages per replica encoded ahead,
+        // then handed over.
+        loop {
+            let more = p.pump(now, core, 256);
+            drain(p, core, out);
+            if !more {
+                break;
+            }
+        }
         return;
     }
     let mut pending = std::collections::VecDeque::new();

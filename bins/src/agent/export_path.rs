@@ -86,7 +86,9 @@ impl ExportPath {
         }
         Ok(ExportPath {
             pipeline,
-            max_in_flight: queue_capacity * exporters.len().max(1),
+            // Messages are up to 64 KiB: 256 per replica bounds the IPFIX held for the transport
+            // at 16 MiB each, while keeping tens of thousands of records moving.
+            max_in_flight: queue_capacity.min(256) * exporters.len().max(1),
             current: vec![None; exporters.len()],
             exporters,
             sessions,
