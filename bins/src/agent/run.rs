@@ -79,18 +79,65 @@ impl AgentMetrics {
     }
 }
 
-/// A dump's result: the filled vector (handed back for reuse) and the table's size.
-type DumpResult = anyhow::Result<(Vec<ConntrackEntry>, io_linux::TableStats)>;
+/// Entries per chunk handed from the dump thread to the loop: ~3.4 MB, so the agent never holds
+/// the whole table (208 B per entry; 208 MB at 1M connections) besides the exporter's own store.
+const DUMP_CHUNK: usize = 16_384;
 
-/// Dumps conntrack on request on a dedicated thread, handing back filled vectors (reused).
-fn spawn_dumper(
-    zone: Option<u16>,
-) -> anyhow::Result<(
+/// What the dump thread reports: a dump in chunks, then its end (with the table's size) or its
+/// failure. An interrupted pass is re-sent from the start within the same dump.
+enum DumpMsg {
+    Chunk(Vec<ConntrackEntry>),
+    End(io_linux::TableStats),
+    Failed(anyhow::Error),
+}
+
+/// Streams each pass into chunks; the loop gives emptied chunks back for reuse.
+struct ChunkSink<'a> {
+    buf: Vec<ConntrackEntry>,
+    tx: &'a mpsc::Sender<DumpMsg>,
+    reuse: &'a std::sync::mpsc::Receiver<Vec<ConntrackEntry>>,
+    closed: bool,
+}
+
+impl ChunkSink<'_> {
+    fn send(&mut self) {
+        if self.buf.is_empty() || self.closed {
+            return;
+        }
+        let next = self
+            .reuse
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(DUMP_CHUNK));
+        let full = std::mem::replace(&mut self.buf, next);
+        self.closed = self.tx.blocking_send(DumpMsg::Chunk(full)).is_err();
+    }
+}
+
+impl io_linux::DumpSink for ChunkSink<'_> {
+    fn entry(&mut self, e: &ConntrackEntry) {
+        self.buf.push(*e);
+        if self.buf.len() >= DUMP_CHUNK {
+            self.send();
+        }
+    }
+
+    /// Entries already handed on were real; the retried pass lists the table again, and only
+    /// its end ends connections for their absence.
+    fn restart(&mut self) {}
+}
+
+/// The dump thread's handles: dump requests, emptied chunks back for reuse, and its reports.
+type Dumper = (
+    std::sync::mpsc::Sender<()>,
     std::sync::mpsc::Sender<Vec<ConntrackEntry>>,
-    mpsc::Receiver<DumpResult>,
-)> {
-    let (req_tx, req_rx) = std::sync::mpsc::channel::<Vec<ConntrackEntry>>();
-    let (res_tx, res_rx) = mpsc::channel(1);
+    mpsc::Receiver<DumpMsg>,
+);
+
+/// Dumps conntrack on request on a dedicated thread, streaming chunks to the loop.
+fn spawn_dumper(zone: Option<u16>) -> anyhow::Result<Dumper> {
+    let (req_tx, req_rx) = std::sync::mpsc::channel::<()>();
+    let (reuse_tx, reuse_rx) = std::sync::mpsc::channel::<Vec<ConntrackEntry>>();
+    let (res_tx, res_rx) = mpsc::channel(2);
     let mut sock = io_linux::ConntrackSocket::open()
         .context("opening the conntrack netlink socket (needs CAP_NET_ADMIN)")?;
     std::thread::Builder::new()
@@ -100,19 +147,31 @@ fn spawn_dumper(
                 zone,
                 ..Default::default()
             };
-            while let Ok(mut buf) = req_rx.recv() {
-                buf.clear();
-                let res = sock
-                    .dump(&filter, &mut buf)
+            while req_rx.recv().is_ok() {
+                let buf = reuse_rx
+                    .try_recv()
+                    .unwrap_or_else(|_| Vec::with_capacity(DUMP_CHUNK));
+                let mut sink = ChunkSink {
+                    buf,
+                    tx: &res_tx,
+                    reuse: &reuse_rx,
+                    closed: false,
+                };
+                let res = sock.dump(&filter, &mut sink);
+                sink.send();
+                let msg = match res
                     .map_err(anyhow::Error::from)
                     .and_then(|_| sock.table_stats().map_err(anyhow::Error::from))
-                    .map(|stats| (buf, stats));
-                if res_tx.blocking_send(res).is_err() {
+                {
+                    Ok(stats) => DumpMsg::End(stats),
+                    Err(e) => DumpMsg::Failed(e),
+                };
+                if sink.closed || res_tx.blocking_send(msg).is_err() {
                     return;
                 }
             }
         })?;
-    Ok((req_tx, res_rx))
+    Ok((req_tx, reuse_tx, res_rx))
 }
 
 /// Destroy events on a dedicated thread; a full queue or a kernel overrun counts as lost (the
@@ -257,10 +316,9 @@ pub async fn run(
     };
 
     // Conntrack.
-    let (dump_req, mut dump_res) = spawn_dumper(cfg.conntrack_zone)?;
+    let (dump_req, dump_reuse, mut dump_res) = spawn_dumper(cfg.conntrack_zone)?;
     let events_stop = shutdown.child_token();
     let mut events = spawn_events(metrics.clone(), events_stop.clone())?;
-    let mut spare: Vec<ConntrackEntry> = Vec::new();
     let mut poll_tick = tokio::time::interval(cfg.poll_interval);
     poll_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut dump_started: Option<Instant> = None;
@@ -278,22 +336,40 @@ pub async fn run(
             _ = shutdown.cancelled() => break,
             _ = poll_tick.tick(), if dump_started.is_none() => {
                 dump_started = Some(Instant::now());
-                if dump_req.send(std::mem::take(&mut spare)).is_err() {
+                if dump_req.send(()).is_err() {
                     anyhow::bail!("the conntrack dump thread stopped");
                 }
             }
-            Some(res) = dump_res.recv() => {
+            Some(first) = dump_res.recv() => {
+                // One dump, chunk by chunk, with no other input in between: together the chunks
+                // are one instant's table, as the exporter's dump contract requires.
+                let t = now();
+                core.begin_dump(t);
+                let mut msg = Some(first);
+                let outcome = loop {
+                    match msg.take() {
+                        Some(DumpMsg::Chunk(mut c)) => {
+                            core.dump_chunk(t, &c);
+                            c.clear();
+                            let _ = dump_reuse.send(c);
+                        }
+                        Some(DumpMsg::End(stats)) => break Ok(stats),
+                        Some(DumpMsg::Failed(e)) => break Err(e),
+                        None => break Err(anyhow::anyhow!("the conntrack dump thread stopped")),
+                    }
+                    msg = dump_res.recv().await;
+                };
                 let took = dump_started.take().map(|t| t.elapsed());
-                match res {
-                    Ok((entries, stats)) => {
-                        core.handle_dump(now(), &entries);
+                match outcome {
+                    Ok(stats) => {
+                        core.end_dump(t);
                         metrics.polls.inc();
                         metrics.conntrack_entries.set(stats.entries as i64);
                         metrics.conntrack_max.set(stats.max_entries as i64);
                         metrics.tracked.set(core.stats().tracked as i64);
-                        spare = entries;
                         first_dump_done = true;
                     }
+                    // No end_dump: nothing is ended for missing from a failed dump.
                     Err(e) => {
                         metrics.dump_errors.inc();
                         tracing::warn!(error = %format!("{e:#}"), "conntrack dump failed; retrying at the next poll");

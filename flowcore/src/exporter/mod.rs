@@ -292,10 +292,30 @@ impl FlowExporter {
 
     /// A complete conntrack table at `now`. Connections tracked but missing from it ended.
     pub fn handle_dump(&mut self, now: Timestamp, entries: &[ConntrackEntry]) {
+        self.begin_dump(now);
+        self.dump_chunk(now, entries);
+        self.end_dump(now);
+    }
+
+    /// A complete dump delivered in chunks, so the caller need not hold the whole table:
+    /// `begin_dump`, then `dump_chunk` for every part in any order, then `end_dump`, with no
+    /// other input in between (the parts together are one instant's table, exactly as
+    /// `handle_dump`). An interrupted dump may be re-sent from its start within the same
+    /// `begin_dump` (seeing an entry twice is harmless); a dump that failed for good must not
+    /// get `end_dump`, so nothing is ended for its absence.
+    pub fn begin_dump(&mut self, now: Timestamp) {
         self.epoch = self.epoch.wrapping_add(1);
         self.flush_retry(now);
         self.next_check = None;
+    }
+
+    /// Part of the dump begun by [`Self::begin_dump`].
+    pub fn dump_chunk(&mut self, now: Timestamp, entries: &[ConntrackEntry]) {
         self.observe_all(now, entries);
+    }
+
+    /// Completes the dump: a live connection it did not list has ended.
+    pub fn end_dump(&mut self, now: Timestamp) {
         // Sweep: a live connection the dump did not list has ended. (Timers of the listed ones
         // were checked as they were seen, which also rebuilt `next_check`.)
         let epoch = self.epoch;
