@@ -141,24 +141,9 @@ pub fn decode_bytes(
         .map(|u| &u.decoder)
         .chain(d.tcp.values().map(|t| &t.decoder))
     {
-        add_stats(&mut s.decoder, dec.stats());
+        s.decoder += dec.stats();
     }
     Ok(s)
-}
-
-fn add_stats(a: &mut DecoderStats, b: &DecoderStats) {
-    a.messages += b.messages;
-    a.templates += b.templates;
-    a.options_templates += b.options_templates;
-    a.template_withdrawals += b.template_withdrawals;
-    a.data_records += b.data_records;
-    a.options_records += b.options_records;
-    a.sets_without_template += b.sets_without_template;
-    a.bytes_without_template += b.bytes_without_template;
-    a.reserved_sets += b.reserved_sets;
-    a.sequence_gaps += b.sequence_gaps;
-    a.records_missing += b.records_missing;
-    a.templates_expired += b.templates_expired;
 }
 
 pub fn run(args: DecodeArgs) -> anyhow::Result<()> {

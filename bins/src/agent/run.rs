@@ -212,7 +212,6 @@ fn spawn_events(
 /// Kubernetes metadata: a static file, or informers against the API server.
 async fn metadata_source(
     cfg: &AgentConfig,
-    ops: &Arc<Ops>,
 ) -> anyhow::Result<(Vec<MetadataUpdate>, Option<io_k8s::Informers>)> {
     if let Some(path) = &cfg.metadata_file {
         let m = io_k8s::static_metadata::load(path)?;
@@ -232,7 +231,6 @@ async fn metadata_source(
             ..Default::default()
         },
     );
-    let _ = ops;
     Ok((Vec::new(), Some(inf)))
 }
 
@@ -305,7 +303,7 @@ pub async fn run(
     )?;
 
     // Metadata.
-    let (initial, informers) = metadata_source(&cfg, &ops).await?;
+    let (initial, informers) = metadata_source(&cfg).await?;
     for u in initial {
         core.handle_metadata(now(), u);
         metrics.metadata_updates.inc();

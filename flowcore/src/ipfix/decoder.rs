@@ -65,6 +65,25 @@ pub struct DecoderStats {
     pub templates_expired: u64,
 }
 
+/// Adds another session's counters (a summary over sessions). Lives beside the struct so a new
+/// counter is summed where it is declared.
+impl std::ops::AddAssign<&DecoderStats> for DecoderStats {
+    fn add_assign(&mut self, b: &DecoderStats) {
+        self.messages += b.messages;
+        self.templates += b.templates;
+        self.options_templates += b.options_templates;
+        self.template_withdrawals += b.template_withdrawals;
+        self.data_records += b.data_records;
+        self.options_records += b.options_records;
+        self.sets_without_template += b.sets_without_template;
+        self.bytes_without_template += b.bytes_without_template;
+        self.reserved_sets += b.reserved_sets;
+        self.sequence_gaps += b.sequence_gaps;
+        self.records_missing += b.records_missing;
+        self.templates_expired += b.templates_expired;
+    }
+}
+
 /// The message header (RFC 7011 §3.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MessageHeader {
