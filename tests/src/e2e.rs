@@ -816,3 +816,42 @@ pub fn openssl_other_ca(dir: &TempDir) -> (PathBuf, PathBuf, PathBuf) {
         dir.join("other-client.key"),
     )
 }
+
+/// The common test cluster: a client Pod namespace (conntrack on; agent and aggregator run there)
+/// and a server Pod namespace joined by a veth, the metadata file naming both Pods, and where the
+/// aggregator's JSON lines go. Fields drop in order: server, client (namespaces deleted), dir.
+pub struct PodPair {
+    pub server: Netns,
+    pub client: Netns,
+    pub dir: TempDir,
+    pub meta: PathBuf,
+    pub jsonl: PathBuf,
+}
+
+impl PodPair {
+    /// `test` names the temporary directory, `ns` prefixes the namespaces (`<ns>-cl`, `<ns>-sv`).
+    pub fn new(test: &str, ns: &str, client_ip: &str, server_ip: &str) -> PodPair {
+        let dir = TempDir::new(test);
+        let client = Netns::new(&format!("{ns}-cl"));
+        let server = Netns::new(&format!("{ns}-sv"));
+        veth(
+            &client,
+            "pod0",
+            &format!("{client_ip}/24"),
+            &server,
+            "pod0",
+            &format!("{server_ip}/24"),
+        );
+        client.enable_conntrack(&dir);
+        let meta = dir.join("meta.yaml");
+        std::fs::write(&meta, metadata_yaml(client_ip, server_ip)).unwrap();
+        let jsonl = dir.join("flows.jsonl");
+        PodPair {
+            server,
+            client,
+            dir,
+            meta,
+            jsonl,
+        }
+    }
+}

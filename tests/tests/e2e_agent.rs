@@ -11,7 +11,6 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use tests::TempDir;
 use tests::e2e::*;
 
 const CLIENT: &str = "10.99.0.1";
@@ -31,21 +30,19 @@ fn agent_exports_real_conntrack_with_pods_and_counters_over_udp() {
 
 fn agent_end_to_end(transport: &str) {
     require_root();
-    let dir = TempDir::new(&format!("e2e-agent-{transport}"));
-    let client = Netns::new(&format!("agent{transport}-cl"));
-    let server = Netns::new(&format!("agent{transport}-sv"));
-    veth(
-        &client,
-        "pod0",
-        &format!("{CLIENT}/24"),
-        &server,
-        "pod0",
-        &format!("{SERVER}/24"),
+    // Bound in this order so they drop as before: the namespaces, then the directory.
+    let PodPair {
+        dir,
+        client,
+        server,
+        meta,
+        jsonl,
+    } = PodPair::new(
+        &format!("e2e-agent-{transport}"),
+        &format!("agent{transport}"),
+        CLIENT,
+        SERVER,
     );
-    client.enable_conntrack(&dir);
-    let meta = dir.join("meta.yaml");
-    std::fs::write(&meta, metadata_yaml(CLIENT, SERVER)).unwrap();
-    let jsonl = dir.join("flows.jsonl");
 
     let mut agg = start_aggregator(
         &client,

@@ -29,7 +29,6 @@
 
 use std::time::Duration;
 
-use tests::TempDir;
 use tests::e2e::*;
 
 const CLIENT: &str = "10.99.0.1";
@@ -70,21 +69,19 @@ fn restart(stop: Stop) {
         Stop::Crash => "kill",
         Stop::AgentCrash => "agent",
     };
-    let dir = TempDir::new(&format!("e2e-restart-{tag}"));
-    let client = Netns::new(&format!("rs{tag}-cl"));
-    let server = Netns::new(&format!("rs{tag}-sv"));
-    veth(
-        &client,
-        "pod0",
-        &format!("{CLIENT}/24"),
-        &server,
-        "pod0",
-        &format!("{SERVER}/24"),
+    // Bound in this order so they drop as before: the namespaces, then the directory.
+    let PodPair {
+        dir,
+        client,
+        server,
+        meta,
+        jsonl,
+    } = PodPair::new(
+        &format!("e2e-restart-{tag}"),
+        &format!("rs{tag}"),
+        CLIENT,
+        SERVER,
     );
-    client.enable_conntrack(&dir);
-    let meta = dir.join("meta.yaml");
-    std::fs::write(&meta, metadata_yaml(CLIENT, SERVER)).unwrap();
-    let jsonl = dir.join("flows.jsonl");
     let agg_yaml = format!(
         "listenAddr: \"127.0.0.1:14741\"\naggregatorTransportProtocol: tcp\n\
          activeFlowRecordTimeout: 1s\ncorrelationTimeout: 1s\ninactiveFlowRecordTimeout: 10s\n\
@@ -296,21 +293,14 @@ fn restart(stop: Stop) {
 #[test]
 fn aggregator_forgetting_an_idle_flow_never_double_counts() {
     require_root();
-    let dir = TempDir::new("e2e-idle-forget");
-    let client = Netns::new("idle-cl");
-    let server = Netns::new("idle-sv");
-    veth(
-        &client,
-        "pod0",
-        &format!("{CLIENT}/24"),
-        &server,
-        "pod0",
-        &format!("{SERVER}/24"),
-    );
-    client.enable_conntrack(&dir);
-    let meta = dir.join("meta.yaml");
-    std::fs::write(&meta, metadata_yaml(CLIENT, SERVER)).unwrap();
-    let jsonl = dir.join("flows.jsonl");
+    // Bound in this order so they drop as before: the namespaces, then the directory.
+    let PodPair {
+        dir,
+        client,
+        server,
+        meta,
+        jsonl,
+    } = PodPair::new("e2e-idle-forget", "idle", CLIENT, SERVER);
     let mut agg = start_aggregator(
         &client,
         &dir,

@@ -11,7 +11,6 @@
 
 use std::time::Duration;
 
-use tests::TempDir;
 use tests::e2e::*;
 
 const CLIENT: &str = "10.99.0.1";
@@ -23,21 +22,14 @@ const AGENT_METRICS: &str = "127.0.0.1:19398";
 #[test]
 fn agent_shutdown_flushes_live_connections() {
     require_root();
-    let dir = TempDir::new("e2e-shutdown");
-    let client = Netns::new("shut-cl");
-    let server = Netns::new("shut-sv");
-    veth(
-        &client,
-        "pod0",
-        &format!("{CLIENT}/24"),
-        &server,
-        "pod0",
-        &format!("{SERVER}/24"),
-    );
-    client.enable_conntrack(&dir);
-    let meta = dir.join("meta.yaml");
-    std::fs::write(&meta, metadata_yaml(CLIENT, SERVER)).unwrap();
-    let jsonl = dir.join("flows.jsonl");
+    // Bound in this order so they drop as before: the namespaces, then the directory.
+    let PodPair {
+        dir,
+        client,
+        server,
+        meta,
+        jsonl,
+    } = PodPair::new("e2e-shutdown", "shut", CLIENT, SERVER);
     let mut agg = start_aggregator(
         &client,
         &dir,

@@ -14,7 +14,7 @@
 use std::time::{Duration, Instant};
 
 use tests::e2e::*;
-use tests::{TempDir, wait_for};
+use tests::wait_for;
 
 const CLIENT: &str = "10.99.0.1";
 const SERVER: &str = "10.99.0.2";
@@ -37,21 +37,14 @@ fn agent_yaml(meta: &std::path::Path, ca: &str, cert: &str, key: &str) -> String
 #[test]
 fn mutual_tls_admits_the_generated_client_and_refuses_others() {
     require_root();
-    let dir = TempDir::new("e2e-tls");
-    let client = Netns::new("tls-cl");
-    let server = Netns::new("tls-sv");
-    veth(
-        &client,
-        "pod0",
-        &format!("{CLIENT}/24"),
-        &server,
-        "pod0",
-        &format!("{SERVER}/24"),
-    );
-    client.enable_conntrack(&dir);
-    let meta = dir.join("meta.yaml");
-    std::fs::write(&meta, metadata_yaml(CLIENT, SERVER)).unwrap();
-    let jsonl = dir.join("flows.jsonl");
+    // Bound in this order so they drop as before: the namespaces, then the directory.
+    let PodPair {
+        dir,
+        client,
+        server,
+        meta,
+        jsonl,
+    } = PodPair::new("e2e-tls", "tls", CLIENT, SERVER);
     let tls_dir = dir.join("tls");
 
     let mut agg = start_aggregator(
