@@ -351,11 +351,6 @@ impl Sim {
                     None
                 } else if t.crash_touched && t.out.is_some_and(|o| o.0 != inc) {
                     Some(0)
-                } else if t.crash_touched && (0..4).all(|i| nc.deltas[i] <= want[i]) {
-                    // After an aggregator crash the new incarnation counts from what the agent
-                    // says it delivered (totals − deltas): what the dead one held unexported is
-                    // missing, never counted twice.
-                    Some(0)
                 } else if t.exporters.count_ones() > 1 {
                     Some(1)
                 } else if gap >= 180 * SEC {
