@@ -148,6 +148,24 @@ async fn filters_narrow_results() {
         ("srcIp=10.1.0.7", &|f: &Value| {
             f["sourceIPAddress"] == "10.1.0.7"
         }),
+        ("srcNamespace=shop", &|f: &Value| {
+            f["sourcePodNamespace"] == "shop"
+        }),
+        ("dstNamespace=payments", &|f: &Value| {
+            f["destinationPodNamespace"] == "payments"
+        }),
+        ("srcPod=shop/cart-5", &|f: &Value| {
+            f["sourcePodNamespace"] == "shop" && f["sourcePodName"] == "cart-5"
+        }),
+        ("dstPod=cart-5", &|f: &Value| {
+            f["destinationPodName"] == "cart-5"
+        }),
+        ("srcNode=node-1", &|f: &Value| {
+            f["sourceNodeName"] == "node-1"
+        }),
+        ("dstNode=node-2&srcNode=node-1", &|f: &Value| {
+            f["sourceNodeName"] == "node-1" && f["destinationNodeName"] == "node-2"
+        }),
     ] {
         let v = ok(&format!("/api/flows?{r}&limit=1000&{q}")).await;
         let n = count(&v);

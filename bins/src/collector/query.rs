@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use serde::Serialize;
 
 /// Half-open time range in Unix seconds, `[start, end)`, on the record's flowEndSeconds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TimeRange {
     pub start: u64,
     pub end: u64,
@@ -58,6 +58,14 @@ pub struct FlowFilter {
     pub src_port: Option<u16>,
     pub dst_port: Option<u16>,
     pub protocol: Option<u8>,
+    /// One end only: the source's / destination's namespace, Pod and Node (`srcNamespace`,
+    /// `srcPod`, `srcNode`, `dst…` in the API). Independent of the either-end filters above.
+    pub src_namespace: Option<String>,
+    pub dst_namespace: Option<String>,
+    pub src_pod: Option<NamedRef>,
+    pub dst_pod: Option<NamedRef>,
+    pub src_node: Option<String>,
+    pub dst_node: Option<String>,
 }
 
 /// A page of flow records, newest first (by flowEndSeconds, then insertion order).
@@ -70,7 +78,7 @@ pub struct FlowQuery {
 
 /// Filters the dashboards apply to the rollups. Each applies where the rollup has the
 /// dimension (a Node filter does not narrow the Pod → Service rollup, which has no Node).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct DashFilter {
     pub range: TimeRange,
     pub namespace: Option<String>,

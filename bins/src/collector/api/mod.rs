@@ -114,6 +114,12 @@ pub const FLOW_PARAMS: &[&str] = &[
     "srcPort",
     "dstPort",
     "protocol",
+    "srcNamespace",
+    "dstNamespace",
+    "srcPod",
+    "dstPod",
+    "srcNode",
+    "dstNode",
     "limit",
     "offset",
 ];
@@ -137,6 +143,12 @@ async fn flows(State(s): State<Shared>, q: Pairs) -> Result<Json<Value>, ApiErro
         src_port: p.uint("srcPort", 0, 65535)?,
         dst_port: p.uint("dstPort", 0, 65535)?,
         protocol: p.protocol()?,
+        src_namespace: p.string("srcNamespace"),
+        dst_namespace: p.string("dstNamespace"),
+        src_pod: p.named("srcPod")?,
+        dst_pod: p.named("dstPod")?,
+        src_node: p.string("srcNode"),
+        dst_node: p.string("dstNode"),
     };
     let limit = p.uint("limit", 1, MAX_FLOWS)?.unwrap_or(100);
     let offset = p.uint("offset", 0, MAX_OFFSET)?.unwrap_or(0);

@@ -573,6 +573,26 @@ pub fn flows(c: &Connection, q: &FlowQuery) -> rusqlite::Result<Vec<FlowRow>> {
     if let Some(p) = f.protocol {
         w.push("proto = ?", [int(p as u64)]);
     }
+    for (v, col) in [
+        (&f.src_namespace, "src_ns"),
+        (&f.dst_namespace, "dst_ns"),
+        (&f.src_node, "src_node"),
+        (&f.dst_node, "dst_node"),
+    ] {
+        if let Some(v) = v {
+            w.push(format!("{col} = ?"), [text(v)]);
+        }
+    }
+    for (r, ns, pod) in [
+        (&f.src_pod, "src_ns", "src_pod"),
+        (&f.dst_pod, "dst_ns", "dst_pod"),
+    ] {
+        if let Some(r) = r {
+            let (mut cl, mut ps) = (Vec::new(), Vec::new());
+            pod_match(&mut cl, &mut ps, ns, pod, r);
+            w.push(cl.join(""), ps);
+        }
+    }
     let sql = format!(
         "SELECT id, {} FROM flows WHERE {} ORDER BY end_secs DESC, id DESC LIMIT ? OFFSET ?",
         super::schema::FLOW_COLUMNS.join(", "),
