@@ -23,6 +23,7 @@ use flowlens_bins::transport::metrics::{
     CollectorMetrics, ExporterMetrics, MalformedLabels, MalformedReason, UdpDropLabels,
     UdpDropReason,
 };
+use flowlens_bins::transport::replay::{ReplayConfig, ReplayExporter};
 use flowlens_bins::transport::tls::{self, GeneratedCerts, TlsFiles};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -121,6 +122,18 @@ struct RunningCollector {
 }
 
 impl RunningCollector {
+    /// A TCP collector on `port` of 127.0.0.1 (0: a free one).
+    async fn tcp(port: u16, capacity: usize) -> RunningCollector {
+        RunningCollector::start(
+            CollectorConfig {
+                tcp: Some(loopback(port)),
+                ..CollectorConfig::default()
+            },
+            capacity,
+        )
+        .await
+    }
+
     async fn start(cfg: CollectorConfig, capacity: usize) -> RunningCollector {
         let (tx, rx) = channel(capacity);
         let metrics = CollectorMetrics::default();
@@ -152,6 +165,57 @@ impl RunningCollector {
         }
         rest
     }
+}
+
+/// An exporter actor with its outcomes, stopped and joined by [`Link::finish`].
+struct Link {
+    exp: Exporter,
+    outcomes: mpsc::Receiver<Outcome>,
+    metrics: ExporterMetrics,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Link {
+    fn spawn(cfg: ExporterConfig) -> Link {
+        let stop = CancellationToken::new();
+        let metrics = ExporterMetrics::default();
+        let (exp, outcomes, task) = Exporter::spawn(cfg, metrics.clone(), stop.clone());
+        Link {
+            exp,
+            outcomes,
+            metrics,
+            stop,
+            task,
+        }
+    }
+
+    /// An exporter to `addr` over `transport` with the tests' fast backoff.
+    fn to(addr: SocketAddr, transport: Transport) -> Link {
+        Link::spawn(exporter_cfg(addr, transport))
+    }
+
+    /// Waits for the first session.
+    async fn session(&self) -> SessionId {
+        guard("session", self.exp.wait_session(None)).await.unwrap()
+    }
+
+    /// Sends `msgs` on `session` and awaits every outcome.
+    async fn send_all(&mut self, session: SessionId, msgs: Vec<Bytes>) -> Vec<Outcome> {
+        send_all(&self.exp, &mut self.outcomes, session, msgs).await
+    }
+
+    async fn finish(self) {
+        self.stop.cancel();
+        guard("exporter shutdown", self.task).await.unwrap();
+    }
+}
+
+/// A fresh encoder whose session has started (templates lead its first message).
+fn session_encoder(transport: Transport) -> Encoder {
+    let mut enc = encoder(transport);
+    enc.reset_session();
+    enc
 }
 
 fn loopback(port: u16) -> SocketAddr {
@@ -205,35 +269,20 @@ fn assert_all_ok(outcomes: &[Outcome]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_round_trip_of_500_records() {
-    let mut col = RunningCollector::start(
-        CollectorConfig {
-            tcp: any_port(),
-            ..CollectorConfig::default()
-        },
-        64,
-    )
-    .await;
-    let stop = CancellationToken::new();
-    let (exp, mut outcomes, task) = Exporter::spawn(
-        exporter_cfg(col.tcp.unwrap(), Transport::Tcp),
-        ExporterMetrics::default(),
-        stop.clone(),
-    );
-    let session = guard("session", exp.wait_session(None)).await.unwrap();
-    let mut enc = encoder(Transport::Tcp);
-    enc.reset_session();
-    let msgs = encode(&mut enc, 0..500);
+    let mut col = RunningCollector::tcp(0, 64).await;
+    let mut link = Link::to(col.tcp.unwrap(), Transport::Tcp);
+    let session = link.session().await;
+    let msgs = encode(&mut session_encoder(Transport::Tcp), 0..500);
     // Many records per message: one template message and a few data messages.
     assert!(msgs.len() < 10, "{} messages", msgs.len());
-    assert_all_ok(&send_all(&exp, &mut outcomes, session, msgs).await);
+    assert_all_ok(&link.send_all(session, msgs).await);
     assert_eq!(
         receive(&mut col.rx, 500).await,
         (0..500).collect::<Vec<_>>()
     );
     assert_eq!(col.metrics.records.get(), 500);
     assert_eq!(col.metrics.sequence_gaps.get(), 0);
-    stop.cancel();
-    guard("exporter shutdown", task).await.unwrap();
+    link.finish().await;
     assert!(col.stop().await.is_empty());
 }
 
@@ -247,16 +296,9 @@ async fn udp_round_trip_of_500_records() {
         256,
     )
     .await;
-    let stop = CancellationToken::new();
-    let metrics = ExporterMetrics::default();
-    let (exp, mut outcomes, task) = Exporter::spawn(
-        exporter_cfg(col.udp.unwrap(), Transport::Udp),
-        metrics.clone(),
-        stop.clone(),
-    );
-    let session = guard("session", exp.wait_session(None)).await.unwrap();
-    let mut enc = encoder(Transport::Udp);
-    enc.reset_session();
+    let mut link = Link::to(col.udp.unwrap(), Transport::Udp);
+    let session = link.session().await;
+    let mut enc = session_encoder(Transport::Udp);
     let mut got = Vec::new();
     // Batches of 100 records, each received before the next is sent, so the kernel's socket
     // buffer never overflows on a busy machine (that would be UDP doing its job, not a bug).
@@ -266,13 +308,12 @@ async fn udp_round_trip_of_500_records() {
             msgs.iter().all(|m| m.len() <= 1452),
             "datagrams fit a 1500-byte MTU"
         );
-        assert_all_ok(&send_all(&exp, &mut outcomes, session, msgs).await);
+        assert_all_ok(&link.send_all(session, msgs).await);
         got.extend(receive(&mut col.rx, 100).await);
     }
     assert_eq!(got, (0..500).collect::<Vec<_>>());
     assert_eq!(col.metrics.records_missing.get(), 0);
-    stop.cancel();
-    guard("exporter shutdown", task).await.unwrap();
+    link.finish().await;
     col.stop().await;
 }
 
@@ -354,19 +395,17 @@ async fn mutual_tls_round_trip_of_500_records() {
         Transport::Tls,
     );
     cfg.tls = Some(client);
-    let (exp, mut outcomes, task) = Exporter::spawn(cfg, ExporterMetrics::default(), stop.clone());
-    let session = guard("session", exp.wait_session(None)).await.unwrap();
-    let mut enc = encoder(Transport::Tls);
-    enc.reset_session();
-    let msgs = encode(&mut enc, 0..500);
-    assert_all_ok(&send_all(&exp, &mut outcomes, session, msgs).await);
+    let mut link = Link::spawn(cfg);
+    let session = link.session().await;
+    let msgs = encode(&mut session_encoder(Transport::Tls), 0..500);
+    assert_all_ok(&link.send_all(session, msgs).await);
     assert_eq!(
         receive(&mut col.rx, 500).await,
         (0..500).collect::<Vec<_>>()
     );
     assert_eq!(col.metrics.tls_handshake_failures.get(), 0);
     stop.cancel();
-    guard("exporter shutdown", task).await.unwrap();
+    link.finish().await;
     col.stop().await;
 }
 
@@ -435,30 +474,17 @@ async fn tls_refuses_unknown_or_missing_client_certs_and_a_foreign_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn collector_restart_on_the_same_port_gets_templates_again() {
-    let mut col = RunningCollector::start(
-        CollectorConfig {
-            tcp: any_port(),
-            ..CollectorConfig::default()
-        },
-        64,
-    )
-    .await;
+    let mut col = RunningCollector::tcp(0, 64).await;
     let port = col.tcp.unwrap().port();
-    let stop = CancellationToken::new();
-    let metrics = ExporterMetrics::default();
-    let (exp, mut outcomes, task) = Exporter::spawn(
-        exporter_cfg(loopback(port), Transport::Tcp),
-        metrics.clone(),
-        stop.clone(),
-    );
-    let mut sessions = exp.sessions();
-    let mut tracker = exp.tracker();
+    let mut link = Link::to(loopback(port), Transport::Tcp);
+    let mut sessions = link.exp.sessions();
+    let mut tracker = link.exp.tracker();
     let mut enc = encoder(Transport::Tcp);
-    guard("session", exp.wait_session(None)).await.unwrap();
+    link.session().await;
     let first = tracker
         .sync(&mut enc, |_| panic!("nothing built yet"))
         .unwrap();
-    assert_all_ok(&send_all(&exp, &mut outcomes, first, encode(&mut enc, 0..200)).await);
+    assert_all_ok(&link.send_all(first, encode(&mut enc, 0..200)).await);
     assert_eq!(receive(&mut col.rx, 200).await.len(), 200);
 
     // Kill the collector mid-stream; the exporter sees the close.
@@ -468,7 +494,7 @@ async fn collector_restart_on_the_same_port_gets_templates_again() {
         .unwrap();
     // A message built for the lost session is failed, not written on a later one.
     let stale = encode(&mut enc, 200..210);
-    let o = send_all(&exp, &mut outcomes, first, stale).await;
+    let o = link.send_all(first, stale).await;
     assert!(
         o.iter()
             .all(|o| o.result == Err(SendError::SessionEnded { built_for: first }))
@@ -486,15 +512,8 @@ async fn collector_restart_on_the_same_port_gets_templates_again() {
     enc.flush(t);
 
     // Back on the same port: the exporter reconnects, the caller resets its encoder.
-    let mut col = RunningCollector::start(
-        CollectorConfig {
-            tcp: Some(loopback(port)),
-            ..CollectorConfig::default()
-        },
-        64,
-    )
-    .await;
-    guard("reconnect", exp.wait_session(Some(first)))
+    let mut col = RunningCollector::tcp(port, 64).await;
+    guard("reconnect", link.exp.wait_session(Some(first)))
         .await
         .unwrap();
     let mut handed_back = 0;
@@ -502,7 +521,7 @@ async fn collector_restart_on_the_same_port_gets_templates_again() {
     assert!(second > first);
     assert_eq!(handed_back, 1, "the message finished while disconnected");
     let msgs = encode(&mut enc, 300..600);
-    assert_all_ok(&send_all(&exp, &mut outcomes, second, msgs).await);
+    assert_all_ok(&link.send_all(second, msgs).await);
     assert_eq!(
         receive(&mut col.rx, 300).await,
         (300..600).collect::<Vec<_>>()
@@ -510,22 +529,14 @@ async fn collector_restart_on_the_same_port_gets_templates_again() {
     // Every data set found its template, and the new session's sequence starts at 0.
     assert_eq!(col.metrics.sets_without_template.get(), 0);
     assert_eq!(col.metrics.sequence_gaps.get(), 0);
-    assert!(metrics.sessions.get() >= 2 && metrics.disconnects.get() >= 1);
-    stop.cancel();
-    guard("exporter shutdown", task).await.unwrap();
+    assert!(link.metrics.sessions.get() >= 2 && link.metrics.disconnects.get() >= 1);
+    link.finish().await;
     col.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_session_closes_alone() {
-    let mut col = RunningCollector::start(
-        CollectorConfig {
-            tcp: any_port(),
-            ..CollectorConfig::default()
-        },
-        64,
-    )
-    .await;
+    let mut col = RunningCollector::tcp(0, 64).await;
     let addr = col.tcp.unwrap();
     let mut good = TcpStream::connect(addr).await.unwrap();
     let mut bad = TcpStream::connect(addr).await.unwrap();
@@ -706,9 +717,9 @@ async fn renewed_client_files_are_used_for_the_next_session() {
     let first = client.borrow_and_update().clone();
     let mut cfg = exporter_cfg(col.tls.unwrap(), Transport::Tls);
     cfg.tls = Some(client.clone());
-    let (exp, mut outcomes, task) = Exporter::spawn(cfg, ExporterMetrics::default(), stop.clone());
+    let mut link = Link::spawn(cfg);
     wait_error(
-        &exp,
+        &link.exp,
         "refusal with the old files",
         "invalid peer certificate",
     )
@@ -729,15 +740,12 @@ async fn renewed_client_files_are_used_for_the_next_session() {
         .unwrap();
     assert!(!Arc::ptr_eq(&first, &client.borrow()));
 
-    let session = guard("session with the renewed files", exp.wait_session(None))
-        .await
-        .unwrap();
-    let mut enc = encoder(Transport::Tls);
-    enc.reset_session();
-    assert_all_ok(&send_all(&exp, &mut outcomes, session, encode(&mut enc, 0..20)).await);
+    let session = link.session().await;
+    let msgs = encode(&mut session_encoder(Transport::Tls), 0..20);
+    assert_all_ok(&link.send_all(session, msgs).await);
     assert_eq!(receive(&mut col.rx, 20).await.len(), 20);
     stop.cancel();
-    guard("exporter shutdown", task).await.unwrap();
+    link.finish().await;
     col.stop().await;
 }
 
@@ -745,24 +753,19 @@ async fn renewed_client_files_are_used_for_the_next_session() {
 async fn full_send_queue_refuses_and_shutdown_drains_what_was_queued() {
     // A collector that nobody reads from: its session stops reading, the socket buffers fill,
     // the exporter's writes block, and its queue (4 messages) fills.
-    let col = RunningCollector::start(
-        CollectorConfig {
-            tcp: any_port(),
-            ..CollectorConfig::default()
-        },
-        1,
-    )
-    .await;
-    let stop = CancellationToken::new();
-    let metrics = ExporterMetrics::default();
+    let col = RunningCollector::tcp(0, 1).await;
     let mut cfg = exporter_cfg(col.tcp.unwrap(), Transport::Tcp);
     cfg.queue_capacity = 4;
     cfg.drain_timeout = GUARD;
-    let (exp, mut outcomes, task) = Exporter::spawn(cfg, metrics.clone(), stop.clone());
+    let Link {
+        exp,
+        mut outcomes,
+        metrics,
+        stop,
+        task,
+    } = Link::spawn(cfg);
     let session = guard("session", exp.wait_session(None)).await.unwrap();
-    let mut enc = encoder(Transport::Tcp);
-    enc.reset_session();
-    let mut msgs = encode(&mut enc, 0..250).into_iter();
+    let mut msgs = encode(&mut session_encoder(Transport::Tcp), 0..250).into_iter();
     let templates = msgs.next().unwrap();
     let data = msgs.next().unwrap();
     let records_per_msg = {
@@ -837,6 +840,130 @@ async fn full_send_queue_refuses_and_shutdown_drains_what_was_queued() {
     assert_eq!(records, (queued as usize - 1) * records_per_msg);
 }
 
+/// Finished messages with their data record counts, for a [`ReplayExporter`].
+fn encode_counted(enc: &mut Encoder, range: std::ops::Range<u64>) -> Vec<(Bytes, u32)> {
+    let t = now();
+    for i in range {
+        write_example_record(enc, t, LAYOUT, i).unwrap();
+    }
+    enc.flush(t);
+    std::iter::from_fn(|| enc.poll_message()).collect()
+}
+
+/// A replay buffer over `link`'s exporter (the link keeps the stop token and the task).
+fn replay_over(link: &mut Link, max_bytes: usize) -> ReplayExporter {
+    let (_, dead) = mpsc::channel(1);
+    let outcomes = std::mem::replace(&mut link.outcomes, dead);
+    ReplayExporter::new(link.exp.clone(), outcomes, 1024, ReplayConfig { max_bytes })
+}
+
+/// Pumps `r` until `cond` holds.
+async fn pump_until(r: &mut ReplayExporter, what: &str, cond: impl Fn(&ReplayExporter) -> bool) {
+    guard(what, async {
+        loop {
+            r.pump();
+            if cond(r) {
+                break;
+            }
+            assert!(r.wait().await, "exporter gone while waiting for {what}");
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_buffer_sends_what_a_collector_restart_missed() {
+    let mut col = RunningCollector::tcp(0, 64).await;
+    let port = col.tcp.unwrap().port();
+    let mut link = Link::to(loopback(port), Transport::Tcp);
+    let mut sessions = link.exp.sessions();
+    let mut replay = replay_over(&mut link, 16 << 20);
+    // One encoder for the whole run: the replay buffer puts templates before every session.
+    let mut enc = encoder(Transport::Tcp);
+    for (m, n) in encode_counted(&mut enc, 0..200) {
+        replay.push(m, n);
+    }
+    pump_until(&mut replay, "200 written", |r| {
+        r.stats().records_written == 200
+    })
+    .await;
+    assert_eq!(
+        receive(&mut col.rx, 200).await,
+        (0..200).collect::<Vec<_>>()
+    );
+
+    // The collector stops (draining what it read); records produced meanwhile are held.
+    assert!(col.stop().await.is_empty());
+    guard("session loss", sessions.wait_for(|s| s.current.is_none()))
+        .await
+        .unwrap();
+    for (m, n) in encode_counted(&mut enc, 200..1200) {
+        replay.push(m, n);
+    }
+    replay.pump();
+    assert_eq!(replay.stats().records_written, 200);
+    assert_eq!(replay.held().1, 1000, "held while the collector is away");
+
+    // Back on the same port: everything held arrives, in order, after the templates.
+    let mut col = RunningCollector::tcp(port, 64).await;
+    pump_until(&mut replay, "1200 written", |r| {
+        r.stats().records_written == 1200
+    })
+    .await;
+    assert_eq!(
+        receive(&mut col.rx, 1000).await,
+        (200..1200).collect::<Vec<_>>()
+    );
+    assert_eq!(replay.held(), (0, 0));
+    assert_eq!(replay.stats().records_dropped, 0);
+    assert_eq!(col.metrics.sets_without_template.get(), 0);
+    assert_eq!(col.metrics.sequence_gaps.get(), 0);
+    link.finish().await;
+    col.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_buffer_beyond_its_bound_drops_the_oldest_counted() {
+    // A port nothing listens on yet.
+    let port = std::net::TcpListener::bind(loopback(0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut link = Link::to(loopback(port), Transport::Tcp);
+    guard("a refused connect", async {
+        let mut rx = link.exp.sessions();
+        rx.wait_for(|s| s.last_error.is_some()).await.unwrap();
+    })
+    .await;
+    // About three full messages.
+    let mut replay = replay_over(&mut link, 3 * 65_535);
+    let mut enc = encoder(Transport::Tcp);
+    let msgs = encode_counted(&mut enc, 0..3000);
+    assert!(msgs.len() > 8, "{} messages", msgs.len());
+    for (m, n) in msgs {
+        replay.push(m, n);
+    }
+    replay.pump();
+    let dropped = replay.stats().records_dropped;
+    let (bytes, held) = replay.held();
+    assert!(bytes <= 3 * 65_535, "{bytes} bytes held");
+    assert!(dropped > 0 && held > 0);
+    assert_eq!(dropped + held, 3000, "every record is held or counted");
+
+    let mut col = RunningCollector::tcp(port, 64).await;
+    pump_until(&mut replay, "the held records written", |r| r.is_empty()).await;
+    assert_eq!(replay.stats().records_written, held);
+    // The newest were kept.
+    assert_eq!(
+        receive(&mut col.rx, held as usize).await,
+        (dropped..3000).collect::<Vec<_>>()
+    );
+    assert_eq!(col.metrics.sets_without_template.get(), 0);
+    link.finish().await;
+    col.stop().await;
+}
+
 /// End-to-end rate: `FLOWLENS_EXPORTERS` exporter actors (default 100) each write
 /// `FLOWLENS_MESSAGES` full messages (default 50, ~200 records each) over TCP loopback into one
 /// collector whose consumer walks every field of every record. Prints records/s; run with
@@ -853,14 +980,7 @@ async fn throughput_over_tcp_loopback() {
             .unwrap_or(d)
     };
     let (exporters, per_exporter) = (env("FLOWLENS_EXPORTERS", 100), env("FLOWLENS_MESSAGES", 50));
-    let col = RunningCollector::start(
-        CollectorConfig {
-            tcp: any_port(),
-            ..CollectorConfig::default()
-        },
-        1024,
-    )
-    .await;
+    let col = RunningCollector::tcp(0, 1024).await;
     let addr = col.tcp.unwrap();
     let mut msgs = encode(&mut encoder(Transport::Tcp), 0..250).into_iter();
     let (templates, data) = (msgs.next().unwrap(), msgs.next().unwrap());

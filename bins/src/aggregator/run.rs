@@ -1,8 +1,11 @@
 //! The aggregator's main loop. The core (`flowcore::aggregator::Aggregator`) lives in this task
 //! alone; the collecting process's session tasks decode and hand whole messages over a bounded
-//! channel (TCP back-pressure when it is full), sinks run behind bounded queues whose overflow is
-//! counted, and HTTP queries of in-flight flows are answered by this task through a request
-//! channel so no lock is ever taken on the hot path.
+//! channel (TCP back-pressure when it is full). Each turn takes the waiting messages (up to
+//! [`MAX_MESSAGES_PER_TURN`]), then hands what the core produced to every sink as one shared
+//! batch (`crate::sinks`): sinks run on their own tasks or threads behind queues bounded by
+//! records whose overflow is counted, so this thread never encodes, writes or frees an
+//! aggregated record. HTTP queries of in-flight flows are answered by this task through a
+//! request channel so no lock is ever taken on the hot path.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -13,8 +16,6 @@ use axum::Router;
 use axum::extract::{Query, State};
 use axum::routing::get;
 use flowcore::aggregator::{AggregatedRecord, Aggregator, AggregatorConfig as CoreConfig};
-use flowcore::ipfix::{Encoder, EncoderConfig, Layout};
-use flowcore::model::Timestamp;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use serde_json::Value;
@@ -22,12 +23,15 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::now;
-use crate::config::aggregator::AggregatorConfig;
+use crate::config::aggregator::AggregatorSetup;
 use crate::ops::Ops;
+use crate::sinks::ipfix::{IpfixSinkConfig, ReplayGauges};
 use crate::sinks::jsonl::{JsonLinesSink, Rotation};
+use crate::sinks::{Batch, SinkMetrics, SinkSender};
 use crate::transport::collector::{Collector, CollectorConfig};
-use crate::transport::exporter::{Exporter, ExporterConfig as TransportConfig, SessionTracker};
+use crate::transport::exporter::ExporterConfig as TransportConfig;
 use crate::transport::metrics::{CollectorMetrics, ExporterMetrics};
+use crate::transport::replay::ReplayConfig;
 use crate::transport::{Transport, tls};
 
 /// Filters of `/api/flows` (all optional; a flow matches when every given one matches).
@@ -69,15 +73,15 @@ struct AggMetrics {
     uncorrelated: Counter,
     dropped: prometheus_client::metrics::family::Family<Vec<(String, String)>, Counter>,
     in_flight: Gauge,
-    sink_drops: prometheus_client::metrics::family::Family<Vec<(String, String)>, Counter>,
 }
 
 /// Runs until `shutdown`, then exports every flow in flight (reason 4) and flushes the sinks.
 pub async fn run(
-    cfg: AggregatorConfig,
+    cfg: impl Into<AggregatorSetup>,
     ops: Arc<Ops>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let cfg: AggregatorSetup = cfg.into();
     let m = AggMetrics {
         records_in: Counter::default(),
         records_out: Counter::default(),
@@ -85,10 +89,11 @@ pub async fn run(
         uncorrelated: Counter::default(),
         dropped: Default::default(),
         in_flight: Gauge::default(),
-        sink_drops: Default::default(),
     };
     let cmetrics = CollectorMetrics::default();
     let emetrics = ExporterMetrics::default();
+    let smetrics = SinkMetrics::default();
+    let replay_gauges = ReplayGauges::default();
     ops.register(|r| {
         r.register("records_in", "Agent records received", m.records_in.clone());
         r.register("records_out", "Aggregated records produced", m.records_out.clone());
@@ -96,7 +101,9 @@ pub async fn run(
         r.register("uncorrelated", "Inter-Node flows exported without their partner after the correlation timeout", m.uncorrelated.clone());
         r.register("records_dropped", "Records not aggregated, by reason (stale, duplicate, invalid) and flows evicted (store full)", m.dropped.clone());
         r.register("flows_in_flight", "Flows held in memory", m.in_flight.clone());
-        r.register("sink_dropped", "Aggregated records a sink could not take (queue full), by sink", m.sink_drops.clone());
+        smetrics.register(r);
+        r.register("ipfix_replay_bytes", "IPFIX bytes held for the external collector until written (replayed after a reconnect)", replay_gauges.bytes.clone());
+        r.register("ipfix_replay_records", "Aggregated records held for the external collector until written", replay_gauges.records.clone());
         cmetrics.register(r, "ipfix_collect");
         emetrics.register(r, "ipfix_export");
     });
@@ -196,44 +203,38 @@ pub async fn run(
         }
     }
 
-    // Sinks.
-    let export_stop = CancellationToken::new();
-    let mut export_task = None;
-    let mut ipfix = match &cfg.external {
-        Some(addr) => {
-            let mut enc = Encoder::new(EncoderConfig::stream(1))?;
-            for l in [Layout::AggregatedV4, Layout::AggregatedV6] {
-                enc.add_template(l.template_id(), l.fields())?;
-            }
-            let t = TransportConfig::new(addr.clone(), addr.transport_or_tcp());
-            // Its own stop token, cancelled only after the final flush was handed over: the
-            // shutdown token would close its queue before the flush.
-            let (ex, mut outcomes, task) =
-                Exporter::spawn(t, emetrics.clone(), export_stop.clone());
-            export_task = Some(task);
-            // Outcomes are counted by the transport's metrics; drain them.
-            tokio::spawn(async move { while outcomes.recv().await.is_some() {} });
-            let tracker = ex.tracker();
-            Some((enc, ex, tracker))
-        }
-        None => None,
-    };
+    // Sinks, each on its own task or thread behind a queue bounded by records.
+    let mut sinks: Vec<SinkSender> = Vec::new();
+    let mut sink_tasks = Vec::new();
+    if let Some(addr) = &cfg.external {
+        let (tx, rx) = crate::sinks::queue("ipfix", cfg.sinks.queue_records, smetrics.clone());
+        let mut sc =
+            IpfixSinkConfig::new(TransportConfig::new(addr.clone(), addr.transport_or_tcp()));
+        sc.replay = ReplayConfig {
+            max_bytes: cfg.sinks.replay_bytes,
+        };
+        sink_tasks.push(crate::sinks::ipfix::spawn(
+            sc,
+            rx,
+            emetrics.clone(),
+            smetrics.clone(),
+            replay_gauges.clone(),
+        )?);
+        sinks.push(tx);
+    }
     let mut json_thread = None;
-    let json = match &cfg.json_lines {
-        Some(j) => {
-            let sink = JsonLinesSink::open(
-                &j.path,
-                Rotation {
-                    max_bytes: j.max_bytes,
-                    max_files: j.max_files,
-                },
-            )?;
-            let (tx, thread) = spawn_json_sink(sink);
-            json_thread = Some(thread);
-            Some(tx)
-        }
-        None => None,
-    };
+    if let Some(j) = &cfg.json_lines {
+        let sink = JsonLinesSink::open(
+            &j.path,
+            Rotation {
+                max_bytes: j.max_bytes,
+                max_files: j.max_files,
+            },
+        )?;
+        let (tx, rx) = crate::sinks::queue("json", cfg.sinks.queue_records, smetrics.clone());
+        json_thread = Some(crate::sinks::jsonl::spawn(sink, rx, smetrics.clone()));
+        sinks.push(tx);
+    }
 
     // /api/flows answered by this task.
     let (query_tx, mut queries) = mpsc::channel::<FlowQuery>(16);
@@ -255,9 +256,11 @@ pub async fn run(
             msg = rx.recv() => match msg {
                 Some(msg) => {
                     let t = now();
-                    let ex = msg.exporter();
-                    for rec in msg.records() {
-                        let _ = core.handle_record(t, ex, &rec);
+                    feed(&mut core, t, &msg);
+                    // Whatever else is waiting, before the per-turn work (sinks, metrics).
+                    for _ in 0..MAX_MESSAGES_PER_TURN {
+                        let Ok(msg) = rx.try_recv() else { break };
+                        feed(&mut core, t, &msg);
                     }
                 }
                 // The collecting process has shut down and handed on everything.
@@ -270,19 +273,19 @@ pub async fn run(
                 let _ = reply.send(out);
             }
         }
-        emit(&mut core, now(), &mut ipfix, json.as_ref(), &m);
+        emit(&mut core, &sinks);
         update_metrics(&core, &mut seen, &m);
     }
     core.flush_all(now());
-    emit(&mut core, now(), &mut ipfix, json.as_ref(), &m);
+    emit(&mut core, &sinks);
     update_metrics(&core, &mut seen, &m);
-    // Every sink writes what it was handed before the process ends.
-    drop(json);
+    // Every sink writes what it was handed before the process ends: closing the queues starts
+    // their final flush.
+    drop(sinks);
     if let Some(t) = json_thread {
         let _ = tokio::task::spawn_blocking(move || t.join()).await;
     }
-    export_stop.cancel();
-    if let Some(t) = export_task {
+    for t in sink_tasks {
         let _ = t.await;
     }
     let _ = collector_task.await;
@@ -290,49 +293,34 @@ pub async fn run(
     Ok(())
 }
 
-/// Sends what the core produced to every sink.
-fn emit(
+/// Messages taken from the collecting process per turn of the loop at most, so timers and
+/// queries are not starved under load.
+const MAX_MESSAGES_PER_TURN: usize = 16;
+
+fn feed(
     core: &mut Aggregator,
-    t: Timestamp,
-    ipfix: &mut Option<(Encoder, Exporter, SessionTracker)>,
-    json: Option<&mpsc::Sender<AggregatedRecord>>,
-    m: &AggMetrics,
+    t: flowcore::model::Timestamp,
+    msg: &crate::transport::collector::DecodedMessage,
 ) {
-    let ipfix_drop = || {
-        m.sink_drops
-            .get_or_create(&vec![("sink".into(), "ipfix".into())])
-            .inc();
-    };
-    // The session first: a new one must get templates before any record written from now on
-    // (the encoder holds nothing between calls, since every call flushes and sends).
-    let session = ipfix
-        .as_mut()
-        .and_then(|(enc, _, tracker)| tracker.sync(enc, |_| ipfix_drop()));
-    let mut wrote = false;
-    while let Some(r) = core.poll_record() {
-        if let Some(j) = json
-            && j.try_send(r.clone()).is_err()
-        {
-            m.sink_drops
-                .get_or_create(&vec![("sink".into(), "json".into())])
-                .inc();
-        }
-        if let Some((enc, _, _)) = ipfix.as_mut() {
-            let _ = r.write_ipfix(enc, t);
-            wrote = true;
-        }
+    let ex = msg.exporter();
+    for rec in msg.records() {
+        let _ = core.handle_record(t, ex, &rec);
     }
-    if let Some((enc, ex, _)) = ipfix.as_mut() {
-        if wrote {
-            enc.flush(t);
-        }
-        // Without a session the downstream collector is unreachable; records are dropped and
-        // counted (the aggregator keeps no replay buffer for its own exports).
-        while let Some(msg) = enc.poll_transmit() {
-            if session.is_none_or(|s| ex.try_send(s, 0, msg).is_err()) {
-                ipfix_drop();
-            }
-        }
+}
+
+/// Hands what the core produced to every sink, as one shared batch (the records are dropped by
+/// the sinks, off this thread). Without sinks they are dropped here.
+fn emit(core: &mut Aggregator, sinks: &[SinkSender]) {
+    let mut out = Vec::new();
+    while let Some(r) = core.poll_record() {
+        out.push(r);
+    }
+    if out.is_empty() || sinks.is_empty() {
+        return;
+    }
+    let batch: Batch = Arc::new(out);
+    for s in sinks {
+        s.push(&batch);
     }
 }
 
@@ -361,28 +349,6 @@ fn update_metrics(
     }
     m.in_flight.set(s.flows_in_flight as i64);
     *seen = s.clone();
-}
-
-/// The JSON lines sink on its own thread (file IO), behind a bounded queue.
-fn spawn_json_sink(
-    mut sink: JsonLinesSink,
-) -> (mpsc::Sender<AggregatedRecord>, std::thread::JoinHandle<()>) {
-    let (tx, mut rx) = mpsc::channel::<AggregatedRecord>(65536);
-    let thread = std::thread::Builder::new()
-        .name("json-sink".into())
-        .spawn(move || {
-            while let Some(r) = rx.blocking_recv() {
-                if let Err(e) = sink.write(&r) {
-                    tracing::error!(error = %e, "JSON lines sink write failed");
-                }
-                if rx.is_empty() {
-                    let _ = sink.flush();
-                }
-            }
-            let _ = sink.flush();
-        })
-        .expect("spawning a thread");
-    (tx, thread)
 }
 
 async fn api_flows(

@@ -20,6 +20,13 @@ pub struct AggregatorFile {
     pub flow_aggregator_address: String,
     /// IPFIX to a further collector, `HOST:[PORT][:PROTO]`; optional.
     pub external_flow_collector_addr: Option<String>,
+    /// IPFIX bytes held for the external collector until written: what is produced while it is
+    /// unreachable is sent once it is back, up to this bound (then the oldest is dropped and
+    /// counted).
+    pub external_flow_collector_replay_bytes: u64,
+    /// Aggregated records queued per sink at most (IPFIX, JSON lines, ClickHouse) before the
+    /// sink's input drops and counts them.
+    pub sink_queue_records: usize,
     /// Antrea's older key for the active timeout; used when `activeFlowRecordTimeout` is unset.
     pub flow_export_interval: Option<GoDuration>,
     pub active_flow_record_timeout: Option<GoDuration>,
@@ -66,6 +73,8 @@ impl Default for AggregatorFile {
             aggregator_transport_protocol: "tls".into(),
             flow_aggregator_address: "flow-aggregator.flow-aggregator.svc".into(),
             external_flow_collector_addr: None,
+            external_flow_collector_replay_bytes: 64 << 20,
+            sink_queue_records: 262_144,
             flow_export_interval: None,
             active_flow_record_timeout: None,
             inactive_flow_record_timeout: Duration::from_secs(90).into(),
@@ -102,8 +111,57 @@ pub struct AggregatorConfig {
     pub log: LogConfig,
 }
 
+/// The sinks' settings, beside [`AggregatorConfig`] so code that builds that struct directly
+/// (the demo) gets the defaults.
+#[derive(Clone, Debug)]
+pub struct SinkSettings {
+    /// IPFIX bytes held for the external collector until written (`externalFlowCollectorReplayBytes`).
+    pub replay_bytes: usize,
+    /// Records queued per sink at most (`sinkQueueRecords`).
+    pub queue_records: usize,
+}
+
+impl Default for SinkSettings {
+    fn default() -> Self {
+        SinkSettings {
+            replay_bytes: 64 << 20,
+            queue_records: 262_144,
+        }
+    }
+}
+
+/// Everything `flowlens-aggregator` runs with: the base configuration (reachable through
+/// `Deref`) and the sinks' settings.
+#[derive(Clone, Debug)]
+pub struct AggregatorSetup {
+    pub base: AggregatorConfig,
+    pub sinks: SinkSettings,
+}
+
+impl From<AggregatorConfig> for AggregatorSetup {
+    fn from(base: AggregatorConfig) -> Self {
+        AggregatorSetup {
+            base,
+            sinks: SinkSettings::default(),
+        }
+    }
+}
+
+impl std::ops::Deref for AggregatorSetup {
+    type Target = AggregatorConfig;
+    fn deref(&self) -> &AggregatorConfig {
+        &self.base
+    }
+}
+
+impl std::ops::DerefMut for AggregatorSetup {
+    fn deref_mut(&mut self) -> &mut AggregatorConfig {
+        &mut self.base
+    }
+}
+
 impl AggregatorFile {
-    pub fn validate(self) -> anyhow::Result<AggregatorConfig> {
+    pub fn validate(self) -> anyhow::Result<AggregatorSetup> {
         let listen_addr = self.listen_addr.parse().with_context(|| {
             format!(
                 "listenAddr {:?} is not an IP:port such as 0.0.0.0:4739",
@@ -146,6 +204,15 @@ impl AggregatorFile {
                 "aggregatorTransportProtocol is tls but neither tlsDir (generate certificates there) nor tls.caCert, tls.cert and tls.key are set"
             );
         }
+        if self.sink_queue_records == 0 {
+            bail!("sinkQueueRecords must be at least 1");
+        }
+        if self.external_flow_collector_replay_bytes < 65_536 {
+            bail!(
+                "externalFlowCollectorReplayBytes must be at least 65536 (one IPFIX message); it is {}",
+                self.external_flow_collector_replay_bytes
+            );
+        }
         if self.max_flows == 0 {
             bail!("maxFlows must be at least 1");
         }
@@ -155,7 +222,12 @@ impl AggregatorFile {
                 self.metrics_addr
             )
         })?;
-        Ok(AggregatorConfig {
+        let sinks = SinkSettings {
+            replay_bytes: usize::try_from(self.external_flow_collector_replay_bytes)
+                .unwrap_or(usize::MAX),
+            queue_records: self.sink_queue_records,
+        };
+        let base = AggregatorConfig {
             listen_addr,
             transport,
             server_name: self.flow_aggregator_address,
@@ -171,7 +243,8 @@ impl AggregatorFile {
             metadata_file: self.metadata_file,
             metrics_addr,
             log: self.log,
-        })
+        };
+        Ok(AggregatorSetup { base, sinks })
     }
 }
 
@@ -190,7 +263,8 @@ mod tests {
         .unwrap();
         assert_eq!(c.active_timeout, Duration::from_secs(30));
         assert_eq!(c.transport, Transport::Tcp);
-        assert_eq!(c.external.unwrap().port, 4739);
+        assert_eq!(c.external.as_ref().unwrap().port, 4739);
+        assert_eq!(c.sinks.replay_bytes, 64 << 20);
     }
 
     #[test]
@@ -208,6 +282,14 @@ mod tests {
             (
                 "aggregatorTransportProtocol: tcp\nlistenAddr: \":4739\"\n",
                 "listenAddr",
+            ),
+            (
+                "aggregatorTransportProtocol: tcp\nexternalFlowCollectorReplayBytes: 1000\n",
+                "externalFlowCollectorReplayBytes",
+            ),
+            (
+                "aggregatorTransportProtocol: tcp\nsinkQueueRecords: 0\n",
+                "sinkQueueRecords",
             ),
         ] {
             let e = parse_yaml::<AggregatorFile>(yaml)

@@ -118,6 +118,47 @@ impl Drop for JsonLinesSink {
     }
 }
 
+/// Runs `sink` on a thread of its own (file IO) behind `rx`, until `rx` closes; the file is
+/// flushed whenever the queue runs empty.
+pub fn spawn(
+    mut sink: JsonLinesSink,
+    mut rx: super::SinkReceiver,
+    metrics: super::SinkMetrics,
+) -> std::thread::JoinHandle<()> {
+    const SINK: &str = "json";
+    let write = move |sink: &mut JsonLinesSink, b: &[AggregatedRecord]| {
+        let mut ok = 0u64;
+        for r in b {
+            match sink.write(r) {
+                Ok(()) => ok += 1,
+                Err(e) => {
+                    metrics.error(SINK);
+                    metrics.drop_records(SINK, "write_failed", 1);
+                    tracing::error!(error = %e, "JSON lines sink write failed");
+                }
+            }
+        }
+        if ok > 0 {
+            metrics.out(SINK, ok);
+        }
+    };
+    std::thread::Builder::new()
+        .name("json-sink".into())
+        .spawn(move || {
+            while let Some(b) = rx.blocking_recv() {
+                write(&mut sink, &b);
+                while let Some(b) = rx.try_recv() {
+                    write(&mut sink, &b);
+                }
+                if let Err(e) = sink.flush() {
+                    tracing::error!(error = %e, "JSON lines sink flush failed");
+                }
+            }
+            let _ = sink.flush();
+        })
+        .expect("spawning a thread")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

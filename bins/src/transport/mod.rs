@@ -10,6 +10,8 @@
 //! - [`exporter`]: a client actor that keeps one session to a collector up (reconnect with
 //!   exponential backoff and full jitter), writes messages in order from a bounded queue, and
 //!   reports per message whether it was written.
+//! - [`replay`]: a bounded buffer in front of an exporter that sends what a lost session did
+//!   not write again on the next one, for callers that cannot re-create their records.
 //! - [`metrics`]: the Prometheus counters of both sides.
 //!
 //! Invariants: nothing a peer sends can panic or grow memory without bound (frames are at most
@@ -19,6 +21,7 @@ pub mod backoff;
 pub mod collector;
 pub mod exporter;
 pub mod metrics;
+pub mod replay;
 pub mod tls;
 
 pub use flowcore::config::{CollectorAddr, Transport};
