@@ -247,7 +247,7 @@ fn stored_record_reads_back_field_for_field() {
     }
 }
 
-/// Every rollup row equals the sum over the `flows` rows it covers, and vice versa.
+/// Every rollup row equals the sum over the records it covers, and vice versa.
 #[test]
 fn rollups_equal_sums_over_flows() {
     let (store, recs) = seeded("rollups", 4000, 3 * 3600);
@@ -283,50 +283,215 @@ fn rollups_equal_sums_over_flows() {
         .map(|r| r.deltas[1] + r.deltas[3])
         .sum();
     assert_eq!(pods.links.iter().map(|l| l.bytes).sum::<u64>(), want_pp);
+    // Each minute rollup, read back with names and addresses as text, equals the sums over the
+    // inserted records computed here.
     let c = rusqlite::Connection::open(store.path()).unwrap();
-    let m = "SUM(d_packets), SUM(d_octets), SUM(d_rev_packets), SUM(d_rev_octets), COUNT(*)";
-    let m_swapped =
-        "SUM(d_rev_packets), SUM(d_rev_octets), SUM(d_packets), SUM(d_octets), COUNT(*)";
-    let r = "packets, octets, rev_packets, rev_octets, records";
-    let checks = [
-        (
-            format!(
-                "SELECT minute, src_ns, src_pod, src_node, dst_ns, dst_pod, dst_node, flow_type, {r} FROM r_pod_pair"
+    let name = |col: &str| format!("(SELECT s FROM dict WHERE id = {col})");
+    let hex = |ip: &std::net::IpAddr| match ip {
+        std::net::IpAddr::V4(a) => a.octets().iter().map(|b| format!("{b:02X}")).collect(),
+        std::net::IpAddr::V6(a) => a
+            .octets()
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect::<String>(),
+    };
+    type Row = (u64, Vec<String>);
+    type Want = std::collections::BTreeMap<Row, [u64; 5]>;
+    let add = |w: &mut Want, r: &AggregatedRecord, keys: Vec<String>, swap: bool| {
+        let d = r.deltas;
+        let m = if swap {
+            [d[2], d[3], d[0], d[1], 1]
+        } else {
+            [d[0], d[1], d[2], d[3], 1]
+        };
+        let e = w.entry((r.end_secs as u64 / 60 * 60, keys)).or_default();
+        for (a, b) in e.iter_mut().zip(m) {
+            *a += b;
+        }
+    };
+    let s = |v: &std::sync::Arc<str>| v.to_string();
+    // (table, key columns as SQL text expressions, the records' rows)
+    let mut checks: Vec<(&str, Vec<String>, Want)> = Vec::new();
+    let mut w = Want::new();
+    for r in recs.iter().filter(|r| matches!(r.flow_type, 1 | 2)) {
+        let k = vec![
+            s(&r.src_namespace),
+            s(&r.src_pod),
+            s(&r.src_node),
+            s(&r.dst_namespace),
+            s(&r.dst_pod),
+            s(&r.dst_node),
+            r.flow_type.to_string(),
+        ];
+        add(&mut w, r, k, false);
+    }
+    let cols = [
+        "src_ns", "src_pod", "src_node", "dst_ns", "dst_pod", "dst_node",
+    ]
+    .map(name);
+    checks.push((
+        "r_pod_pair",
+        cols.into_iter().chain(["flow_type".into()]).collect(),
+        w,
+    ));
+    let mut w = Want::new();
+    for r in recs.iter().filter(|r| !r.service_port_name.is_empty()) {
+        let ip = r.cluster_ip.as_ref().map(hex).unwrap_or_default();
+        add(
+            &mut w,
+            r,
+            vec![
+                s(&r.src_namespace),
+                s(&r.src_pod),
+                s(&r.src_node),
+                s(&r.service_port_name),
+                ip,
+            ],
+            false,
+        );
+    }
+    let cols = ["src_ns", "src_pod", "src_node", "service"].map(name);
+    checks.push((
+        "r_pod_service",
+        cols.into_iter().chain(["hex(cluster_ip)".into()]).collect(),
+        w,
+    ));
+    let mut w = Want::new();
+    for r in &recs {
+        match r.flow_type {
+            3 => add(
+                &mut w,
+                r,
+                vec![
+                    "3".into(),
+                    s(&r.src_namespace),
+                    s(&r.src_pod),
+                    s(&r.src_node),
+                    hex(&r.key.dst),
+                ],
+                false,
             ),
-            format!(
-                "SELECT end_secs / 60 * 60, src_ns, src_pod, src_node, dst_ns, dst_pod, dst_node, flow_type, {m} FROM flows WHERE flow_type IN (1, 2) GROUP BY 1, 2, 3, 4, 5, 6, 7, 8"
+            4 => add(
+                &mut w,
+                r,
+                vec![
+                    "4".into(),
+                    s(&r.dst_namespace),
+                    s(&r.dst_pod),
+                    s(&r.dst_node),
+                    hex(&r.key.src),
+                ],
+                true,
             ),
-        ),
-        (
-            format!(
-                "SELECT minute, src_ns, src_pod, src_node, service, cluster_ip, {r} FROM r_pod_service"
-            ),
-            format!(
-                "SELECT end_secs / 60 * 60, src_ns, src_pod, src_node, service, COALESCE(cluster_ip, ''), {m} FROM flows WHERE service != '' GROUP BY 1, 2, 3, 4, 5, 6"
-            ),
-        ),
-        (
-            format!("SELECT minute, flow_type, ns, pod, node, ext_ip, {r} FROM r_pod_external"),
-            format!(
-                "SELECT * FROM (SELECT end_secs / 60 * 60, flow_type, src_ns, src_pod, src_node, dst_ip, {m} FROM flows WHERE flow_type = 3 GROUP BY 1, 2, 3, 4, 5, 6 \
-                 UNION ALL SELECT end_secs / 60 * 60, flow_type, dst_ns, dst_pod, dst_node, src_ip, {m_swapped} FROM flows WHERE flow_type = 4 GROUP BY 1, 2, 3, 4, 5, 6)"
-            ),
-        ),
-        (
-            format!("SELECT minute, src_node, dst_node, flow_type, {r} FROM r_node_pair"),
-            format!(
-                "SELECT end_secs / 60 * 60, src_node, dst_node, flow_type, {m} FROM flows GROUP BY 1, 2, 3, 4"
-            ),
-        ),
-        (
-            format!(
-                "SELECT minute, eg_ns, eg_name, eg_action, in_ns, in_name, in_action, src_ns, src_pod, dst_ns, dst_pod, {r} FROM r_policy"
-            ),
-            format!(
-                "SELECT end_secs / 60 * 60, eg_ns, eg_name, eg_action, in_ns, in_name, in_action, src_ns, src_pod, dst_ns, dst_pod, {m} FROM flows WHERE in_name != '' OR eg_name != '' GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11"
-            ),
-        ),
+            _ => {}
+        }
+    }
+    let cols = ["ns", "pod", "node"].map(name);
+    checks.push((
+        "r_pod_external",
+        ["flow_type".to_string()]
+            .into_iter()
+            .chain(cols)
+            .chain(["hex(ext_ip)".into()])
+            .collect(),
+        w,
+    ));
+    let mut w = Want::new();
+    for r in &recs {
+        add(
+            &mut w,
+            r,
+            vec![s(&r.src_node), s(&r.dst_node), r.flow_type.to_string()],
+            false,
+        );
+    }
+    checks.push((
+        "r_node_pair",
+        vec![name("src_node"), name("dst_node"), "flow_type".into()],
+        w,
+    ));
+    let mut w = Want::new();
+    for r in recs
+        .iter()
+        .filter(|r| !r.ingress.name.is_empty() || !r.egress.name.is_empty())
+    {
+        let k = vec![
+            s(&r.egress.namespace),
+            s(&r.egress.name),
+            r.egress.action.to_string(),
+            s(&r.ingress.namespace),
+            s(&r.ingress.name),
+            r.ingress.action.to_string(),
+            s(&r.src_namespace),
+            s(&r.src_pod),
+            s(&r.dst_namespace),
+            s(&r.dst_pod),
+        ];
+        add(&mut w, r, k, false);
+    }
+    let cols = vec![
+        name("eg_ns"),
+        name("eg_name"),
+        "eg_action".into(),
+        name("in_ns"),
+        name("in_name"),
+        "in_action".into(),
+        name("src_ns"),
+        name("src_pod"),
+        name("dst_ns"),
+        name("dst_pod"),
     ];
+    checks.push(("r_policy", cols, w));
+    // One row per Pod end: both ends of Pod pairs, the Pod end of external flows.
+    let mut w = Want::new();
+    for r in &recs {
+        let (src, dst) = (
+            vec![s(&r.src_namespace), s(&r.src_pod)],
+            vec![s(&r.dst_namespace), s(&r.dst_pod)],
+        );
+        match r.flow_type {
+            1 | 2 => {
+                add(&mut w, r, src, false);
+                add(&mut w, r, dst, true);
+            }
+            3 => add(&mut w, r, src, false),
+            4 => add(&mut w, r, dst, true),
+            _ => {}
+        }
+    }
+    checks.push(("r_pod", vec![name("ns"), name("pod")], w));
+    for (table, cols, want) in checks {
+        let sql = format!(
+            "SELECT minute, {}, packets, octets, rev_packets, rev_octets, records FROM {table}",
+            cols.iter()
+                .map(|c| format!("CAST({c} AS TEXT)"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let mut st = c.prepare(&sql).unwrap();
+        let got: Want = st
+            .query_map([], |row| {
+                let keys = (0..cols.len())
+                    .map(|i| {
+                        row.get::<_, Option<String>>(1 + i)
+                            .map(Option::unwrap_or_default)
+                    })
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                let mut m = [0u64; 5];
+                for (i, v) in m.iter_mut().enumerate() {
+                    *v = row.get::<_, i64>(1 + cols.len() + i)? as u64;
+                }
+                Ok(((row.get::<_, i64>(0)? as u64, keys), m))
+            })
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert!(!want.is_empty(), "{table}: no records cover it");
+        assert_eq!(got.len(), want.len(), "{table}: row count");
+        for (k, v) in &want {
+            assert_eq!(got.get(k), Some(v), "{table} {k:?}");
+        }
+    }
     // Each hourly twin holds its minute rollup's sums per hour.
     let hourly = [
         ("r_pod_pair", "src_ns, src_pod, src_node, dst_ns, dst_pod, dst_node, flow_type"),
@@ -334,17 +499,18 @@ fn rollups_equal_sums_over_flows() {
         ("r_pod_external", "flow_type, ns, pod, node, ext_ip"),
         ("r_node_pair", "src_node, dst_node, flow_type"),
         ("r_policy", "eg_ns, eg_name, eg_action, in_ns, in_name, in_action, src_ns, src_pod, dst_ns, dst_pod"),
+        ("r_pod", "ns, pod"),
     ]
     .map(|(t, k)| {
         (
-            format!("SELECT minute, {k}, {r} FROM {t}_h"),
+            format!("SELECT minute, {k}, packets, octets, rev_packets, rev_octets, records FROM {t}_h"),
             format!(
                 "SELECT minute / 3600 * 3600 AS hour, {k}, SUM(packets), SUM(octets), SUM(rev_packets), \
                  SUM(rev_octets), SUM(records) FROM {t} GROUP BY hour, {k}"
             ),
         )
     });
-    for (rollup, flows) in checks.into_iter().chain(hourly) {
+    for (rollup, flows) in hourly {
         let n: i64 = c
             .query_row(&format!("SELECT COUNT(*) FROM ({rollup})"), [], |r| {
                 r.get(0)

@@ -1,19 +1,18 @@
-//! Batched insert: every record into `flows`, and the batch's per-minute sums into each rollup,
-//! in one transaction with cached prepared statements.
+//! Batched insert: every record into `flows`, and the batch's per-minute and per-hour sums into
+//! each rollup, in one transaction with cached prepared statements.
 //!
-//! Rollups are summed in memory first: a batch of thousands of records from a cluster's
-//! steady traffic folds into far fewer rollup rows, so the upserts cost little next to the
-//! record inserts.
+//! Names become `dict` ids through an in-memory cache, so a record costs hash lookups rather
+//! than text in every row and key. Rollups are summed in memory per batch with integer keys
+//! and upserted once per key in key order, which walks each rollup B-tree front to back.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
-use std::hash::Hash;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::net::IpAddr;
-use std::sync::Arc;
 
-use flowcore::aggregator::{AggregatedRecord, NodeCounters};
-use rusqlite::{Connection, Statement};
+use flowcore::aggregator::AggregatedRecord;
+use rusqlite::{Connection, OptionalExtension, Statement};
 
+use super::codec::{self, RestIds};
 use super::schema::{self, ROLLUPS};
 use crate::collector::query::Traffic;
 
@@ -28,25 +27,83 @@ const FLOW_TYPE_INTER: u8 = 2;
 const FLOW_TYPE_TO_EXTERNAL: u8 = 3;
 const FLOW_TYPE_FROM_EXTERNAL: u8 = 4;
 
-type S = Arc<str>;
+/// The Fx hash (rustc's): a multiply and rotate per word. The maps it serves are keyed by
+/// names and ids the writer itself bounds, and hashing is a visible share of the insert.
+#[derive(Default, Clone, Copy)]
+struct Fx(u64);
 
-// Rollup keys in the column order of `schema::ROLLUPS`, minute first.
-type PodPairKey = (u32, S, S, S, S, S, S, u8);
-type PodServiceKey = (u32, S, S, S, S, Option<IpAddr>);
-type PodExternalKey = (u32, u8, S, S, S, IpAddr);
-type NodePairKey = (u32, S, S, u8);
-type PolicyKey = (u32, S, S, u8, S, S, u8, S, S, S, S);
+impl Fx {
+    fn add(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for Fx {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut c = bytes.chunks_exact(8);
+        for w in &mut c {
+            self.add(u64::from_le_bytes(w.try_into().unwrap_or([0; 8])));
+        }
+        let mut last = [0u8; 8];
+        last[..c.remainder().len()].copy_from_slice(c.remainder());
+        self.add(u64::from_le_bytes(last) ^ bytes.len() as u64);
+    }
+    fn write_u8(&mut self, v: u8) {
+        self.add(v as u64);
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.add(v as u64);
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.add(v);
+    }
+    fn write_i64(&mut self, v: i64) {
+        self.add(v as u64);
+    }
+    fn write_usize(&mut self, v: usize) {
+        self.add(v as u64);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<Fx>>;
+
+/// Names cached beyond this many are dropped and re-read from `dict` as they recur, which
+/// bounds the writer's memory however many names a cluster churns through.
+const DICT_CACHE_MAX: usize = 1 << 20;
+
+/// A rollup key: the minute, the integer key columns in table order, then the address column
+/// for the two rollups that end with one (`cluster_ip`, `ext_ip`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Key<const N: usize> {
+    minute: u32,
+    ints: [i64; N],
+    ip: Option<IpAddr>,
+}
+
+fn key<const N: usize>(minute: u32, ints: [i64; N]) -> Key<N> {
+    Key {
+        minute,
+        ints,
+        ip: None,
+    }
+}
+
+type Sums<const N: usize> = FxMap<Key<N>, Traffic>;
 
 #[derive(Default)]
 struct Rollups {
-    pod_pair: HashMap<PodPairKey, Traffic>,
-    pod_service: HashMap<PodServiceKey, Traffic>,
-    pod_external: HashMap<PodExternalKey, Traffic>,
-    node_pair: HashMap<NodePairKey, Traffic>,
-    policy: HashMap<PolicyKey, Traffic>,
+    pod_pair: Sums<7>,
+    pod_service: Sums<4>,
+    pod_external: Sums<4>,
+    node_pair: Sums<3>,
+    policy: Sums<10>,
+    pod: Sums<2>,
 }
 
-fn add<K: Hash + Eq>(m: &mut HashMap<K, Traffic>, k: K, t: &Traffic) {
+fn add<K: Hash + Eq>(m: &mut FxMap<K, Traffic>, k: K, t: &Traffic) {
     let e = m.entry(k).or_default();
     e.packets = e.packets.saturating_add(t.packets);
     e.octets = e.octets.saturating_add(t.octets);
@@ -55,51 +112,55 @@ fn add<K: Hash + Eq>(m: &mut HashMap<K, Traffic>, k: K, t: &Traffic) {
     e.records += t.records;
 }
 
-/// The same sums keyed by hour instead of minute (`hour` rewrites the key's first element).
-fn by_hour<K: Hash + Eq>(m: &HashMap<K, Traffic>, hour: impl Fn(&K) -> K) -> HashMap<K, Traffic> {
-    let mut out = HashMap::with_capacity(m.len());
+/// The same sums keyed by the hour's start instead of the minute's.
+fn by_hour<const N: usize>(m: &Sums<N>) -> Sums<N> {
+    let mut out = Sums::with_capacity_and_hasher(m.len(), Default::default());
     for (k, t) in m {
-        add(&mut out, hour(k), t);
+        let mut k = k.clone();
+        k.minute = k.minute / 3600 * 3600;
+        add(&mut out, k, t);
     }
     out
 }
 
-fn hour(m: u32) -> u32 {
-    m / 3600 * 3600
+fn swapped(t: &Traffic) -> Traffic {
+    Traffic {
+        packets: t.reverse_packets,
+        octets: t.reverse_octets,
+        reverse_packets: t.packets,
+        reverse_octets: t.octets,
+        records: t.records,
+    }
+}
+
+/// A record's names as `dict` ids.
+struct Ids {
+    src_ns: i64,
+    src_pod: i64,
+    src_node: i64,
+    dst_ns: i64,
+    dst_pod: i64,
+    dst_node: i64,
+    service: i64,
+    in_ns: i64,
+    in_name: i64,
+    eg_ns: i64,
+    eg_name: i64,
 }
 
 impl Rollups {
     fn hourly(&self) -> Rollups {
         Rollups {
-            pod_pair: by_hour(&self.pod_pair, |k| {
-                let mut k = k.clone();
-                k.0 = hour(k.0);
-                k
-            }),
-            pod_service: by_hour(&self.pod_service, |k| {
-                let mut k = k.clone();
-                k.0 = hour(k.0);
-                k
-            }),
-            pod_external: by_hour(&self.pod_external, |k| {
-                let mut k = k.clone();
-                k.0 = hour(k.0);
-                k
-            }),
-            node_pair: by_hour(&self.node_pair, |k| {
-                let mut k = k.clone();
-                k.0 = hour(k.0);
-                k
-            }),
-            policy: by_hour(&self.policy, |k| {
-                let mut k = k.clone();
-                k.0 = hour(k.0);
-                k
-            }),
+            pod_pair: by_hour(&self.pod_pair),
+            pod_service: by_hour(&self.pod_service),
+            pod_external: by_hour(&self.pod_external),
+            node_pair: by_hour(&self.node_pair),
+            policy: by_hour(&self.policy),
+            pod: by_hour(&self.pod),
         }
     }
 
-    fn add(&mut self, r: &AggregatedRecord) {
+    fn add(&mut self, r: &AggregatedRecord, d: &Ids) {
         let minute = r.end_secs / 60 * 60;
         let t = Traffic {
             packets: r.deltas[0],
@@ -108,111 +169,120 @@ impl Rollups {
             reverse_octets: r.deltas[3],
             records: 1,
         };
-        let c = |s: &S| s.clone();
+        let ft = r.flow_type as i64;
         if matches!(r.flow_type, FLOW_TYPE_INTRA | FLOW_TYPE_INTER) {
-            let k = (
-                minute,
-                c(&r.src_namespace),
-                c(&r.src_pod),
-                c(&r.src_node),
-                c(&r.dst_namespace),
-                c(&r.dst_pod),
-                c(&r.dst_node),
-                r.flow_type,
+            let ints = [
+                d.src_ns, d.src_pod, d.src_node, d.dst_ns, d.dst_pod, d.dst_node, ft,
+            ];
+            add(&mut self.pod_pair, key(minute, ints), &t);
+            add(&mut self.pod, key(minute, [d.src_ns, d.src_pod]), &t);
+            add(
+                &mut self.pod,
+                key(minute, [d.dst_ns, d.dst_pod]),
+                &swapped(&t),
             );
-            add(&mut self.pod_pair, k, &t);
         }
-        if !r.service_port_name.is_empty() {
-            let k = (
-                minute,
-                c(&r.src_namespace),
-                c(&r.src_pod),
-                c(&r.src_node),
-                c(&r.service_port_name),
-                r.cluster_ip,
-            );
+        if d.service != 0 {
+            let mut k = key(minute, [d.src_ns, d.src_pod, d.src_node, d.service]);
+            k.ip = r.cluster_ip;
             add(&mut self.pod_service, k, &t);
         }
         match r.flow_type {
             FLOW_TYPE_TO_EXTERNAL => {
-                let k = (
-                    minute,
-                    r.flow_type,
-                    c(&r.src_namespace),
-                    c(&r.src_pod),
-                    c(&r.src_node),
-                    r.key.dst,
-                );
+                let mut k = key(minute, [ft, d.src_ns, d.src_pod, d.src_node]);
+                k.ip = Some(r.key.dst);
                 add(&mut self.pod_external, k, &t);
+                add(&mut self.pod, key(minute, [d.src_ns, d.src_pod]), &t);
             }
             FLOW_TYPE_FROM_EXTERNAL => {
                 // Seen from the Pod, which is the destination here: swap directions.
-                let swapped = Traffic {
-                    packets: t.reverse_packets,
-                    octets: t.reverse_octets,
-                    reverse_packets: t.packets,
-                    reverse_octets: t.octets,
-                    records: 1,
-                };
-                let k = (
-                    minute,
-                    r.flow_type,
-                    c(&r.dst_namespace),
-                    c(&r.dst_pod),
-                    c(&r.dst_node),
-                    r.key.src,
+                let mut k = key(minute, [ft, d.dst_ns, d.dst_pod, d.dst_node]);
+                k.ip = Some(r.key.src);
+                add(&mut self.pod_external, k, &swapped(&t));
+                add(
+                    &mut self.pod,
+                    key(minute, [d.dst_ns, d.dst_pod]),
+                    &swapped(&t),
                 );
-                add(&mut self.pod_external, k, &swapped);
             }
             _ => {}
         }
         add(
             &mut self.node_pair,
-            (minute, c(&r.src_node), c(&r.dst_node), r.flow_type),
+            key(minute, [d.src_node, d.dst_node, ft]),
             &t,
         );
-        if !r.ingress.name.is_empty() || !r.egress.name.is_empty() {
-            let k = (
-                minute,
-                c(&r.egress.namespace),
-                c(&r.egress.name),
-                r.egress.action,
-                c(&r.ingress.namespace),
-                c(&r.ingress.name),
-                r.ingress.action,
-                c(&r.src_namespace),
-                c(&r.src_pod),
-                c(&r.dst_namespace),
-                c(&r.dst_pod),
-            );
-            add(&mut self.policy, k, &t);
+        if d.in_name != 0 || d.eg_name != 0 {
+            let ints = [
+                d.eg_ns,
+                d.eg_name,
+                r.egress.action as i64,
+                d.in_ns,
+                d.in_name,
+                r.ingress.action as i64,
+                d.src_ns,
+                d.src_pod,
+                d.dst_ns,
+                d.dst_pod,
+            ];
+            add(&mut self.policy, key(minute, ints), &t);
         }
     }
 }
 
-/// Binds `t`'s metrics at parameter `n..n+5`.
-fn bind_metrics(st: &mut Statement<'_>, n: usize, t: &Traffic) -> rusqlite::Result<()> {
-    st.raw_bind_parameter(n, i(t.packets))?;
-    st.raw_bind_parameter(n + 1, i(t.octets))?;
-    st.raw_bind_parameter(n + 2, i(t.reverse_packets))?;
-    st.raw_bind_parameter(n + 3, i(t.reverse_octets))?;
-    st.raw_bind_parameter(n + 4, i(t.records))
-}
-
-/// Reused per batch so the hot loop formats addresses without allocating.
+/// The writer's state between batches: the name cache and reused buffers.
 #[derive(Default)]
 pub struct Scratch {
-    a: String,
-    b: String,
+    dict: FxMap<Box<str>, i64>,
+    rest: Vec<u8>,
 }
 
-fn ip_text<'a>(buf: &'a mut String, ip: &IpAddr) -> &'a str {
-    buf.clear();
-    let _ = write!(buf, "{ip}");
-    buf
+impl Scratch {
+    /// Forgets cached ids: after a failed transaction some may name rows that were rolled back.
+    pub fn reset(&mut self) {
+        self.dict.clear();
+    }
+}
+
+/// The `dict` id of `s`, adding it if new.
+fn intern(tx: &Connection, dict: &mut FxMap<Box<str>, i64>, s: &str) -> rusqlite::Result<i64> {
+    if s.is_empty() {
+        return Ok(0);
+    }
+    if let Some(&id) = dict.get(s) {
+        return Ok(id);
+    }
+    let found = tx
+        .prepare_cached("SELECT id FROM dict WHERE s = ?1")?
+        .query_row([s], |r| r.get(0))
+        .optional()?;
+    let id = match found {
+        Some(id) => id,
+        None => tx
+            .prepare_cached("INSERT INTO dict (s) VALUES (?1) RETURNING id")?
+            .query_row([s], |r| r.get(0))?,
+    };
+    if dict.len() >= DICT_CACHE_MAX {
+        dict.clear();
+    }
+    dict.insert(s.into(), id);
+    Ok(id)
 }
 
 pub fn insert_batch(
+    conn: &mut Connection,
+    batch: &[AggregatedRecord],
+    received_at: u64,
+    scratch: &mut Scratch,
+) -> rusqlite::Result<()> {
+    let out = insert_tx(conn, batch, received_at, scratch);
+    if out.is_err() {
+        scratch.reset();
+    }
+    out
+}
+
+fn insert_tx(
     conn: &mut Connection,
     batch: &[AggregatedRecord],
     received_at: u64,
@@ -223,13 +293,38 @@ pub fn insert_batch(
     {
         let mut st = tx.prepare_cached(&schema::insert_flow_sql())?;
         for r in batch {
-            bind_flow(&mut st, r, received_at, scratch)?;
+            let dict = &mut scratch.dict;
+            let mut id = |s: &str| intern(&tx, dict, s);
+            let ids = Ids {
+                src_ns: id(&r.src_namespace)?,
+                src_pod: id(&r.src_pod)?,
+                src_node: id(&r.src_node)?,
+                dst_ns: id(&r.dst_namespace)?,
+                dst_pod: id(&r.dst_pod)?,
+                dst_node: id(&r.dst_node)?,
+                service: id(&r.service_port_name)?,
+                in_ns: id(&r.ingress.namespace)?,
+                in_name: id(&r.ingress.name)?,
+                eg_ns: id(&r.egress.namespace)?,
+                eg_name: id(&r.egress.name)?,
+            };
+            let rest_ids = RestIds {
+                in_rule: id(&r.ingress.rule)? as u64,
+                eg_rule: id(&r.egress.rule)? as u64,
+                tcp_state: id(&r.tcp_state)? as u64,
+                src_labels: id(&r.src_labels)? as u64,
+                dst_labels: id(&r.dst_labels)? as u64,
+                cluster_id: id(&r.cluster_id)? as u64,
+            };
+            scratch.rest.clear();
+            codec::encode(&mut scratch.rest, r, received_at, &rest_ids);
+            bind_flow(&mut st, r, &ids, &scratch.rest)?;
             st.raw_execute()?;
-            rollups.add(r);
+            rollups.add(r, &ids);
         }
     }
-    write_rollups(&tx, &rollups, scratch, "")?;
-    write_rollups(&tx, &rollups.hourly(), scratch, schema::HOURLY)?;
+    write_rollups(&tx, &rollups, "")?;
+    write_rollups(&tx, &rollups.hourly(), schema::HOURLY)?;
     tx.execute(
         "UPDATE meta SET value = value + ?1 WHERE key = 'records'",
         [batch.len() as i64],
@@ -240,149 +335,75 @@ pub fn insert_batch(
 fn bind_flow(
     st: &mut Statement<'_>,
     r: &AggregatedRecord,
-    received_at: u64,
-    scratch: &mut Scratch,
+    d: &Ids,
+    rest: &[u8],
 ) -> rusqlite::Result<()> {
-    let mut n = 0;
-    let mut next = || {
-        n += 1;
-        n
-    };
-    st.raw_bind_parameter(next(), i(received_at))?;
-    st.raw_bind_parameter(next(), r.start_secs)?;
-    st.raw_bind_parameter(next(), r.end_secs)?;
-    st.raw_bind_parameter(next(), r.end_reason)?;
-    st.raw_bind_parameter(next(), r.flow_type)?;
-    st.raw_bind_parameter(next(), ip_text(&mut scratch.a, &r.key.src))?;
-    st.raw_bind_parameter(next(), ip_text(&mut scratch.b, &r.key.dst))?;
-    st.raw_bind_parameter(next(), r.key.src_port)?;
-    st.raw_bind_parameter(next(), r.key.dst_port)?;
-    st.raw_bind_parameter(next(), r.key.proto)?;
-    for v in r.totals.iter().chain(&r.deltas) {
-        st.raw_bind_parameter(next(), i(*v))?;
+    let (mut a, mut b) = ([0u8; 16], [0u8; 16]);
+    let (na, nb) = (
+        codec::ip_bytes(&r.key.src, &mut a),
+        codec::ip_bytes(&r.key.dst, &mut b),
+    );
+    st.raw_bind_parameter(1, r.end_secs)?;
+    st.raw_bind_parameter(2, r.flow_type)?;
+    st.raw_bind_parameter(3, r.key.proto)?;
+    st.raw_bind_parameter(4, r.key.src_port)?;
+    st.raw_bind_parameter(5, r.key.dst_port)?;
+    st.raw_bind_parameter(6, &a[..na])?;
+    st.raw_bind_parameter(7, &b[..nb])?;
+    let names = [
+        d.src_ns, d.src_pod, d.src_node, d.dst_ns, d.dst_pod, d.dst_node, d.service, d.in_ns,
+        d.in_name, d.eg_ns, d.eg_name,
+    ];
+    for (n, v) in names.into_iter().enumerate() {
+        st.raw_bind_parameter(8 + n, v)?;
     }
-    st.raw_bind_parameter(next(), i(r.throughput))?;
-    st.raw_bind_parameter(next(), i(r.reverse_throughput))?;
-    for s in [
-        &r.src_pod,
-        &r.src_namespace,
-        &r.src_node,
-        &r.dst_pod,
-        &r.dst_namespace,
-        &r.dst_node,
-    ] {
-        st.raw_bind_parameter(next(), &**s)?;
-    }
-    st.raw_bind_parameter(next(), r.cluster_ip.map(|ip| ip.to_string()))?;
-    st.raw_bind_parameter(next(), r.service_port)?;
-    st.raw_bind_parameter(next(), &*r.service_port_name)?;
-    for p in [&r.ingress, &r.egress] {
-        st.raw_bind_parameter(next(), &*p.name)?;
-        st.raw_bind_parameter(next(), &*p.namespace)?;
-        st.raw_bind_parameter(next(), p.kind)?;
-        st.raw_bind_parameter(next(), &*p.rule)?;
-        st.raw_bind_parameter(next(), p.action)?;
-    }
-    st.raw_bind_parameter(next(), &*r.tcp_state)?;
-    st.raw_bind_parameter(next(), &*r.src_labels)?;
-    st.raw_bind_parameter(next(), &*r.dst_labels)?;
-    st.raw_bind_parameter(next(), r.correlated)?;
-    st.raw_bind_parameter(next(), r.original_exporter.map(|ip| ip.to_string()))?;
-    st.raw_bind_parameter(next(), r.original_domain)?;
-    st.raw_bind_parameter(next(), &*r.cluster_id)?;
-    for c in [&r.from_source, &r.from_destination] {
-        bind_node(st, &mut next, c.as_ref())?;
-    }
-    debug_assert_eq!(next() - 1, schema::FLOW_COLUMNS.len());
+    st.raw_bind_parameter(19, rest)?;
+    debug_assert_eq!(19, schema::FLOW_COLUMNS.len());
     Ok(())
 }
 
-fn bind_node(
-    st: &mut Statement<'_>,
-    next: &mut impl FnMut() -> usize,
-    c: Option<&NodeCounters>,
-) -> rusqlite::Result<()> {
-    let Some(c) = c else {
-        for _ in 0..11 {
-            st.raw_bind_parameter(next(), rusqlite::types::Null)?;
-        }
-        return Ok(());
-    };
-    for v in c.totals.iter().chain(&c.deltas) {
-        st.raw_bind_parameter(next(), i(*v))?;
-    }
-    st.raw_bind_parameter(next(), i(c.throughput))?;
-    st.raw_bind_parameter(next(), i(c.reverse_throughput))?;
-    st.raw_bind_parameter(next(), c.end_secs)
-}
-
-fn write_rollups(
+/// Upserts `sums` into `table` in key order. `ip` says whether the table's last key column
+/// is an address.
+fn upsert<const N: usize>(
     tx: &Connection,
-    r: &Rollups,
-    scratch: &mut Scratch,
+    table: usize,
     suffix: &str,
+    sums: &Sums<N>,
 ) -> rusqlite::Result<()> {
-    let sql =
-        |idx: usize| schema::upsert_sql(&format!("{}{suffix}", ROLLUPS[idx].0), ROLLUPS[idx].1);
-    let mut st = tx.prepare_cached(&sql(0))?;
-    for ((m, a, b, c, d, e, f, ft), t) in &r.pod_pair {
-        st.raw_bind_parameter(1, m)?;
-        for (n, s) in [a, b, c, d, e, f].into_iter().enumerate() {
-            st.raw_bind_parameter(2 + n, &**s)?;
+    let (name, keys) = ROLLUPS[table];
+    debug_assert!(keys.len() == N || keys.len() == N + 1);
+    let with_ip = keys.len() == N + 1;
+    let mut st = tx.prepare_cached(&schema::upsert_sql(&format!("{name}{suffix}"), keys))?;
+    let mut rows: Vec<(&Key<N>, &Traffic)> = sums.iter().collect();
+    rows.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let mut buf = [0u8; 16];
+    for (k, t) in rows {
+        st.raw_bind_parameter(1, k.minute)?;
+        for (n, v) in k.ints.iter().enumerate() {
+            st.raw_bind_parameter(2 + n, v)?;
         }
-        st.raw_bind_parameter(8, ft)?;
-        bind_metrics(&mut st, 9, t)?;
-        st.raw_execute()?;
-    }
-    let mut st = tx.prepare_cached(&sql(1))?;
-    for ((m, a, b, c, svc, ip), t) in &r.pod_service {
-        st.raw_bind_parameter(1, m)?;
-        for (n, s) in [a, b, c, svc].into_iter().enumerate() {
-            st.raw_bind_parameter(2 + n, &**s)?;
+        let mut n = 2 + N;
+        if with_ip {
+            // Part of the key, so never NULL (NULLs are distinct in a key): empty when absent.
+            let len = k.ip.map_or(0, |ip| codec::ip_bytes(&ip, &mut buf));
+            st.raw_bind_parameter(n, &buf[..len])?;
+            n += 1;
         }
-        // Part of the key, so never NULL (NULLs are distinct in a key): '' when absent.
-        let ip = match ip {
-            Some(ip) => ip_text(&mut scratch.a, ip),
-            None => "",
-        };
-        st.raw_bind_parameter(6, ip)?;
-        bind_metrics(&mut st, 7, t)?;
-        st.raw_execute()?;
-    }
-    let mut st = tx.prepare_cached(&sql(2))?;
-    for ((m, ft, ns, pod, node, ip), t) in &r.pod_external {
-        st.raw_bind_parameter(1, m)?;
-        st.raw_bind_parameter(2, ft)?;
-        st.raw_bind_parameter(3, &**ns)?;
-        st.raw_bind_parameter(4, &**pod)?;
-        st.raw_bind_parameter(5, &**node)?;
-        st.raw_bind_parameter(6, ip_text(&mut scratch.a, ip))?;
-        bind_metrics(&mut st, 7, t)?;
-        st.raw_execute()?;
-    }
-    let mut st = tx.prepare_cached(&sql(3))?;
-    for ((m, a, b, ft), t) in &r.node_pair {
-        st.raw_bind_parameter(1, m)?;
-        st.raw_bind_parameter(2, &**a)?;
-        st.raw_bind_parameter(3, &**b)?;
-        st.raw_bind_parameter(4, ft)?;
-        bind_metrics(&mut st, 5, t)?;
-        st.raw_execute()?;
-    }
-    let mut st = tx.prepare_cached(&sql(4))?;
-    for ((m, egns, egn, ega, inns, inn, ina, sns, sp, dns, dp), t) in &r.policy {
-        st.raw_bind_parameter(1, m)?;
-        st.raw_bind_parameter(2, &**egns)?;
-        st.raw_bind_parameter(3, &**egn)?;
-        st.raw_bind_parameter(4, ega)?;
-        st.raw_bind_parameter(5, &**inns)?;
-        st.raw_bind_parameter(6, &**inn)?;
-        st.raw_bind_parameter(7, ina)?;
-        for (n, s) in [sns, sp, dns, dp].into_iter().enumerate() {
-            st.raw_bind_parameter(8 + n, &**s)?;
-        }
-        bind_metrics(&mut st, 12, t)?;
+        st.raw_bind_parameter(n, i(t.packets))?;
+        st.raw_bind_parameter(n + 1, i(t.octets))?;
+        st.raw_bind_parameter(n + 2, i(t.reverse_packets))?;
+        st.raw_bind_parameter(n + 3, i(t.reverse_octets))?;
+        st.raw_bind_parameter(n + 4, i(t.records))?;
         st.raw_execute()?;
     }
     Ok(())
+}
+
+fn write_rollups(tx: &Connection, r: &Rollups, suffix: &str) -> rusqlite::Result<()> {
+    upsert(tx, 0, suffix, &r.pod_pair)?;
+    upsert(tx, 1, suffix, &r.pod_service)?;
+    upsert(tx, 2, suffix, &r.pod_external)?;
+    upsert(tx, 3, suffix, &r.node_pair)?;
+    upsert(tx, 4, suffix, &r.policy)?;
+    upsert(tx, 5, suffix, &r.pod)
 }

@@ -2,6 +2,7 @@
 //! connection (SQLite has one writer at a time anyway) and read by a small pool, which WAL
 //! mode lets run beside the writer without blocking it.
 
+mod codec;
 mod insert;
 mod read;
 mod schema;
@@ -98,6 +99,23 @@ impl SqliteStore {
         std::fs::create_dir_all(&cfg.dir).map_err(|e| open_err(&cfg.dir, e))?;
         let path = cfg.dir.join(DB_FILE);
         let c = connect(&path, true)?;
+        // The version first: a store of another layout is refused before anything is added.
+        let written: Option<i64> = c
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .ok();
+        if let Some(found) = written.filter(|v| *v != schema::SCHEMA_VERSION) {
+            return Err(open_err(
+                &path,
+                VersionMismatch {
+                    found,
+                    expected: schema::SCHEMA_VERSION,
+                },
+            ));
+        }
         c.execute_batch(&schema::ddl())
             .map_err(|e| open_err(&path, e))?;
         c.execute(

@@ -1,11 +1,62 @@
 //! The queries. Dashboards read the per-minute rollups; only [`flows`] reads the record table.
 //!
 //! SQL is assembled from fixed fragments; every user-supplied value is a bound parameter.
+//! Names are `dict` ids in every table: a filter compares with the id of its name (a scalar
+//! subquery SQLite runs once; an unknown name is NULL and matches nothing), and answers map
+//! the ids of the rows they return back to names through [`Names`].
 
-use rusqlite::types::Value;
+use std::collections::HashMap;
+
+use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, Row};
 
+use super::codec;
 use crate::collector::query::*;
+
+/// The id of the bound name.
+const ID: &str = "(SELECT id FROM dict WHERE s = ?)";
+
+/// `dict` lookups for one answer, cached: a page or a top list repeats few names.
+struct Names<'c> {
+    c: &'c Connection,
+    cache: HashMap<i64, String>,
+}
+
+impl<'c> Names<'c> {
+    fn new(c: &'c Connection) -> Names<'c> {
+        Names {
+            c,
+            cache: HashMap::new(),
+        }
+    }
+
+    fn get(&mut self, id: i64) -> rusqlite::Result<String> {
+        if id == 0 {
+            return Ok(String::new());
+        }
+        if let Some(s) = self.cache.get(&id) {
+            return Ok(s.clone());
+        }
+        let s: String = self
+            .c
+            .prepare_cached("SELECT s FROM dict WHERE id = ?1")?
+            .query_row([id], |r| r.get(0))?;
+        self.cache.insert(id, s.clone());
+        Ok(s)
+    }
+
+    /// A key column as text: a `dict` id, an address BLOB, or a literal.
+    fn label(&mut self, row: &Row<'_>, i: usize) -> rusqlite::Result<String> {
+        Ok(match row.get_ref(i)? {
+            ValueRef::Integer(id) => self.get(id)?,
+            ValueRef::Blob(b) => codec::ip_from(b)
+                .map(|ip| ip.to_string())
+                .unwrap_or_default(),
+            ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+            _ => String::new(),
+        })
+    }
+}
 
 /// WHERE clauses with their bound values, in order.
 #[derive(Default)]
@@ -41,10 +92,10 @@ fn int(v: u64) -> Value {
 fn pod_match(w: &mut Vec<String>, p: &mut Vec<Value>, ns_col: &str, pod_col: &str, r: &NamedRef) {
     match &r.namespace {
         Some(ns) => {
-            w.push(format!("({ns_col} = ? AND {pod_col} = ?)"));
+            w.push(format!("({ns_col} = {ID} AND {pod_col} = {ID})"));
             p.push(text(ns));
         }
-        None => w.push(format!("{pod_col} = ?")),
+        None => w.push(format!("{pod_col} = {ID}")),
     }
     p.push(text(&r.name));
 }
@@ -86,7 +137,7 @@ fn any_of(w: &mut Where, cols: &[&str], v: &str) {
     if cols.is_empty() {
         return;
     }
-    let c: Vec<String> = cols.iter().map(|c| format!("{c} = ?")).collect();
+    let c: Vec<String> = cols.iter().map(|c| format!("{c} = {ID}")).collect();
     w.push(
         format!("({})", c.join(" OR ")),
         cols.iter().map(|_| text(v)),
@@ -167,22 +218,57 @@ fn pod_name(ns: &str, pod: &str) -> String {
     }
 }
 
+/// The Node-pair rows a dashboard reads, as a subquery with the `r_node_pair` columns, and
+/// its bound values. `r_node_pair` has no namespace or Pod, so under a namespace or Pod filter
+/// the rows come from the Pod rollups instead: Pod pairs as they are, Pod ↔ external with the
+/// external end as Node id 0 and directions restored to source → destination. Together those
+/// cover every record of flowType 1–4. `from` renders a rollup's rows for the range.
+fn node_pairs(f: &DashFilter, from: &dyn Fn(&str) -> String) -> (String, Vec<Value>) {
+    if f.namespace.is_none() && f.pod.is_none() {
+        return (from("r_node_pair"), Vec::new());
+    }
+    // The Node filter applies to the result, as for `r_node_pair` itself.
+    let f = DashFilter {
+        node: None,
+        ..f.clone()
+    };
+    let (pp, pe) = (dash_where(&f, &POD_PAIR), dash_where(&f, &POD_EXTERNAL));
+    let sql = format!(
+        "(SELECT minute, src_node, dst_node, flow_type, packets, octets, rev_packets, \
+         rev_octets, records FROM {} WHERE {} \
+         UNION ALL SELECT minute, node, 0, flow_type, packets, octets, rev_packets, rev_octets, \
+         records FROM {pe_from} WHERE flow_type = 3 AND {w} \
+         UNION ALL SELECT minute, 0, node, flow_type, rev_packets, rev_octets, packets, octets, \
+         records FROM {pe_from} WHERE flow_type = 4 AND {w})",
+        from("r_pod_pair"),
+        pp.sql(),
+        pe_from = from("r_pod_external"),
+        w = pe.sql(),
+    );
+    let mut params = pp.params;
+    params.extend(pe.params.iter().cloned());
+    params.extend(pe.params);
+    (sql, params)
+}
+
 pub fn top(c: &Connection, q: &TopQuery) -> rusqlite::Result<Vec<TopRow>> {
     let r = &q.filter.range;
-    let (pp, pe, np, ps) = (
+    let (pp, pe, ps) = (
         src("r_pod_pair", r),
         src("r_pod_external", r),
-        src("r_node_pair", r),
         src("r_pod_service", r),
     );
+    let (np, np_params) = node_pairs(&q.filter, &|t| src(t, r));
     // Single-entity groupings union both ends, swapping directions for the destination end so
     // `octets` is always what the entity sent.
     let swap = "rev_packets AS packets, rev_octets AS octets, packets AS rev_packets, \
                 octets AS rev_octets, records";
     let keep = "packets, octets, rev_packets, rev_octets, records";
+    let f = &q.filter;
+    let unfiltered = f.namespace.is_none() && f.pod.is_none() && f.node.is_none();
     let (sql, params, pair) = match q.by {
         TopBy::PodPair => {
-            let w = dash_where(&q.filter, &POD_PAIR);
+            let w = dash_where(f, &POD_PAIR);
             (
                 format!(
                     "SELECT src_ns, src_pod, dst_ns, dst_pod, {SUMS} FROM {pp} WHERE {} \
@@ -193,9 +279,19 @@ pub fn top(c: &Connection, q: &TopQuery) -> rusqlite::Result<Vec<TopRow>> {
                 true,
             )
         }
+        // Without filters, the per-Pod rollup holds exactly the union below, pre-summed.
+        TopBy::Pod if unfiltered => (
+            format!(
+                "SELECT ns, pod, '', '', {SUMS} FROM {} GROUP BY ns, pod \
+                 ORDER BY bytes DESC LIMIT ?",
+                src("r_pod", r)
+            ),
+            Vec::new(),
+            false,
+        ),
         TopBy::Pod => {
-            let w = dash_where(&q.filter, &POD_PAIR);
-            let we = dash_where(&q.filter, &POD_EXTERNAL);
+            let w = dash_where(f, &POD_PAIR);
+            let we = dash_where(f, &POD_EXTERNAL);
             let mut params = w.params.clone();
             params.extend(w.params.iter().cloned());
             params.extend(we.params.iter().cloned());
@@ -214,26 +310,30 @@ pub fn top(c: &Connection, q: &TopQuery) -> rusqlite::Result<Vec<TopRow>> {
             )
         }
         TopBy::NodePair => {
-            let w = dash_where(&q.filter, &NODE_PAIR);
+            let w = dash_where(f, &NODE_PAIR);
+            let mut params = np_params;
+            params.extend(w.params.iter().cloned());
             (
                 format!(
                     "SELECT '', src_node, '', dst_node, {SUMS} FROM {np} WHERE {} \
                      GROUP BY src_node, dst_node ORDER BY bytes DESC LIMIT ?",
                     w.sql()
                 ),
-                w.params,
+                params,
                 true,
             )
         }
         TopBy::Node => {
-            let w = dash_where(&q.filter, &NODE_PAIR);
-            let mut params = w.params.clone();
+            let w = dash_where(f, &NODE_PAIR);
+            let mut params = np_params.clone();
+            params.extend(w.params.iter().cloned());
+            params.extend(np_params);
             params.extend(w.params.iter().cloned());
             (
                 format!(
                     "SELECT '', node, '', '', {SUMS} FROM ( \
-                     SELECT src_node AS node, {keep} FROM {np} WHERE {w1} AND src_node != '' \
-                     UNION ALL SELECT dst_node, {swap} FROM {np} WHERE {w1} AND dst_node != '') \
+                     SELECT src_node AS node, {keep} FROM {np} WHERE {w1} AND src_node != 0 \
+                     UNION ALL SELECT dst_node, {swap} FROM {np} WHERE {w1} AND dst_node != 0) \
                      GROUP BY node ORDER BY bytes DESC LIMIT ?",
                     w1 = w.sql()
                 ),
@@ -242,7 +342,7 @@ pub fn top(c: &Connection, q: &TopQuery) -> rusqlite::Result<Vec<TopRow>> {
             )
         }
         TopBy::Service => {
-            let w = dash_where(&q.filter, &POD_SERVICE);
+            let w = dash_where(f, &POD_SERVICE);
             (
                 format!(
                     "SELECT '', service, '', '', {SUMS} FROM {ps} WHERE {} \
@@ -254,7 +354,7 @@ pub fn top(c: &Connection, q: &TopQuery) -> rusqlite::Result<Vec<TopRow>> {
             )
         }
         TopBy::External => {
-            let w = dash_where(&q.filter, &POD_EXTERNAL);
+            let w = dash_where(f, &POD_EXTERNAL);
             (
                 format!(
                     "SELECT '', ext_ip, '', '', {SUMS} FROM {pe} WHERE {} \
@@ -268,24 +368,26 @@ pub fn top(c: &Connection, q: &TopQuery) -> rusqlite::Result<Vec<TopRow>> {
     };
     let mut params = params;
     params.push(int(q.limit as u64));
+    let mut names = Names::new(c);
     let mut st = c.prepare_cached(&sql)?;
-    let rows = st.query_map(rusqlite::params_from_iter(params), |row| {
+    let mut rows = st.query(rusqlite::params_from_iter(params))?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
         let (bytes, traffic) = traffic(row, 4)?;
-        let src = pod_name(&row.get::<_, String>(0)?, &row.get::<_, String>(1)?);
-        let dst = pair.then(|| {
-            pod_name(
-                &row.get::<_, String>(2).unwrap_or_default(),
-                &row.get::<_, String>(3).unwrap_or_default(),
-            )
-        });
-        Ok(TopRow {
+        let src = pod_name(&names.label(row, 0)?, &names.label(row, 1)?);
+        let dst = if pair {
+            Some(pod_name(&names.label(row, 2)?, &names.label(row, 3)?))
+        } else {
+            None
+        };
+        out.push(TopRow {
             src,
             dst,
             bytes,
             traffic,
-        })
-    })?;
-    rows.collect()
+        });
+    }
+    Ok(out)
 }
 
 /// Time series over ranges longer than this use hourly points.
@@ -296,7 +398,7 @@ pub fn timeseries(c: &Connection, q: &SeriesQuery) -> rusqlite::Result<TimeSerie
     let (table, dims, ns, name, ft) = match q.by {
         SeriesBy::SrcPod => ("r_pod_pair", &POD_PAIR, "src_ns", "src_pod", None),
         SeriesBy::DstPod => ("r_pod_pair", &POD_PAIR, "dst_ns", "dst_pod", None),
-        SeriesBy::Service => ("r_pod_service", &POD_SERVICE, "''", "service", None),
+        SeriesBy::Service => ("r_pod_service", &POD_SERVICE, "0", "service", None),
         SeriesBy::NodePair => (
             "r_node_pair",
             &NODE_PAIR,
@@ -310,19 +412,24 @@ pub fn timeseries(c: &Connection, q: &SeriesQuery) -> rusqlite::Result<TimeSerie
     // Long ranges get hourly points from the hourly rollup: a day is 24 points per series,
     // not 1440, and the query reads 60× fewer rows. The range widens to whole hours.
     let (a, b) = q.filter.range.minutes();
-    let (step, from) = if b - a > SERIES_HOURLY_ABOVE_SECS {
-        let (a, b) = (a / 3600 * 3600, b.div_ceil(3600) * 3600);
-        (
-            3600,
-            format!("(SELECT * FROM {table}_h WHERE minute >= {a} AND minute < {b})"),
-        )
-    } else {
-        (
-            60,
-            format!("(SELECT * FROM {table} WHERE minute >= {a} AND minute < {b})"),
-        )
+    let hourly = b - a > SERIES_HOURLY_ABOVE_SECS;
+    let step = if hourly { 3600 } else { 60 };
+    let from = |t: &str| {
+        if hourly {
+            let (a, b) = (a / 3600 * 3600, b.div_ceil(3600) * 3600);
+            format!(
+                "(SELECT * FROM {t}{} WHERE minute >= {a} AND minute < {b})",
+                super::schema::HOURLY
+            )
+        } else {
+            format!("(SELECT * FROM {t} WHERE minute >= {a} AND minute < {b})")
+        }
     };
-    let table = from;
+    let (table, from_params) = if q.by == SeriesBy::NodePair {
+        node_pairs(&q.filter, &from)
+    } else {
+        (from(table), Vec::new())
+    };
     // The top groups over the whole range first, then their minutes: the answer stays bounded
     // by limit × minutes whatever the cardinality. `IN (top)` rather than a join, so SQLite
     // scans the range once against an index of the top groups instead of once per group.
@@ -334,24 +441,25 @@ pub fn timeseries(c: &Connection, q: &SeriesQuery) -> rusqlite::Result<TimeSerie
          GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",
         w = w.sql()
     );
-    let mut params = w.params.clone();
+    let mut params = from_params.clone();
+    params.extend(w.params.iter().cloned());
     params.push(int(q.limit as u64));
-    params.extend(w.params);
+    params.extend(from_params);
+    params.extend(w.params.iter().cloned());
+    let mut names = Names::new(c);
     let mut st = c.prepare_cached(&sql)?;
     let mut rows = st.query(rusqlite::params_from_iter(params))?;
     let mut series: Vec<Series> = Vec::new();
-    let mut last: Option<(String, String, i64)> = None;
+    let mut last: Option<(i64, i64, i64)> = None;
     while let Some(row) = rows.next()? {
-        let a: String = row.get(0)?;
-        let b: String = row.get(1)?;
-        let f: i64 = row.get(2)?;
+        let key: (i64, i64, i64) = (row.get(0)?, row.get(1)?, row.get(2)?);
         let minute: i64 = row.get(3)?;
         let (o, ro) = (loose_u64(row, 4)?, loose_u64(row, 5)?);
-        let key = (a, b, f);
-        if last.as_ref() != Some(&key) {
+        if last != Some(key) {
+            let (x, y) = (names.get(key.0)?, names.get(key.1)?);
             let name = match q.by {
-                SeriesBy::NodePair => format!("{} → {}", key.0, node_or_external(&key.1)),
-                _ => pod_name(&key.0, &key.1),
+                SeriesBy::NodePair => format!("{x} → {}", node_or_external(&y)),
+                _ => pod_name(&x, &y),
             };
             series.push(Series {
                 name,
@@ -401,6 +509,7 @@ pub fn sankey(c: &Connection, q: &SankeyQuery) -> rusqlite::Result<Sankey> {
     );
     let mut params = w.params;
     params.push(int(q.limit as u64));
+    let mut names = Names::new(c);
     let mut st = c.prepare_cached(&sql)?;
     let policy = q.by == SankeyBy::Policy;
     let label = |ns: String, n: String| {
@@ -413,8 +522,8 @@ pub fn sankey(c: &Connection, q: &SankeyQuery) -> rusqlite::Result<Sankey> {
     let mut links = Vec::new();
     let mut rows = st.query(rusqlite::params_from_iter(params))?;
     while let Some(row) = rows.next()? {
-        let src = label(row.get(0)?, row.get(1)?);
-        let dst = label(row.get(2)?, row.get(3)?);
+        let src = label(names.label(row, 0)?, names.label(row, 1)?);
+        let dst = label(names.label(row, 2)?, names.label(row, 3)?);
         let (bytes, traffic) = traffic(row, 4)?;
         links.push(SankeyLink {
             source: format!("s:{src}"),
@@ -441,27 +550,30 @@ pub fn sankey(c: &Connection, q: &SankeyQuery) -> rusqlite::Result<Sankey> {
 
 pub fn node_matrix(c: &Connection, f: &DashFilter) -> rusqlite::Result<NodeMatrix> {
     let w = dash_where(f, &NODE_PAIR);
+    let (np, mut params) = node_pairs(f, &|t| src(t, &f.range));
+    params.extend(w.params.iter().cloned());
     let sql = format!(
-        "SELECT src_node, dst_node, SUM(octets + rev_octets) FROM {} WHERE {} \
-         AND src_node != '' AND dst_node != '' GROUP BY src_node, dst_node \
-         ORDER BY src_node, dst_node",
-        src("r_node_pair", &f.range),
+        "SELECT src_node, dst_node, SUM(octets + rev_octets) FROM {np} WHERE {} \
+         AND src_node != 0 AND dst_node != 0 GROUP BY src_node, dst_node",
         w.sql()
     );
     let secs = f.range.secs();
+    let mut names = Names::new(c);
     let mut st = c.prepare_cached(&sql)?;
-    let cells = st
-        .query_map(rusqlite::params_from_iter(w.params), |row| {
-            let bytes = loose_u64(row, 2)?;
-            Ok(NodeCell {
-                src: row.get(0)?,
-                dst: row.get(1)?,
-                // Rounded to 1 kbps so responses are stable to compare.
-                mbps: ((bytes as f64 * 8.0 / secs as f64 / 1e6) * 1000.0).round() / 1000.0,
-                bytes,
-            })
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut rows = st.query(rusqlite::params_from_iter(params))?;
+    let mut cells = Vec::new();
+    while let Some(row) = rows.next()? {
+        let bytes = loose_u64(row, 2)?;
+        cells.push(NodeCell {
+            src: names.label(row, 0)?,
+            dst: names.label(row, 1)?,
+            // Rounded to 1 kbps so responses are stable to compare.
+            mbps: ((bytes as f64 * 8.0 / secs as f64 / 1e6) * 1000.0).round() / 1000.0,
+            bytes,
+        });
+    }
+    // By name, as before ids: ids follow first sight, not the alphabet.
+    cells.sort_by(|a, b| (&a.src, &a.dst).cmp(&(&b.src, &b.dst)));
     let mut nodes: Vec<String> = cells
         .iter()
         .flat_map(|c| [c.src.clone(), c.dst.clone()])
@@ -496,27 +608,36 @@ pub fn policy_flows(c: &Connection, q: &PolicyQuery) -> rusqlite::Result<Vec<Pol
     );
     let mut params = w.params;
     params.push(int(q.limit as u64));
+    let mut names = Names::new(c);
     let mut st = c.prepare_cached(&sql)?;
-    let rows = st.query_map(rusqlite::params_from_iter(params), |row| {
+    let mut rows = st.query(rusqlite::params_from_iter(params))?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
         let (bytes, traffic) = traffic(row, 10)?;
-        Ok(PolicyFlow {
+        out.push(PolicyFlow {
             egress: PolicyName {
-                namespace: row.get(0)?,
-                name: row.get(1)?,
+                namespace: names.label(row, 0)?,
+                name: names.label(row, 1)?,
                 action: row.get(2)?,
             },
             ingress: PolicyName {
-                namespace: row.get(3)?,
-                name: row.get(4)?,
+                namespace: names.label(row, 3)?,
+                name: names.label(row, 4)?,
                 action: row.get(5)?,
             },
-            src_pod: pod_name(&row.get::<_, String>(6)?, &row.get::<_, String>(7)?),
-            dst_pod: pod_name(&row.get::<_, String>(8)?, &row.get::<_, String>(9)?),
+            src_pod: pod_name(&names.label(row, 6)?, &names.label(row, 7)?),
+            dst_pod: pod_name(&names.label(row, 8)?, &names.label(row, 9)?),
             bytes,
             traffic,
-        })
-    })?;
-    rows.collect()
+        });
+    }
+    Ok(out)
+}
+
+fn ip_value(ip: &std::net::IpAddr) -> Value {
+    let mut b = [0u8; 16];
+    let n = codec::ip_bytes(ip, &mut b);
+    Value::Blob(b[..n].to_vec())
 }
 
 pub fn flows(c: &Connection, q: &FlowQuery) -> rusqlite::Result<Vec<FlowRow>> {
@@ -539,12 +660,12 @@ pub fn flows(c: &Connection, q: &FlowQuery) -> rusqlite::Result<Vec<FlowRow>> {
     }
     if let Some(s) = &f.service {
         if s.contains(':') {
-            w.push("service = ?", [text(s)]);
+            w.push(format!("service = {ID}"), [text(s)]);
         } else {
             // Any port of the Service: names are `ns/name:port`. substr avoids LIKE's
             // wildcards in user input.
             w.push(
-                "substr(service, 1, ?) = ?",
+                "service IN (SELECT id FROM dict WHERE substr(s, 1, ?) = ?)",
                 [int(s.len() as u64 + 1), text(&format!("{s}:"))],
             );
         }
@@ -558,11 +679,11 @@ pub fn flows(c: &Connection, q: &FlowQuery) -> rusqlite::Result<Vec<FlowRow>> {
     if let Some(t) = f.flow_type {
         w.push("flow_type = ?", [int(t as u64)]);
     }
-    if let Some(ip) = f.src_ip {
-        w.push("src_ip = ?", [text(&ip.to_string())]);
+    if let Some(ip) = &f.src_ip {
+        w.push("src_ip = ?", [ip_value(ip)]);
     }
-    if let Some(ip) = f.dst_ip {
-        w.push("dst_ip = ?", [text(&ip.to_string())]);
+    if let Some(ip) = &f.dst_ip {
+        w.push("dst_ip = ?", [ip_value(ip)]);
     }
     if let Some(p) = f.src_port {
         w.push("src_port = ?", [int(p as u64)]);
@@ -580,7 +701,7 @@ pub fn flows(c: &Connection, q: &FlowQuery) -> rusqlite::Result<Vec<FlowRow>> {
         (&f.dst_node, "dst_node"),
     ] {
         if let Some(v) = v {
-            w.push(format!("{col} = ?"), [text(v)]);
+            w.push(format!("{col} = {ID}"), [text(v)]);
         }
     }
     for (r, ns, pod) in [
@@ -593,99 +714,109 @@ pub fn flows(c: &Connection, q: &FlowQuery) -> rusqlite::Result<Vec<FlowRow>> {
             w.push(cl.join(""), ps);
         }
     }
+    // Newest first walks the `end_secs` index backwards and stops at the page: the filters
+    // above are checked row by row on the way, bounded by the time range when one is given.
     let sql = format!(
-        "SELECT id, {} FROM flows WHERE {} ORDER BY end_secs DESC, id DESC LIMIT ? OFFSET ?",
+        "SELECT id, {} FROM flows INDEXED BY flows_end WHERE {} \
+         ORDER BY end_secs DESC, id DESC LIMIT ? OFFSET ?",
         super::schema::FLOW_COLUMNS.join(", "),
         w.sql()
     );
     let mut params = w.params;
     params.push(int(q.limit as u64));
     params.push(int(q.offset as u64));
+    let mut names = Names::new(c);
     let mut st = c.prepare_cached(&sql)?;
-    let rows = st.query_map(rusqlite::params_from_iter(params), flow_row)?;
-    rows.collect()
+    let mut rows = st.query(rusqlite::params_from_iter(params))?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(flow_row(row, &mut names)?);
+    }
+    Ok(out)
 }
 
-fn flow_row(row: &Row<'_>) -> rusqlite::Result<FlowRow> {
+fn flow_row(row: &Row<'_>, names: &mut Names<'_>) -> rusqlite::Result<FlowRow> {
     let g = |i: usize| -> rusqlite::Result<u64> { loose_u64(row, i) };
-    let mut c = [0u64; 10];
-    for (k, v) in c.iter_mut().enumerate() {
-        *v = g(11 + k)?;
-    }
-    let s = |i: usize| -> rusqlite::Result<String> {
-        Ok(row.get::<_, Option<String>>(i)?.unwrap_or_default())
+    let ip = |i: usize| -> rusqlite::Result<String> {
+        Ok(match row.get_ref(i)? {
+            ValueRef::Blob(b) => codec::ip_from(b)
+                .map(|ip| ip.to_string())
+                .unwrap_or_default(),
+            _ => String::new(),
+        })
     };
-    let node = |base: usize| -> rusqlite::Result<Option<NodeRow>> {
-        if row.get::<_, Option<i64>>(base)?.is_none() {
-            return Ok(None);
-        }
-        let mut v = [0u64; 11];
-        for (k, x) in v.iter_mut().enumerate() {
-            *x = g(base + k)?;
-        }
-        Ok(Some(NodeRow {
+    let rest = match row.get_ref(19)? {
+        ValueRef::Blob(b) => codec::decode(b).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(19, rusqlite::types::Type::Blob, Box::new(e))
+        })?,
+        _ => codec::Rest::default(),
+    };
+    let mut name = |id: u64| names.get(id.min(i64::MAX as u64) as i64);
+    let node = |v: Option<[u64; 11]>| {
+        v.map(|v| NodeRow {
             totals: [v[0], v[1], v[2], v[3]],
             deltas: [v[4], v[5], v[6], v[7]],
             throughput: v[8],
             reverse_throughput: v[9],
             flow_end_seconds: v[10],
-        }))
+        })
     };
     // Indexes are 1 + the position in FLOW_COLUMNS (column 0 is id).
+    let [t0, t1, t2, t3] = rest.totals;
+    let [d0, d1, d2, d3] = rest.deltas;
     Ok(FlowRow {
         id: row.get(0)?,
-        inserted_at: g(1)?,
-        flow_start_seconds: g(2)?,
-        flow_end_seconds: g(3)?,
-        flow_end_reason: g(4)? as u8,
-        flow_type: g(5)? as u8,
-        source_ip: s(6)?,
-        destination_ip: s(7)?,
-        source_transport_port: g(8)? as u16,
-        destination_transport_port: g(9)? as u16,
-        protocol_identifier: g(10)? as u8,
-        packet_total_count: c[0],
-        octet_total_count: c[1],
-        reverse_packet_total_count: c[2],
-        reverse_octet_total_count: c[3],
-        packet_delta_count: c[4],
-        octet_delta_count: c[5],
-        reverse_packet_delta_count: c[6],
-        reverse_octet_delta_count: c[7],
-        throughput: c[8],
-        reverse_throughput: c[9],
-        source_pod_name: s(21)?,
-        source_pod_namespace: s(22)?,
-        source_node_name: s(23)?,
-        destination_pod_name: s(24)?,
-        destination_pod_namespace: s(25)?,
-        destination_node_name: s(26)?,
-        destination_cluster_ip: row.get(27)?,
-        destination_service_port: g(28)? as u16,
-        destination_service_port_name: s(29)?,
-        ingress_network_policy_name: s(30)?,
-        ingress_network_policy_namespace: s(31)?,
-        ingress_network_policy_type: g(32)? as u8,
-        ingress_network_policy_rule_name: s(33)?,
-        ingress_network_policy_rule_action: g(34)? as u8,
-        egress_network_policy_name: s(35)?,
-        egress_network_policy_namespace: s(36)?,
-        egress_network_policy_type: g(37)? as u8,
-        egress_network_policy_rule_name: s(38)?,
-        egress_network_policy_rule_action: g(39)? as u8,
-        tcp_state: s(40)?,
-        source_pod_labels: s(41)?,
-        destination_pod_labels: s(42)?,
-        correlated: g(43)? != 0,
-        original_exporter_address: row.get(44)?,
-        original_observation_domain_id: g(45)? as u32,
-        cluster_id: s(46)?,
-        from_source_node: node(47)?,
-        from_destination_node: node(58)?,
+        inserted_at: rest.inserted_at,
+        flow_start_seconds: rest.start_secs,
+        flow_end_seconds: g(1)?,
+        flow_end_reason: rest.end_reason as u8,
+        flow_type: g(2)? as u8,
+        source_ip: ip(6)?,
+        destination_ip: ip(7)?,
+        source_transport_port: g(4)? as u16,
+        destination_transport_port: g(5)? as u16,
+        protocol_identifier: g(3)? as u8,
+        packet_total_count: t0,
+        octet_total_count: t1,
+        reverse_packet_total_count: t2,
+        reverse_octet_total_count: t3,
+        packet_delta_count: d0,
+        octet_delta_count: d1,
+        reverse_packet_delta_count: d2,
+        reverse_octet_delta_count: d3,
+        throughput: rest.throughput,
+        reverse_throughput: rest.reverse_throughput,
+        source_pod_namespace: name(g(8)?)?,
+        source_pod_name: name(g(9)?)?,
+        source_node_name: name(g(10)?)?,
+        destination_pod_namespace: name(g(11)?)?,
+        destination_pod_name: name(g(12)?)?,
+        destination_node_name: name(g(13)?)?,
+        destination_cluster_ip: rest.cluster_ip.map(|ip| ip.to_string()),
+        destination_service_port: rest.service_port as u16,
+        destination_service_port_name: name(g(14)?)?,
+        ingress_network_policy_namespace: name(g(15)?)?,
+        ingress_network_policy_name: name(g(16)?)?,
+        ingress_network_policy_type: rest.ingress[0] as u8,
+        ingress_network_policy_rule_name: name(rest.ingress[1])?,
+        ingress_network_policy_rule_action: rest.ingress[2] as u8,
+        egress_network_policy_namespace: name(g(17)?)?,
+        egress_network_policy_name: name(g(18)?)?,
+        egress_network_policy_type: rest.egress[0] as u8,
+        egress_network_policy_rule_name: name(rest.egress[1])?,
+        egress_network_policy_rule_action: rest.egress[2] as u8,
+        tcp_state: name(rest.tcp_state)?,
+        source_pod_labels: name(rest.src_labels)?,
+        destination_pod_labels: name(rest.dst_labels)?,
+        correlated: rest.correlated,
+        original_exporter_address: rest.exporter.map(|ip| ip.to_string()),
+        original_observation_domain_id: rest.domain as u32,
+        cluster_id: name(rest.cluster_id)?,
+        from_source_node: node(rest.from_source),
+        from_destination_node: node(rest.from_destination),
     })
 }
 
-/// `(records, oldest end, newest end)`.
 pub fn record_span(c: &Connection) -> rusqlite::Result<(u64, Option<u64>, Option<u64>)> {
     c.query_row(
         // The count is kept in `meta` by insert and retention: COUNT(*) walks a whole index

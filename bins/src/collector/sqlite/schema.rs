@@ -1,92 +1,51 @@
 //! Table layout of the SQLite store.
 //!
-//! `flows` mirrors [`AggregatedRecord`](flowcore::aggregator::AggregatedRecord) column for
-//! column (per-Node counters are NULL when that Node did not report). The `r_*` rollups hold
-//! per-minute sums of the records' delta counters, keyed by the minute of flowEndSeconds:
-//! deltas add up to the bytes moved, where totals would count a long flow once per export.
-//! Every rollup's primary key starts with `minute`, so a dashboard's time range is one index
-//! range scan over a small table.
+//! Every name (namespace, Pod, Node, Service, policy, rule, labels, TCP state, cluster id) is
+//! interned in `dict` and stored as its integer id: rows are small, keys compare as integers,
+//! and a batch's rollup keys hash as integers. Id 0 is the empty string. Addresses are BLOBs
+//! of 4 or 16 bytes (empty when absent). `dict` only grows: a name costs one row however
+//! often it recurs, and retention leaves it (Pod names churn slowly next to records).
+//!
+//! `flows` holds one row per record with the columns the Flow Records filters need and every
+//! other field packed into `rest` (see [`super::codec`]). Its only index is `end_secs`: every
+//! Flow Records page walks it newest first and filters as it goes, which a time range bounds.
+//!
+//! The `r_*` rollups hold per-minute sums of the records' delta counters, keyed by the minute
+//! of flowEndSeconds: deltas add up to the bytes moved, where totals would count a long flow
+//! once per export. Each has an hourly twin (`_h`, `minute` holding the hour's start). Every
+//! rollup's primary key starts with `minute`, so a dashboard's time range is one range scan.
 
 /// Bumped when the layout changes; a store written by another version is refused rather than
 /// misread.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// The `flows` columns in insert order (after `id`). `insert.rs` binds in exactly this order
-/// and `read.rs` reads in exactly this order.
+/// and `read.rs` reads in exactly this order. Names are `dict` ids; IPs BLOBs.
 pub const FLOW_COLUMNS: &[&str] = &[
-    "inserted_at",
-    "start_secs",
     "end_secs",
-    "end_reason",
     "flow_type",
-    "src_ip",
-    "dst_ip",
+    "proto",
     "src_port",
     "dst_port",
-    "proto",
-    "packets",
-    "octets",
-    "rev_packets",
-    "rev_octets",
-    "d_packets",
-    "d_octets",
-    "d_rev_packets",
-    "d_rev_octets",
-    "throughput",
-    "rev_throughput",
-    "src_pod",
+    "src_ip",
+    "dst_ip",
     "src_ns",
+    "src_pod",
     "src_node",
-    "dst_pod",
     "dst_ns",
+    "dst_pod",
     "dst_node",
-    "cluster_ip",
-    "service_port",
     "service",
-    "in_name",
     "in_ns",
-    "in_kind",
-    "in_rule",
-    "in_action",
-    "eg_name",
+    "in_name",
     "eg_ns",
-    "eg_kind",
-    "eg_rule",
-    "eg_action",
-    "tcp_state",
-    "src_labels",
-    "dst_labels",
-    "correlated",
-    "exporter",
-    "domain",
-    "cluster_id",
-    // Source Node's counters, then the destination Node's: totals[4], deltas[4], throughput,
-    // reverse throughput, end secs.
-    "sn_packets",
-    "sn_octets",
-    "sn_rev_packets",
-    "sn_rev_octets",
-    "sn_d_packets",
-    "sn_d_octets",
-    "sn_d_rev_packets",
-    "sn_d_rev_octets",
-    "sn_throughput",
-    "sn_rev_throughput",
-    "sn_end_secs",
-    "dn_packets",
-    "dn_octets",
-    "dn_rev_packets",
-    "dn_rev_octets",
-    "dn_d_packets",
-    "dn_d_octets",
-    "dn_d_rev_packets",
-    "dn_d_rev_octets",
-    "dn_throughput",
-    "dn_rev_throughput",
-    "dn_end_secs",
+    "eg_name",
+    "rest",
 ];
 
 /// The rollup tables: name, key columns (after `minute`). Metric columns are the same in all.
+/// Key columns are `dict` ids except `ext_ip` and `cluster_ip` (address BLOBs) and
+/// `flow_type`/`*_action` (small integers).
 pub const ROLLUPS: &[(&str, &[&str])] = &[
     // Both ends Pods (flowType 1 and 2).
     (
@@ -112,7 +71,7 @@ pub const ROLLUPS: &[(&str, &[&str])] = &[
         "r_pod_external",
         &["flow_type", "ns", "pod", "node", "ext_ip"],
     ),
-    // Every record; an external end has an empty Node name.
+    // Every record; an external end has Node id 0 (the empty name).
     ("r_node_pair", &["src_node", "dst_node", "flow_type"]),
     // Records with an ingress or egress policy.
     (
@@ -130,6 +89,10 @@ pub const ROLLUPS: &[(&str, &[&str])] = &[
             "dst_pod",
         ],
     ),
+    // One Pod, what it sent (`octets`) and received: the Pod ends of `r_pod_pair` and
+    // `r_pod_external` folded together, so unfiltered "top Pods" reads one row per Pod and
+    // minute instead of one per Pod pair.
+    ("r_pod", &["ns", "pod"]),
 ];
 
 /// Suffix of the hourly twin of each rollup table.
@@ -140,29 +103,19 @@ pub const METRICS: &[&str] = &["packets", "octets", "rev_packets", "rev_octets",
 pub fn ddl() -> String {
     let mut s = String::new();
     s.push_str("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);\n");
+    s.push_str(
+        "CREATE TABLE IF NOT EXISTS dict (id INTEGER PRIMARY KEY, s TEXT NOT NULL UNIQUE);\n\
+         INSERT OR IGNORE INTO dict (id, s) VALUES (0, '');\n",
+    );
     s.push_str("CREATE TABLE IF NOT EXISTS flows (id INTEGER PRIMARY KEY");
     for c in FLOW_COLUMNS {
         s.push_str(", ");
         s.push_str(c);
     }
     s.push_str(");\n");
-    // Indexes for the Flow Records filters that are selective enough to need one; the rest
-    // (namespace, Node, Service, policy, ports) filter while walking `end_secs` backwards,
-    // which finds a page of newest matches quickly unless the filter is very rare.
-    // Each index costs insert throughput, so there are few.
-    for (name, cols) in [
-        ("flows_end", "end_secs"),
-        ("flows_src_pod", "src_pod, end_secs"),
-        ("flows_dst_pod", "dst_pod, end_secs"),
-        ("flows_src_ip", "src_ip, end_secs"),
-        ("flows_dst_ip", "dst_ip, end_secs"),
-    ] {
-        s.push_str(&format!(
-            "CREATE INDEX IF NOT EXISTS {name} ON flows ({cols});\n"
-        ));
-    }
-    // Each rollup comes twice: per minute (`table`) and per hour (`table_h`, its `minute`
-    // column holding the hour's start), so long ranges read 60× fewer rows.
+    // One index: each costs insert throughput (a Pod or IP index cost ~45 % of the insert
+    // rate); filters walk this one backwards instead.
+    s.push_str("CREATE INDEX IF NOT EXISTS flows_end ON flows (end_secs);\n");
     let both = ROLLUPS
         .iter()
         .flat_map(|(t, k)| [(t.to_string(), *k), (format!("{t}{HOURLY}"), *k)]);
