@@ -528,6 +528,108 @@ fn rollups_equal_sums_over_flows() {
     }
 }
 
+/// `r_node_pair` has no namespace or Pod; under those filters the Node views are summed from
+/// the Pod rollups, and must equal the records with a matching Pod end.
+#[test]
+fn node_views_honour_namespace_and_pod_filters() {
+    let (store, recs) = seeded("nodefilter", 3000, 3600);
+    let range = TimeRange::new(T0 as u64, T0 as u64 + 3600);
+    let bytes = |r: &AggregatedRecord| r.deltas[1] + r.deltas[3];
+    for (f, pod_end) in [
+        (
+            DashFilter {
+                namespace: Some("shop".into()),
+                ..DashFilter::range(range)
+            },
+            &(|ns: &str, _: &str| ns == "shop") as &dyn Fn(&str, &str) -> bool,
+        ),
+        (
+            DashFilter {
+                pod: Some(NamedRef {
+                    namespace: Some("shop".into()),
+                    name: "cart-5".into(),
+                }),
+                ..DashFilter::range(range)
+            },
+            &|ns: &str, pod: &str| ns == "shop" && pod == "cart-5",
+        ),
+        (
+            DashFilter {
+                namespace: Some("payments".into()),
+                node: Some("node-1".into()),
+                ..DashFilter::range(range)
+            },
+            &|ns: &str, _: &str| ns == "payments",
+        ),
+    ] {
+        let node_ok = |r: &AggregatedRecord| {
+            f.node
+                .as_deref()
+                .is_none_or(|n| &*r.src_node == n || &*r.dst_node == n)
+        };
+        let matching = |r: &&AggregatedRecord| {
+            let src = pod_end(&r.src_namespace, &r.src_pod);
+            let dst = pod_end(&r.dst_namespace, &r.dst_pod);
+            node_ok(r)
+                && match r.flow_type {
+                    1 | 2 => src || dst,
+                    3 => src,
+                    4 => dst,
+                    _ => false,
+                }
+        };
+        let want: u64 = recs.iter().filter(matching).map(bytes).sum();
+        let all: u64 = recs.iter().map(bytes).sum();
+        assert!(want > 0 && want < all, "{f:?}");
+        let pairs = store
+            .top(&TopQuery {
+                filter: f.clone(),
+                by: TopBy::NodePair,
+                limit: 1000,
+            })
+            .unwrap();
+        assert_eq!(pairs.iter().map(|t| t.bytes).sum::<u64>(), want, "{f:?}");
+        let want_internal: u64 = recs
+            .iter()
+            .filter(matching)
+            .filter(|r| !r.src_node.is_empty() && !r.dst_node.is_empty())
+            .map(bytes)
+            .sum();
+        let m = store.node_matrix(&f).unwrap();
+        assert_eq!(m.cells.iter().map(|c| c.bytes).sum::<u64>(), want_internal);
+        let nodes = store
+            .top(&TopQuery {
+                filter: f.clone(),
+                by: TopBy::Node,
+                limit: 1000,
+            })
+            .unwrap();
+        // Each internal record counts at both its Nodes, an external one at its Pod's.
+        let want_nodes: u64 = recs
+            .iter()
+            .filter(matching)
+            .map(|r| {
+                let ends = [&r.src_node, &r.dst_node]
+                    .iter()
+                    .filter(|n| !n.is_empty())
+                    .count() as u64;
+                bytes(r) * ends
+            })
+            .sum();
+        if f.node.is_none() {
+            assert_eq!(nodes.iter().map(|t| t.bytes).sum::<u64>(), want_nodes);
+        }
+        let ts = store
+            .timeseries(&SeriesQuery {
+                filter: f.clone(),
+                by: SeriesBy::NodePair,
+                limit: 100,
+            })
+            .unwrap();
+        assert!(!ts.series.is_empty());
+    }
+}
+
 #[test]
 fn dashboard_queries_agree_with_the_records() {
     let (store, recs) = seeded("dash", 3000, 3600);
