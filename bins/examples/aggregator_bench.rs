@@ -17,6 +17,11 @@
 //! connects over TCP and, on "go", writes its byte stream as fast as the socket takes it (one
 //! thread per exporter, blocking writes).
 //!
+//! `--ipfix`: the aggregator also exports every aggregated record as IPFIX over TCP (its
+//! production IPFIX sink: encoder, replay buffer, exporter actor) to a collecting process
+//! (`transport::collector`, decoding every message) in the child, which counts what arrives;
+//! the run then also waits until every aggregated record was written and received.
+//!
 //! Measured: records_in of the aggregator's `/metrics` registry (read in process through
 //! `Ops::render` every 20 ms) from the first record to the last, so records/s = records
 //! aggregated per second; loss = records sent − records_in; CPU of both processes (utime+stime
@@ -171,9 +176,40 @@ fn encode_exporter(e: usize, records: u32) -> (Vec<u8>, u64) {
     (out, u64::from(records))
 }
 
+/// The child's IPFIX collector for `--ipfix`: counts the records of every decoded message.
+fn collect(addr: String, count: Arc<std::sync::atomic::AtomicU64>) {
+    use flowlens_bins::transport::collector::{Collector, CollectorConfig, channel};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let (tx, mut rx) = channel(64);
+        let c = Collector::bind(
+            CollectorConfig {
+                tcp: Some(addr.parse().unwrap()),
+                ..CollectorConfig::default()
+            },
+            Default::default(),
+            tx,
+        )
+        .await
+        .unwrap();
+        tokio::spawn(c.run(CancellationToken::new()));
+        while let Some(m) = rx.recv().await {
+            count.fetch_add(m.len() as u64, Relaxed);
+        }
+    });
+}
+
 /// The child: encode, connect, say "ready", wait for "go", send, report, hold the sockets open
 /// until stdin closes.
-fn sender(addr: &str, exporters: usize, records: u32) {
+fn sender(addr: &str, exporters: usize, records: u32, collect_on: Option<String>) {
+    let collected = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    if let Some(a) = collect_on {
+        let c = collected.clone();
+        std::thread::spawn(move || collect(a, c));
+    }
     let t = Instant::now();
     let streams: Vec<(Vec<u8>, u64)> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..2)
@@ -241,9 +277,16 @@ fn sender(addr: &str, exporters: usize, records: u32) {
         c1.1 - c0.1
     );
     std::io::stdout().flush().unwrap();
-    // Keep the sessions open until the parent is done counting.
+    // Keep the sessions open until the parent is done counting; "count" asks for the records
+    // the IPFIX collector received.
     let mut rest = String::new();
-    let _ = stdin.read_line(&mut rest);
+    while stdin.read_line(&mut rest).is_ok_and(|n| n > 0) {
+        if rest.trim() == "count" {
+            println!("collected {}", collected.load(Relaxed));
+            std::io::stdout().flush().unwrap();
+        }
+        rest.clear();
+    }
     drop(socks);
 }
 
@@ -259,6 +302,8 @@ fn main() {
     let mut exporters = 100usize;
     let mut records = 20_000u32;
     let mut send_to = None;
+    let mut ipfix = false;
+    let mut collect_on = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut val = || it.next().expect("a value").clone();
@@ -266,6 +311,8 @@ fn main() {
             "--exporters" => exporters = val().parse().expect("a number"),
             "--records" => records = val().parse().expect("a number"),
             "--sender" => send_to = Some(val()),
+            "--ipfix" => ipfix = true,
+            "--collect-on" => collect_on = Some(val()),
             x => panic!("unknown argument {x}"),
         }
     }
@@ -274,7 +321,7 @@ fn main() {
         "an even number of exporters"
     );
     if let Some(addr) = send_to {
-        sender(&addr, exporters, records);
+        sender(&addr, exporters, records, collect_on);
         return;
     }
 
@@ -285,8 +332,17 @@ fn main() {
         .port();
     let addr = format!("127.0.0.1:{port}");
     let total = exporters as u64 * u64::from(records);
+    let collector_addr = format!(
+        "127.0.0.1:{}",
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    );
     let cfg = AggregatorFile {
         listen_addr: addr.clone(),
+        external_flow_collector_addr: ipfix.then(|| format!("{collector_addr}:tcp")),
         aggregator_transport_protocol: "tcp".into(),
         metrics_addr: "127.0.0.1:0".into(),
         max_flows: (total as usize).max(1_000_000),
@@ -295,8 +351,13 @@ fn main() {
     .validate()
     .unwrap();
     println!(
-        "# aggregator_bench: {exporters} exporters × {records} records = {total} records ({} flows, each sent by 2 exporters); TCP 127.0.0.1:{port}; no sinks; load before: {}",
+        "# aggregator_bench: {exporters} exporters × {records} records = {total} records ({} flows, each sent by 2 exporters); TCP 127.0.0.1:{port}; sinks: {}; load before: {}",
         total / 2,
+        if ipfix {
+            "IPFIX over TCP to a collector in the sender process"
+        } else {
+            "none"
+        },
         loadavg()
     );
     let ops = Ops::new("flowlens_aggregator");
@@ -321,15 +382,19 @@ fn main() {
         std::thread::sleep(Duration::from_millis(20));
     }
 
+    let mut child_args = vec![
+        "--sender".to_string(),
+        addr.clone(),
+        "--exporters".into(),
+        exporters.to_string(),
+        "--records".into(),
+        records.to_string(),
+    ];
+    if ipfix {
+        child_args.extend(["--collect-on".into(), collector_addr.clone()]);
+    }
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--sender",
-            &addr,
-            "--exporters",
-            &exporters.to_string(),
-            "--records",
-            &records.to_string(),
-        ])
+        .args(&child_args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -373,6 +438,45 @@ fn main() {
     line.clear();
     cout.read_line(&mut line).unwrap();
     let sent: Vec<&str> = line.split_whitespace().collect();
+    if ipfix {
+        // Every aggregated record written by the IPFIX sink, and received by the collector.
+        let out = metric(&ops.render(), "flowlens_aggregator_records_out_total");
+        let t_out = Instant::now();
+        let mut written = 0;
+        while t_out.elapsed() < Duration::from_secs(60) {
+            written = metric(
+                &ops.render(),
+                "flowlens_aggregator_sink_records_out_total{sink=\"ipfix\"}",
+            );
+            if written >= out {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let (wall, ca_out) = (t0.elapsed().as_secs_f64(), cpu_of(&me));
+        let mut collected = 0;
+        for _ in 0..3000 {
+            writeln!(cin, "count").unwrap();
+            cin.flush().unwrap();
+            let mut l = String::new();
+            cout.read_line(&mut l).unwrap();
+            collected = l
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if collected >= written {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        println!(
+            "ipfix sink: records_out {out}, written {written}, received by the collector {collected}, last written {wall:.2} s after go (records in + out: aggregator CPU user {:.2} + sys {:.2} s); dropped {}",
+            ca_out.0 - ca.0,
+            ca_out.1 - ca.1,
+            metric(&ops.render(), "flowlens_aggregator_sink_dropped_total"),
+        );
+    }
     let first_in = samples.iter().find(|s| s.1 > 0).map_or(0.0, |s| s.0 - 0.02);
     let dur = t_end - first_in.max(0.0);
     let (agg_u, agg_s) = (ca_end.0 - ca.0, ca_end.1 - ca.1);
