@@ -210,6 +210,81 @@ fn traffic(row: &Row<'_>, i: usize) -> rusqlite::Result<(u64, Traffic)> {
     ))
 }
 
+/// The metric columns of a rollup row, in the order [`group`] reads them.
+const METRICS: &str = "packets, octets, rev_packets, rev_octets, records";
+
+/// A group key column: a `dict` id, an address, or nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Part {
+    None,
+    Id(i64),
+    Ip(std::net::IpAddr),
+}
+
+impl Part {
+    fn read(row: &Row<'_>, i: usize) -> rusqlite::Result<Part> {
+        Ok(match row.get_ref(i)? {
+            ValueRef::Integer(0) => Part::None,
+            ValueRef::Integer(id) => Part::Id(id),
+            ValueRef::Blob(b) => codec::ip_from(b).map_or(Part::None, Part::Ip),
+            _ => Part::None,
+        })
+    }
+
+    fn text(&self, names: &mut Names<'_>) -> rusqlite::Result<String> {
+        Ok(match self {
+            Part::None => String::new(),
+            Part::Id(id) => names.get(*id)?,
+            Part::Ip(ip) => ip.to_string(),
+        })
+    }
+}
+
+fn add_row(t: &mut Traffic, row: &Row<'_>, i: usize) -> rusqlite::Result<()> {
+    let g = |k: usize| loose_u64(row, i + k);
+    t.packets = t.packets.saturating_add(g(0)?);
+    t.octets = t.octets.saturating_add(g(1)?);
+    t.reverse_packets = t.reverse_packets.saturating_add(g(2)?);
+    t.reverse_octets = t.reverse_octets.saturating_add(g(3)?);
+    t.records = t.records.saturating_add(g(4)?);
+    Ok(())
+}
+
+/// Runs `sql`, which selects N key columns then [`METRICS`] per rollup row, and sums the rows
+/// by key here: the largest `limit` groups by bytes, ties by key. A hash table in Rust rather
+/// than SQLite's GROUP BY, which sorts every row first (~0.3 s for the 450 k hourly Pod →
+/// external rows of a day at 10 M records; the scan alone takes 40 ms). Memory is bounded by
+/// the groups in the range, which the rollup's cardinality bounds.
+fn group<const N: usize>(
+    c: &Connection,
+    sql: &str,
+    params: Vec<Value>,
+    limit: u32,
+) -> rusqlite::Result<Vec<([Part; N], Traffic)>> {
+    let mut st = c.prepare_cached(sql)?;
+    let mut rows = st.query(rusqlite::params_from_iter(params))?;
+    let mut sums: HashMap<[Part; N], Traffic> = HashMap::new();
+    while let Some(row) = rows.next()? {
+        let mut k = [Part::None; N];
+        for (i, p) in k.iter_mut().enumerate() {
+            *p = Part::read(row, i)?;
+        }
+        add_row(sums.entry(k).or_default(), row, N)?;
+    }
+    let mut out: Vec<([Part; N], Traffic)> = sums.into_iter().collect();
+    let by_bytes = |a: &([Part; N], Traffic), b: &([Part; N], Traffic)| {
+        b.1.bytes().cmp(&a.1.bytes()).then_with(|| a.0.cmp(&b.0))
+    };
+    let limit = limit as usize;
+    if out.len() > limit && limit > 0 {
+        out.select_nth_unstable_by(limit - 1, by_bytes);
+        out.truncate(limit);
+    }
+    out.sort_unstable_by(by_bytes);
+    out.truncate(limit);
+    Ok(out)
+}
+
 fn pod_name(ns: &str, pod: &str) -> String {
     if ns.is_empty() {
         pod.to_owned()
@@ -263,16 +338,16 @@ pub fn top(c: &Connection, q: &TopQuery) -> rusqlite::Result<Vec<TopRow>> {
     // `octets` is always what the entity sent.
     let swap = "rev_packets AS packets, rev_octets AS octets, packets AS rev_packets, \
                 octets AS rev_octets, records";
-    let keep = "packets, octets, rev_packets, rev_octets, records";
+    let keep = METRICS;
     let f = &q.filter;
     let unfiltered = f.namespace.is_none() && f.pod.is_none() && f.node.is_none();
+    // Each selects the rows of the groups: (src ns, src name, dst ns, dst name), metrics.
     let (sql, params, pair) = match q.by {
         TopBy::PodPair => {
             let w = dash_where(f, &POD_PAIR);
             (
                 format!(
-                    "SELECT src_ns, src_pod, dst_ns, dst_pod, {SUMS} FROM {pp} WHERE {} \
-                     GROUP BY src_ns, src_pod, dst_ns, dst_pod ORDER BY bytes DESC LIMIT ?",
+                    "SELECT src_ns, src_pod, dst_ns, dst_pod, {METRICS} FROM {pp} WHERE {}",
                     w.sql()
                 ),
                 w.params,
@@ -281,11 +356,7 @@ pub fn top(c: &Connection, q: &TopQuery) -> rusqlite::Result<Vec<TopRow>> {
         }
         // Without filters, the per-Pod rollup holds exactly the union below, pre-summed.
         TopBy::Pod if unfiltered => (
-            format!(
-                "SELECT ns, pod, '', '', {SUMS} FROM {} GROUP BY ns, pod \
-                 ORDER BY bytes DESC LIMIT ?",
-                src("r_pod", r)
-            ),
+            format!("SELECT ns, pod, 0, 0, {METRICS} FROM {}", src("r_pod", r)),
             Vec::new(),
             false,
         ),
@@ -297,11 +368,10 @@ pub fn top(c: &Connection, q: &TopQuery) -> rusqlite::Result<Vec<TopRow>> {
             params.extend(we.params.iter().cloned());
             (
                 format!(
-                    "SELECT ns, pod, '', '', {SUMS} FROM ( \
+                    "SELECT ns, pod, 0, 0, {METRICS} FROM ( \
                      SELECT src_ns AS ns, src_pod AS pod, {keep} FROM {pp} WHERE {w1} \
                      UNION ALL SELECT dst_ns, dst_pod, {swap} FROM {pp} WHERE {w1} \
-                     UNION ALL SELECT ns, pod, {keep} FROM {pe} WHERE {w2}) \
-                     GROUP BY ns, pod ORDER BY bytes DESC LIMIT ?",
+                     UNION ALL SELECT ns, pod, {keep} FROM {pe} WHERE {w2})",
                     w1 = w.sql(),
                     w2 = we.sql()
                 ),
@@ -315,8 +385,7 @@ pub fn top(c: &Connection, q: &TopQuery) -> rusqlite::Result<Vec<TopRow>> {
             params.extend(w.params.iter().cloned());
             (
                 format!(
-                    "SELECT '', src_node, '', dst_node, {SUMS} FROM {np} WHERE {} \
-                     GROUP BY src_node, dst_node ORDER BY bytes DESC LIMIT ?",
+                    "SELECT 0, src_node, 0, dst_node, {METRICS} FROM {np} WHERE {}",
                     w.sql()
                 ),
                 params,
@@ -331,10 +400,9 @@ pub fn top(c: &Connection, q: &TopQuery) -> rusqlite::Result<Vec<TopRow>> {
             params.extend(w.params.iter().cloned());
             (
                 format!(
-                    "SELECT '', node, '', '', {SUMS} FROM ( \
+                    "SELECT 0, node, 0, 0, {METRICS} FROM ( \
                      SELECT src_node AS node, {keep} FROM {np} WHERE {w1} AND src_node != 0 \
-                     UNION ALL SELECT dst_node, {swap} FROM {np} WHERE {w1} AND dst_node != 0) \
-                     GROUP BY node ORDER BY bytes DESC LIMIT ?",
+                     UNION ALL SELECT dst_node, {swap} FROM {np} WHERE {w1} AND dst_node != 0)",
                     w1 = w.sql()
                 ),
                 params,
@@ -345,8 +413,7 @@ pub fn top(c: &Connection, q: &TopQuery) -> rusqlite::Result<Vec<TopRow>> {
             let w = dash_where(f, &POD_SERVICE);
             (
                 format!(
-                    "SELECT '', service, '', '', {SUMS} FROM {ps} WHERE {} \
-                     GROUP BY service ORDER BY bytes DESC LIMIT ?",
+                    "SELECT 0, service, 0, 0, {METRICS} FROM {ps} WHERE {}",
                     w.sql()
                 ),
                 w.params,
@@ -357,8 +424,7 @@ pub fn top(c: &Connection, q: &TopQuery) -> rusqlite::Result<Vec<TopRow>> {
             let w = dash_where(f, &POD_EXTERNAL);
             (
                 format!(
-                    "SELECT '', ext_ip, '', '', {SUMS} FROM {pe} WHERE {} \
-                     GROUP BY ext_ip ORDER BY bytes DESC LIMIT ?",
+                    "SELECT 0, ext_ip, 0, 0, {METRICS} FROM {pe} WHERE {}",
                     w.sql()
                 ),
                 w.params,
@@ -366,24 +432,19 @@ pub fn top(c: &Connection, q: &TopQuery) -> rusqlite::Result<Vec<TopRow>> {
             )
         }
     };
-    let mut params = params;
-    params.push(int(q.limit as u64));
     let mut names = Names::new(c);
-    let mut st = c.prepare_cached(&sql)?;
-    let mut rows = st.query(rusqlite::params_from_iter(params))?;
     let mut out = Vec::new();
-    while let Some(row) = rows.next()? {
-        let (bytes, traffic) = traffic(row, 4)?;
-        let src = pod_name(&names.label(row, 0)?, &names.label(row, 1)?);
+    for ([a, b, c2, d], traffic) in group::<4>(c, &sql, params, q.limit)? {
+        let src = pod_name(&a.text(&mut names)?, &b.text(&mut names)?);
         let dst = if pair {
-            Some(pod_name(&names.label(row, 2)?, &names.label(row, 3)?))
+            Some(pod_name(&c2.text(&mut names)?, &d.text(&mut names)?))
         } else {
             None
         };
         out.push(TopRow {
             src,
             dst,
-            bytes,
+            bytes: traffic.bytes(),
             traffic,
         });
     }
@@ -430,48 +491,58 @@ pub fn timeseries(c: &Connection, q: &SeriesQuery) -> rusqlite::Result<TimeSerie
     } else {
         (from(table), Vec::new())
     };
-    // The top groups over the whole range first, then their minutes: the answer stays bounded
-    // by limit × minutes whatever the cardinality. `IN (top)` rather than a join, so SQLite
-    // scans the range once against an index of the top groups instead of once per group.
+    // One scan of the range, summed here per group and per group and minute; then the
+    // largest `limit` groups keep their points. The answer stays bounded by limit × minutes
+    // whatever the cardinality, and the work by the rows in the range.
     let sql = format!(
-        "WITH top AS (SELECT {ns} AS a, {name} AS b, {ft_col} AS f FROM {table} WHERE {w} \
-         GROUP BY a, b, f ORDER BY SUM(octets + rev_octets) DESC LIMIT ?) \
-         SELECT {ns}, {name}, {ft_col}, minute, SUM(octets), SUM(rev_octets) FROM {table} \
-         WHERE {w} AND ({ns}, {name}, {ft_col}) IN (SELECT a, b, f FROM top) \
-         GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",
+        "SELECT {ns}, {name}, {ft_col}, minute, octets, rev_octets FROM {table} WHERE {w}",
         w = w.sql()
     );
-    let mut params = from_params.clone();
-    params.extend(w.params.iter().cloned());
-    params.push(int(q.limit as u64));
-    params.extend(from_params);
-    params.extend(w.params.iter().cloned());
+    let mut params = from_params;
+    params.extend(w.params);
+    type Group = (u64, HashMap<i64, (u64, u64)>);
+    let mut groups: HashMap<(i64, i64, i64), Group> = HashMap::new();
+    {
+        let mut st = c.prepare_cached(&sql)?;
+        let mut rows = st.query(rusqlite::params_from_iter(params))?;
+        while let Some(row) = rows.next()? {
+            let key: (i64, i64, i64) = (row.get(0)?, row.get(1)?, row.get(2)?);
+            let minute: i64 = row.get(3)?;
+            let (o, ro) = (loose_u64(row, 4)?, loose_u64(row, 5)?);
+            let g = groups.entry(key).or_default();
+            g.0 = g.0.saturating_add(o.saturating_add(ro));
+            let p = g.1.entry(minute).or_default();
+            p.0 = p.0.saturating_add(o);
+            p.1 = p.1.saturating_add(ro);
+        }
+    }
+    let mut top: Vec<((i64, i64, i64), Group)> = groups.into_iter().collect();
+    top.sort_unstable_by(|a, b| b.1.0.cmp(&a.1.0).then_with(|| a.0.cmp(&b.0)));
+    top.truncate(q.limit as usize);
     let mut names = Names::new(c);
-    let mut st = c.prepare_cached(&sql)?;
-    let mut rows = st.query(rusqlite::params_from_iter(params))?;
-    let mut series: Vec<Series> = Vec::new();
-    let mut last: Option<(i64, i64, i64)> = None;
-    while let Some(row) = rows.next()? {
-        let key: (i64, i64, i64) = (row.get(0)?, row.get(1)?, row.get(2)?);
-        let minute: i64 = row.get(3)?;
-        let (o, ro) = (loose_u64(row, 4)?, loose_u64(row, 5)?);
-        if last != Some(key) {
-            let (x, y) = (names.get(key.0)?, names.get(key.1)?);
-            let name = match q.by {
-                SeriesBy::NodePair => format!("{x} → {}", node_or_external(&y)),
-                _ => pod_name(&x, &y),
-            };
-            series.push(Series {
-                name,
-                flow_type: ft.map(|_| key.2 as u8),
-                points: Vec::new(),
-            });
-            last = Some(key);
-        }
-        if let Some(s) = series.last_mut() {
-            s.points
-                .push([minute.max(0) as u64, o * 8 / 60, ro * 8 / 60]);
-        }
+    let mut series: Vec<Series> = Vec::with_capacity(top.len());
+    for (key, (_, points)) in top {
+        let (x, y) = (names.get(key.0)?, names.get(key.1)?);
+        let name = match q.by {
+            SeriesBy::NodePair => format!("{x} → {}", node_or_external(&y)),
+            _ => pod_name(&x, &y),
+        };
+        let mut points: Vec<[u64; 3]> = points
+            .into_iter()
+            .map(|(m, (o, ro))| {
+                [
+                    m.max(0) as u64,
+                    o.saturating_mul(8) / 60,
+                    ro.saturating_mul(8) / 60,
+                ]
+            })
+            .collect();
+        points.sort_unstable();
+        series.push(Series {
+            name,
+            flow_type: ft.map(|_| key.2 as u8),
+            points,
+        });
     }
     // Largest first, as the UI's legend lists them.
     let total = |s: &Series| s.points.iter().map(|p| p[1] + p[2]).sum::<u64>();
@@ -496,21 +567,16 @@ pub fn sankey(c: &Connection, q: &SankeyQuery) -> rusqlite::Result<Sankey> {
             "r_pod_service",
             &POD_SERVICE,
             "src_ns, src_pod",
-            "'', service",
+            "0, service",
         ),
-        SankeyBy::PodExternal => ("r_pod_external", &POD_EXTERNAL, "ns, pod", "'', ext_ip"),
+        SankeyBy::PodExternal => ("r_pod_external", &POD_EXTERNAL, "ns, pod", "0, ext_ip"),
     };
     let w = dash_where(&q.filter, dims);
     let sql = format!(
-        "SELECT {a}, {b}, {SUMS} FROM {} WHERE {} GROUP BY {a}, {b} \
-         ORDER BY bytes DESC LIMIT ?",
+        "SELECT {a}, {b}, {METRICS} FROM {} WHERE {}",
         src(table, &q.filter.range),
         w.sql()
     );
-    let mut params = w.params;
-    params.push(int(q.limit as u64));
-    let mut names = Names::new(c);
-    let mut st = c.prepare_cached(&sql)?;
     let policy = q.by == SankeyBy::Policy;
     let label = |ns: String, n: String| {
         if policy && n.is_empty() {
@@ -519,16 +585,15 @@ pub fn sankey(c: &Connection, q: &SankeyQuery) -> rusqlite::Result<Sankey> {
             pod_name(&ns, &n)
         }
     };
+    let mut names = Names::new(c);
     let mut links = Vec::new();
-    let mut rows = st.query(rusqlite::params_from_iter(params))?;
-    while let Some(row) = rows.next()? {
-        let src = label(names.label(row, 0)?, names.label(row, 1)?);
-        let dst = label(names.label(row, 2)?, names.label(row, 3)?);
-        let (bytes, traffic) = traffic(row, 4)?;
+    for ([a, b, c2, d], traffic) in group::<4>(c, &sql, w.params, q.limit)? {
+        let src = label(a.text(&mut names)?, b.text(&mut names)?);
+        let dst = label(c2.text(&mut names)?, d.text(&mut names)?);
         links.push(SankeyLink {
             source: format!("s:{src}"),
             target: format!("d:{dst}"),
-            bytes,
+            bytes: traffic.bytes(),
             traffic,
         });
     }
