@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod aggregator;
+pub mod clickhouse;
 pub mod clock;
 pub mod collector;
 pub mod collector_cmd;
