@@ -7,6 +7,7 @@
 //! minute cutoff), and nothing a client sends can make a query unbounded.
 
 pub mod api;
+pub mod clickhouse;
 pub mod ingest;
 pub mod query;
 pub mod sqlite;
