@@ -222,6 +222,15 @@ pub async fn run(
         )?);
         sinks.push(tx);
     }
+    if let Some((ch, max_rows)) = &cfg.sinks.clickhouse {
+        let (tx, rx) = crate::sinks::queue("clickhouse", cfg.sinks.queue_records, smetrics.clone());
+        sink_tasks.push(crate::sinks::clickhouse::spawn(
+            crate::sinks::clickhouse::ClickHouseSinkConfig::new(ch.clone(), *max_rows),
+            rx,
+            smetrics.clone(),
+        ));
+        sinks.push(tx);
+    }
     let mut json_thread = None;
     if let Some(j) = &cfg.json_lines {
         let sink = JsonLinesSink::open(

@@ -42,6 +42,12 @@ pub struct AggregatorFile {
     pub tls_dir: Option<PathBuf>,
     /// JSON lines output; optional.
     pub json_lines: Option<JsonLinesFile>,
+    /// Aggregated records into ClickHouse (the collector's keys: url, database, user, password,
+    /// table, batchRows, flushInterval, retention, timeout, createSchema); optional.
+    pub clickhouse: Option<crate::clickhouse::ClickHouseConfig>,
+    /// Rows the ClickHouse sink holds at most while it batches or the server is down; past it
+    /// the oldest are dropped and counted. At least `clickhouse.batchRows`.
+    pub clickhouse_buffer_rows: usize,
     /// Static metadata to fill records whose partner never came (instead of the Kubernetes API).
     pub metadata_file: Option<PathBuf>,
     /// `/metrics`, `/healthz`, `/readyz`, and `/api/flows` (in-flight flows, for `flowlens observe`).
@@ -74,7 +80,7 @@ impl Default for AggregatorFile {
             flow_aggregator_address: "flow-aggregator.flow-aggregator.svc".into(),
             external_flow_collector_addr: None,
             external_flow_collector_replay_bytes: 64 << 20,
-            sink_queue_records: 262_144,
+            sink_queue_records: 65_536,
             flow_export_interval: None,
             active_flow_record_timeout: None,
             inactive_flow_record_timeout: Duration::from_secs(90).into(),
@@ -84,6 +90,8 @@ impl Default for AggregatorFile {
             tls: TlsFiles::default(),
             tls_dir: None,
             json_lines: None,
+            clickhouse: None,
+            clickhouse_buffer_rows: 200_000,
             metadata_file: None,
             metrics_addr: "0.0.0.0:9391".into(),
             log: LogConfig::default(),
@@ -119,13 +127,16 @@ pub struct SinkSettings {
     pub replay_bytes: usize,
     /// Records queued per sink at most (`sinkQueueRecords`).
     pub queue_records: usize,
+    /// The ClickHouse sink (`clickhouse`) and the rows it may hold (`clickhouseBufferRows`).
+    pub clickhouse: Option<(crate::clickhouse::ClickHouseConfig, usize)>,
 }
 
 impl Default for SinkSettings {
     fn default() -> Self {
         SinkSettings {
             replay_bytes: 64 << 20,
-            queue_records: 262_144,
+            queue_records: 65_536,
+            clickhouse: None,
         }
     }
 }
@@ -222,10 +233,21 @@ impl AggregatorFile {
                 self.metrics_addr
             )
         })?;
+        if let Some(ch) = &self.clickhouse {
+            ch.validate()?;
+            if self.clickhouse_buffer_rows < ch.batch_rows {
+                bail!(
+                    "clickhouseBufferRows ({}) is below clickhouse.batchRows ({}); a batch could never fill",
+                    self.clickhouse_buffer_rows,
+                    ch.batch_rows
+                );
+            }
+        }
         let sinks = SinkSettings {
             replay_bytes: usize::try_from(self.external_flow_collector_replay_bytes)
                 .unwrap_or(usize::MAX),
             queue_records: self.sink_queue_records,
+            clickhouse: self.clickhouse.map(|c| (c, self.clickhouse_buffer_rows)),
         };
         let base = AggregatorConfig {
             listen_addr,
@@ -290,6 +312,14 @@ mod tests {
             (
                 "aggregatorTransportProtocol: tcp\nsinkQueueRecords: 0\n",
                 "sinkQueueRecords",
+            ),
+            (
+                "aggregatorTransportProtocol: tcp\nclickhouse:\n  url: https://ch:8123\n",
+                "clickhouse.url",
+            ),
+            (
+                "aggregatorTransportProtocol: tcp\nclickhouse:\n  batchRows: 1000\nclickhouseBufferRows: 10\n",
+                "clickhouseBufferRows",
             ),
         ] {
             let e = parse_yaml::<AggregatorFile>(yaml)

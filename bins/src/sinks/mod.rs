@@ -1,5 +1,5 @@
 //! Where aggregated records go: IPFIX to a further collector ([`ipfix`]), JSON lines to a file
-//! ([`jsonl`]), ClickHouse. The aggregator's core loop hands each sink the records of one loop
+//! ([`jsonl`]), ClickHouse ([`clickhouse`]). The aggregator's core loop hands each sink the records of one loop
 //! turn as one shared [`Batch`] (an `Arc`, so several sinks take the same records without a copy
 //! per record, and the records are dropped on the sink's thread, not the core's).
 //!
@@ -8,6 +8,7 @@
 //! and reason, and the core loop never waits on a sink — one stuck sink must not stop the others
 //! or push back on the agents.
 
+pub mod clickhouse;
 pub mod ipfix;
 pub mod jsonl;
 
@@ -270,4 +271,71 @@ pub fn record_json(r: &AggregatedRecord) -> Value {
     });
     m.insert("correlated".into(), r.correlated.into());
     Value::Object(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(n: usize, first_port: u16) -> Batch {
+        let r = crate::collector::synth::Synth::new(1, 1, 1).batch(1, 1_767_225_600, 60);
+        Arc::new(
+            (0..n)
+                .map(|i| {
+                    let mut x = r[0].clone();
+                    x.key.src_port = first_port + i as u16;
+                    x
+                })
+                .collect(),
+        )
+    }
+
+    fn ports(p: &Pending, n: usize) -> Vec<u16> {
+        p.front(n).flatten().map(|r| r.key.src_port).collect()
+    }
+
+    #[test]
+    fn queue_is_bounded_by_records_and_counts_what_it_drops() {
+        let m = SinkMetrics::default();
+        let (tx, mut rx) = queue("test", 10, m.clone());
+        tx.push(&batch(6, 0));
+        tx.push(&batch(6, 100)); // 12 > 10: dropped whole
+        tx.push(&batch(4, 200));
+        let dropped = |reason| {
+            m.dropped
+                .get_or_create(&DropLabels {
+                    sink: "test",
+                    reason,
+                })
+                .get()
+        };
+        assert_eq!(dropped("queue_full"), 6);
+        assert_eq!(rx.try_recv().unwrap().len(), 6);
+        tx.push(&batch(5, 300)); // room again
+        assert_eq!(rx.try_recv().unwrap().len(), 4);
+        assert_eq!(rx.try_recv().unwrap().len(), 5);
+        assert_eq!(
+            m.queued.get_or_create(&SinkLabels { sink: "test" }).get(),
+            0
+        );
+        drop(rx);
+        tx.push(&batch(1, 400));
+        assert_eq!(dropped("shutdown"), 1);
+    }
+
+    #[test]
+    fn pending_takes_from_the_front_across_batches_and_trims_the_oldest() {
+        let mut p = Pending::default();
+        p.push(batch(3, 0));
+        p.push(batch(4, 10));
+        assert_eq!(p.len(), 7);
+        assert_eq!(ports(&p, 5), vec![0, 1, 2, 10, 11]);
+        p.consume(2);
+        assert_eq!(ports(&p, 100), vec![2, 10, 11, 12, 13]);
+        assert_eq!(p.trim_to(3), 2);
+        assert_eq!(ports(&p, 100), vec![11, 12, 13]);
+        p.consume(10);
+        assert!(p.is_empty());
+        assert_eq!(ports(&p, 5), Vec::<u16>::new());
+    }
 }
