@@ -1,6 +1,8 @@
 //! `flowlens collector --config FILE`: aggregated IPFIX in (TCP, UDP or TLS, through the same
-//! collecting process as the aggregator), stored in the embedded SQLite store, served by the HTTP
-//! API and the web UI on one port.
+//! collecting process as the aggregator), stored in the embedded SQLite store or in ClickHouse
+//! (`store: clickhouse`), served by the HTTP API and the web UI on one port. With `ingest: false`
+//! there is no IPFIX listener: the collector serves a store others write (the aggregator's
+//! ClickHouse exporter).
 //!
 //! Ingest goes through `collector::ingest` (one writer thread, large transactions, a bounded
 //! queue that pushes back on the aggregator's TCP connection rather than buffering).
@@ -17,9 +19,10 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::collector::clickhouse::ClickHouseStore;
 use crate::collector::ingest::{Ingest, IngestConfig};
 use crate::collector::{SqliteConfig, SqliteStore, Store};
-use crate::config::collector::CollectorConfig;
+use crate::config::collector::{CollectorConfig, StoreBackend, StoreChoice};
 use crate::ops::Ops;
 use crate::transport::collector::{Collector, CollectorConfig as ListenConfig};
 use crate::transport::metrics::CollectorMetrics;
@@ -31,34 +34,68 @@ use crate::transport::{Transport, tls};
     after_help = "Example config: deploy/base/collector/flowlens-collector.conf.yaml\nThe UI and API are served on httpAddr (default 0.0.0.0:8080)."
 )]
 pub struct CollectorArgs {
-    /// YAML config file (listenAddr, transport, dataDir, retention, httpAddr, …).
+    /// YAML config file (listenAddr, transport, dataDir, retention, httpAddr, store,
+    /// clickhouse, ingest, …).
     #[arg(long)]
     pub config: PathBuf,
 }
 
 /// A running collector.
 pub struct Running {
+    /// Where IPFIX is received; only meaningful when `ipfix_listening`.
     pub ipfix_addr: SocketAddr,
+    /// False in query-only mode (`ingest: false`).
+    pub ipfix_listening: bool,
     pub http_addr: SocketAddr,
     pub store: Arc<dyn Store>,
     pub task: JoinHandle<anyhow::Result<()>>,
 }
 
 /// Starts the collector's listeners, store and HTTP server; they stop when `shutdown` is
-/// cancelled (the returned task ends once ingest has stored everything it received).
+/// cancelled (the returned task ends once ingest has stored everything it received). Embedded
+/// SQLite store, IPFIX ingest on.
 pub async fn start(
     cfg: CollectorConfig,
     ops: Arc<Ops>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(SqliteConfig {
-            dir: cfg.data_dir.clone(),
-            max_age: Some(cfg.retention),
-            max_bytes: Some(cfg.max_store_bytes),
-        })
-        .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?,
-    );
+    start_with(cfg, StoreChoice::default(), ops, shutdown).await
+}
+
+/// [`start`] with the store settings of the config file: SQLite or ClickHouse, with or without
+/// IPFIX ingest.
+pub async fn start_with(
+    cfg: CollectorConfig,
+    choice: StoreChoice,
+    ops: Arc<Ops>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Running> {
+    let mut ingest_cfg = IngestConfig::default();
+    let store: Arc<dyn Store> = match &choice.backend {
+        StoreBackend::Sqlite => Arc::new(
+            SqliteStore::open(SqliteConfig {
+                dir: cfg.data_dir.clone(),
+                max_age: Some(cfg.retention),
+                max_bytes: Some(cfg.max_store_bytes),
+            })
+            .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?,
+        ),
+        StoreBackend::ClickHouse(ch) => {
+            // ClickHouse wants few large INSERTs (each makes a part to merge).
+            ingest_cfg = IngestConfig {
+                max_batch: ch.batch_rows,
+                max_delay: ch.flush_interval.into(),
+                queue_records: ingest_cfg.queue_records.max(2 * ch.batch_rows),
+            };
+            let ch = ch.clone();
+            let url = ch.url.clone();
+            Arc::new(
+                tokio::task::spawn_blocking(move || ClickHouseStore::open(ch))
+                    .await?
+                    .with_context(|| format!("opening the ClickHouse store at {url}"))?,
+            )
+        }
+    };
     let retention = crate::collector::spawn_retention(store.clone(), Duration::from_secs(60));
     let cmetrics = CollectorMetrics::default();
     let stored = Counter::<u64>::default();
@@ -76,28 +113,36 @@ pub async fn start(
             store_errors.clone(),
         );
     });
-    let mut lc = ListenConfig::default();
-    match cfg.transport {
-        Transport::Tcp => lc.tcp = Some(cfg.listen_addr),
-        Transport::Udp => lc.udp = Some(cfg.listen_addr),
-        Transport::Tls => {
-            let files = cfg.tls.transport();
-            lc.tls = Some(cfg.listen_addr);
-            lc.tls_config = Some(tls::watch_server_config(
-                files,
-                Duration::from_secs(30),
-                shutdown.clone(),
-            )?);
+    let (ipfix_addr, collector_task, mut rx) = if choice.ingest {
+        let mut lc = ListenConfig::default();
+        match cfg.transport {
+            Transport::Tcp => lc.tcp = Some(cfg.listen_addr),
+            Transport::Udp => lc.udp = Some(cfg.listen_addr),
+            Transport::Tls => {
+                let files = cfg.tls.transport();
+                lc.tls = Some(cfg.listen_addr);
+                lc.tls_config = Some(tls::watch_server_config(
+                    files,
+                    Duration::from_secs(30),
+                    shutdown.clone(),
+                )?);
+            }
         }
-    }
-    let (tx, mut rx) = crate::transport::collector::channel(256);
-    let collector = Collector::bind(lc, cmetrics, tx).await?;
-    let ipfix_addr = collector
-        .tcp_addr()
-        .or(collector.udp_addr())
-        .or(collector.tls_addr())
-        .unwrap_or(cfg.listen_addr);
-    let collector_task = tokio::spawn(collector.run(shutdown.clone()));
+        let (tx, rx) = crate::transport::collector::channel(256);
+        let collector = Collector::bind(lc, cmetrics, tx).await?;
+        let ipfix_addr = collector
+            .tcp_addr()
+            .or(collector.udp_addr())
+            .or(collector.tls_addr())
+            .unwrap_or(cfg.listen_addr);
+        (
+            ipfix_addr,
+            Some(tokio::spawn(collector.run(shutdown.clone()))),
+            Some(rx),
+        )
+    } else {
+        (cfg.listen_addr, None, None)
+    };
 
     let listener = tokio::net::TcpListener::bind(cfg.http_addr)
         .await
@@ -107,6 +152,7 @@ pub async fn start(
         .merge(crate::collector::ui::ui_router())
         .merge(ops.metrics_router());
     let http_shutdown = shutdown.clone();
+    let shutdown_q = shutdown.clone();
     let http = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(http_shutdown.cancelled_owned())
@@ -117,39 +163,50 @@ pub async fn start(
     // The store writer coalesces what arrives into large transactions on its own thread; a
     // full queue makes `send` wait, which stops this loop reading, which pushes back on the
     // aggregator's TCP connection.
-    let ingest = Ingest::spawn(store.clone(), IngestConfig::default())
-        .context("starting the store writer")?;
-    let istats = ingest.stats().clone();
-    let task = tokio::spawn(async move {
-        let mut names = Interner::default();
-        let mut seen = (0u64, 0u64);
-        while let Some(m) = rx.recv().await {
-            let batch: Vec<AggregatedRecord> = m
-                .records()
-                .filter_map(|rec| AggregatedRecord::from_ipfix(&rec, &mut names).ok())
-                .collect();
-            if ingest.send(batch).await.is_err() {
-                tracing::error!("the store writer stopped; records are no longer stored");
-                break;
-            }
-            let (ok, failed) = (
-                istats.records_stored.load(Relaxed),
-                istats.records_failed.load(Relaxed),
-            );
-            stored.inc_by(ok - seen.0);
-            store_errors.inc_by(failed - seen.1);
-            seen = (ok, failed);
+    let ingest = match rx {
+        Some(_) => {
+            Some(Ingest::spawn(store.clone(), ingest_cfg).context("starting the store writer")?)
         }
-        // Everything received is written before the collector reports done.
-        tokio::task::spawn_blocking(move || ingest.close()).await?;
-        stored.inc_by(istats.records_stored.load(Relaxed) - seen.0);
-        let _ = collector_task.await;
+        None => None,
+    };
+    let task = tokio::spawn(async move {
+        if let (Some(ingest), Some(rx)) = (ingest, rx.as_mut()) {
+            let istats = ingest.stats().clone();
+            let mut names = Interner::default();
+            let mut seen = (0u64, 0u64);
+            while let Some(m) = rx.recv().await {
+                let batch: Vec<AggregatedRecord> = m
+                    .records()
+                    .filter_map(|rec| AggregatedRecord::from_ipfix(&rec, &mut names).ok())
+                    .collect();
+                if ingest.send(batch).await.is_err() {
+                    tracing::error!("the store writer stopped; records are no longer stored");
+                    break;
+                }
+                let (ok, failed) = (
+                    istats.records_stored.load(Relaxed),
+                    istats.records_failed.load(Relaxed),
+                );
+                stored.inc_by(ok - seen.0);
+                store_errors.inc_by(failed - seen.1);
+                seen = (ok, failed);
+            }
+            // Everything received is written before the collector reports done.
+            tokio::task::spawn_blocking(move || ingest.close()).await?;
+            stored.inc_by(istats.records_stored.load(Relaxed) - seen.0);
+        } else {
+            shutdown_q.cancelled().await;
+        }
+        if let Some(t) = collector_task {
+            let _ = t.await;
+        }
         let _ = http.await;
         retention.abort();
         Ok(())
     });
     Ok(Running {
         ipfix_addr,
+        ipfix_listening: choice.ingest,
         http_addr,
         store,
         task,
@@ -158,8 +215,8 @@ pub async fn start(
 
 pub fn run(args: CollectorArgs) -> anyhow::Result<()> {
     let file: crate::config::collector::CollectorFile = crate::config::load_yaml(&args.config)?;
-    let cfg = file
-        .validate()
+    let (cfg, choice) = file
+        .validate_with_store()
         .with_context(|| format!("in config file {}", args.config.display()))?;
     let log = cfg.log.clone();
     crate::signals::run_service(
@@ -167,8 +224,12 @@ pub fn run(args: CollectorArgs) -> anyhow::Result<()> {
         &log,
         cfg,
         |cfg, ops, shutdown| async move {
-            let r = start(cfg, ops, shutdown.clone()).await?;
-            tracing::info!(ipfix = %r.ipfix_addr, http = %r.http_addr, "collector running");
+            let r = start_with(cfg, choice, ops, shutdown.clone()).await?;
+            if r.ipfix_listening {
+                tracing::info!(ipfix = %r.ipfix_addr, http = %r.http_addr, "collector running");
+            } else {
+                tracing::info!(http = %r.http_addr, "collector running (query only, no IPFIX)");
+            }
             shutdown.cancelled().await;
             r.task.await?
         },

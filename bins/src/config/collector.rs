@@ -8,6 +8,33 @@ use anyhow::{Context, bail};
 use flowcore::config::{Duration as GoDuration, Transport};
 
 use super::{LogConfig, TlsFiles};
+use crate::clickhouse::ClickHouseConfig;
+
+/// Which store the collector reads (and, when ingesting, writes).
+#[derive(Clone, Debug, PartialEq)]
+pub enum StoreBackend {
+    /// Embedded, in `CollectorConfig::data_dir`.
+    Sqlite,
+    ClickHouse(ClickHouseConfig),
+}
+
+/// The store settings of a collector config (kept apart from [`CollectorConfig`], which other
+/// code builds field by field for the embedded default).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoreChoice {
+    pub backend: StoreBackend,
+    /// Listen for IPFIX and write into the store; `false` serves queries only.
+    pub ingest: bool,
+}
+
+impl Default for StoreChoice {
+    fn default() -> Self {
+        StoreChoice {
+            backend: StoreBackend::Sqlite,
+            ingest: true,
+        }
+    }
+}
 
 #[derive(Clone, Debug, serde::Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
@@ -26,6 +53,17 @@ pub struct CollectorFile {
     /// The HTTP API and dashboards.
     pub http_addr: String,
     pub log: LogConfig,
+    /// `sqlite` (embedded, in dataDir) or `clickhouse` (the `clickhouse` section).
+    pub store: String,
+    /// The ClickHouse server when `store: clickhouse`: url, database, user, password, table,
+    /// batchRows, flushInterval, retention, timeout, createSchema (see
+    /// `flowlens_bins::clickhouse::ClickHouseConfig`). `retention` and `maxStoreBytes` above
+    /// apply to SQLite only.
+    pub clickhouse: ClickHouseConfig,
+    /// Receive IPFIX on listenAddr and write it to the store (default). `false`: query backend
+    /// only — no IPFIX listener, the API and dashboards read what others (the aggregator's
+    /// ClickHouse exporter) write.
+    pub ingest: bool,
 }
 
 impl Default for CollectorFile {
@@ -39,6 +77,9 @@ impl Default for CollectorFile {
             max_store_bytes: 20 << 30,
             http_addr: "0.0.0.0:8080".into(),
             log: LogConfig::default(),
+            store: "sqlite".into(),
+            clickhouse: ClickHouseConfig::default(),
+            ingest: true,
         }
     }
 }
@@ -56,6 +97,20 @@ pub struct CollectorConfig {
 }
 
 impl CollectorFile {
+    /// [`Self::validate`] plus the store settings (`store`, `clickhouse`, `ingest`).
+    pub fn validate_with_store(self) -> anyhow::Result<(CollectorConfig, StoreChoice)> {
+        let backend = match self.store.as_str() {
+            "sqlite" => StoreBackend::Sqlite,
+            "clickhouse" => {
+                self.clickhouse.validate()?;
+                StoreBackend::ClickHouse(self.clickhouse.clone())
+            }
+            other => bail!("store {other:?} is not one of sqlite, clickhouse"),
+        };
+        let ingest = self.ingest;
+        Ok((self.validate()?, StoreChoice { backend, ingest }))
+    }
+
     pub fn validate(self) -> anyhow::Result<CollectorConfig> {
         let listen_addr = self.listen_addr.parse().with_context(|| {
             format!(
@@ -88,5 +143,60 @@ impl CollectorFile {
             http_addr,
             log: self.log,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> anyhow::Result<(CollectorConfig, StoreChoice)> {
+        let f: CollectorFile = serde_saphyr::from_str(yaml).map_err(|e| anyhow::anyhow!("{e}"))?;
+        f.validate_with_store()
+    }
+
+    #[test]
+    fn store_defaults_to_embedded_sqlite_with_ingest() {
+        let (_, s) = parse("httpAddr: 127.0.0.1:8080\n").unwrap();
+        assert_eq!(s, StoreChoice::default());
+    }
+
+    #[test]
+    fn clickhouse_store_and_query_only_mode() {
+        let (_, s) = parse(
+            "store: clickhouse\ningest: false\nclickhouse:\n  url: http://ch:8123\n  database: k8s\n",
+        )
+        .unwrap();
+        assert!(!s.ingest);
+        let StoreBackend::ClickHouse(c) = s.backend else {
+            panic!("{s:?}")
+        };
+        assert_eq!(
+            (c.url.as_str(), c.database.as_str()),
+            ("http://ch:8123", "k8s")
+        );
+    }
+
+    #[test]
+    fn bad_store_values_name_the_key() {
+        for (yaml, needle) in [
+            (
+                "store: duckdb\n",
+                "store \"duckdb\" is not one of sqlite, clickhouse",
+            ),
+            (
+                "store: clickhouse\nclickhouse:\n  url: https://ch:8443\n",
+                "clickhouse.url: https is not supported",
+            ),
+            (
+                "store: clickhouse\nclickhouse:\n  batchRows: 0\n",
+                "clickhouse.batchRows",
+            ),
+            ("clickhouse:\n  hots: x\n", "unknown field"),
+            ("ingest: maybe\n", "ingest"),
+        ] {
+            let e = format!("{:#}", parse(yaml).unwrap_err());
+            assert!(e.contains(needle), "{yaml}: {e}");
+        }
     }
 }
