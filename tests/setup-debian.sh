@@ -16,6 +16,8 @@ packages=(
   openssl        # TLS tests (foreign CAs) and deploy/tls/gen-certs.sh
   chromium       # headless browser for the dashboard tests
   fonts-dejavu-core # a font for Chromium's screenshots
+  clickhouse-server # ClickHouse 18.16: the store and aggregator-exporter tests start one on loopback
+  clickhouse-client # debugging those servers by hand (clickhouse-client --port N)
 )
 missing=()
 for p in "${packages[@]}"; do
