@@ -14,7 +14,13 @@
 //!   `correlation_timeout` without a partner, exported uncorrelated (counted); evicted flows (store
 //!   full) are exported with flowEndReason 5 (counted). Nothing is dropped silently.
 //! - End of flow is sticky: once a Node reports it, the flow ends when every Node it has heard
-//!   from has ended (or the partner wait is over), and is then forgotten.
+//!   from has ended (or the partner wait is over). The finished flow is kept as a tombstone for
+//!   `inactive_timeout`: a late half of it is exported against what was already exported, with
+//!   the flow's fields.
+//! - A Node names a connection by its start second. A half joins the flow in flight only if it is
+//!   the same connection: the same start as its Node's side, or a start within
+//!   [`CLOCK_TOLERANCE_SECS`] of the other Node's. An older connection's late half on a reused
+//!   5-tuple goes to its tombstone (or out on its own), never into the newer connection's record.
 //! - Memory is bounded by `max_flows`; strings are interned.
 
 mod half;
@@ -186,14 +192,35 @@ impl Sides {
     }
 }
 
-/// What is remembered of a finished flow for `inactive_timeout`, so that a late or duplicated
-/// half cannot start it over and count its bytes again.
+/// What is remembered of a finished flow for `inactive_timeout`: the flow itself as last exported
+/// (per-Node start seconds, totals, end state, and its Kubernetes fields), so that a late or
+/// duplicated half neither starts it over and counts its bytes again, nor loses the fields the
+/// other Node reported (the Service only the source Node sees).
 struct Tombstone {
-    /// Per side: the connection's start as that Node reported it (Nodes' clocks differ), and
-    /// the totals as last exported.
-    start_secs: [Option<u32>; 2],
-    exported: [Option<[u64; 4]>; 2],
+    flow: Flow,
     expires: Timestamp,
+}
+
+/// How far apart (seconds) two Nodes may report the same connection's start: their clocks differ,
+/// and each Node sees the connection begin when its first packet passes. Halves further apart are
+/// taken for different connections on the same 5-tuple (correlating them would mix two
+/// connections' counters in one record; each Node's counts are exact either way). Agents must
+/// report conntrack's start timestamps (not first-seen times) for halves to correlate.
+const CLOCK_TOLERANCE_SECS: u32 = 5;
+
+/// Where a half goes.
+enum Target {
+    /// Nothing new (a duplicate, or stale): counted, ignored.
+    Ignore,
+    /// An update of the flow in flight.
+    Flow(u32),
+    /// A late half of a finished flow (its tombstone): only what it adds is exported, at once.
+    Late,
+    /// A connection this aggregator does not know.
+    New,
+    /// An older connection than the one in flight on its 5-tuple, and no longer remembered:
+    /// exported on its own, uncorrelated.
+    Alone,
 }
 
 struct Flow {
@@ -352,125 +379,18 @@ impl Aggregator {
         self.stats.records_in += 1;
         let side_idx = self.side_of(exporter, &half);
         let exporter = self.exporter_index(exporter);
-        let mut id = self.find(&half.key);
-        if let Some(fid) = id {
-            let flow = self.flows[fid as usize]
-                .as_ref()
-                .expect("indexed flows exist");
-            if let Some(side) = flow.sides.get(side_idx) {
-                if half.start_secs > side.start_secs {
-                    // The same 5-tuple, a new connection: end the old one before the new begins.
-                    self.stats.reused += 1;
-                    self.finish(fid, now, END_OF_FLOW);
-                    id = None;
-                } else {
-                    let totals = half.totals.unwrap_or_else(|| add(side.totals, half.deltas));
-                    if totals.iter().zip(side.totals).any(|(a, b)| *a < b)
-                        || half.end_secs < side.end_secs
-                    {
-                        self.stats.records_stale += 1;
-                        return;
-                    }
-                    if totals == side.totals
-                        && half.end_secs == side.end_secs
-                        && half.end_reason == side.end_reason
-                    {
-                        self.stats.records_duplicate += 1;
-                        return;
-                    }
-                }
-            }
-        }
-        let fid = match id {
-            Some(fid) => fid,
-            None => {
-                self.expire_tombstones(now);
-                let mut late = None;
-                if let Some(t) = self.tombstones.get(&half.key)
-                    && t.start_secs[side_idx]
-                        .or(t.start_secs.into_iter().flatten().max())
-                        .is_some_and(|s| half.start_secs <= s)
-                {
-                    // A half of a flow already finished: only what it adds beyond the last export
-                    // counts, and it waits for no partner.
-                    let done = t.exported[side_idx].unwrap_or([0; 4]);
-                    let totals = half.totals.unwrap_or_else(|| add(done, half.deltas));
-                    if totals.iter().zip(done).all(|(a, b)| *a <= b) {
-                        self.stats.records_duplicate += 1;
-                        return;
-                    }
-                    late = Some(t.exported);
-                }
-                let fid = self.create(now, &half);
-                if let Some(exported) = late {
-                    let flow = self.flows[fid as usize].as_mut().expect("just created");
-                    flow.awaiting_partner = false;
-                    for (i, ex) in exported.into_iter().enumerate() {
-                        if let Some(ex) = ex {
-                            flow.sides.set(
-                                i,
-                                Side {
-                                    start_secs: half.start_secs,
-                                    totals: ex,
-                                    exported: ex,
-                                    end_secs: half.start_secs,
-                                    exported_end_secs: half.start_secs,
-                                    end_reason: END_OF_FLOW,
-                                    exporter,
-                                },
-                            );
-                        }
-                    }
-                }
-                fid
-            }
+        self.expire_tombstones(now);
+        let fid = match self.target(now, side_idx, &half) {
+            Target::Ignore => return,
+            Target::Flow(fid) => fid,
+            Target::New => self.create(now, &half),
+            Target::Late => return self.late(now, side_idx, exporter, &half),
+            Target::Alone => return self.alone(now, side_idx, exporter, &half),
         };
         let flow = self.flows[fid as usize]
             .as_mut()
             .expect("indexed flows exist");
-        let prev = flow.sides.get(side_idx).copied();
-        let totals = half
-            .totals
-            .unwrap_or_else(|| add(prev.map_or([0; 4], |s| s.totals), half.deltas));
-        flow.sides.set(
-            side_idx,
-            Side {
-                start_secs: half.start_secs,
-                totals,
-                // A Node this aggregator has not heard from about this flow: what the agent says it
-                // already delivered (totals − deltas) was exported before — by this aggregator's
-                // previous incarnation, or it is 0 for a new connection — so only the record's
-                // delta is new. Counting from 0 would re-count everything after a restart.
-                exported: prev.map_or_else(|| sub(totals, half.deltas), |s| s.exported),
-                end_secs: half.end_secs,
-                exported_end_secs: prev.map_or(half.start_secs, |s| s.exported_end_secs),
-                end_reason: half.end_reason,
-                exporter,
-            },
-        );
-        if !half.tcp_state.is_empty() {
-            flow.tcp_state = half.tcp_state;
-        }
-        let current = *self.metas.get(flow.meta);
-        let merged = if side_idx == SOURCE {
-            // The source Node saw the Service (DNAT) and the egress policy; its view leads.
-            let mut m = half.meta;
-            m.merge(&current);
-            m
-        } else {
-            let mut m = current;
-            m.merge(&half.meta);
-            m
-        };
-        self.metas.update(&mut flow.meta, merged);
-        flow.start_secs = flow
-            .sides
-            .iter()
-            .map(|s| s.start_secs)
-            .min()
-            .unwrap_or(half.start_secs);
-        flow.updated = now;
-        flow.dirty = true;
+        apply(flow, &mut self.metas, side_idx, exporter, &half, now);
         if flow.awaiting_partner && flow.correlated() {
             flow.awaiting_partner = false;
             self.stats.correlated += 1;
@@ -478,6 +398,126 @@ impl Aggregator {
         self.reschedule(fid, now);
         // Whatever is due now (a correlated pair, an ended flow) goes out without waiting.
         self.handle_timeout(now);
+    }
+
+    /// Which connection `half` (from side `side_idx`) belongs to: the flow in flight on its
+    /// 5-tuple, the finished one (tombstone), or a new one. A Node names a connection by its
+    /// start second, so a half is matched exactly against what the same Node reported; against
+    /// the other Node (other clock) the nearest start within [`CLOCK_TOLERANCE_SECS`] wins.
+    fn target(&mut self, now: Timestamp, side_idx: usize, half: &FlowHalf) -> Target {
+        if let Some(fid) = self.find(&half.key) {
+            let flow = self.flows[fid as usize]
+                .as_ref()
+                .expect("indexed flows exist");
+            if let Some(&side) = flow.sides.get(side_idx) {
+                match half.start_secs.cmp(&side.start_secs) {
+                    std::cmp::Ordering::Equal => {
+                        return if news(&mut self.stats, &side, half) {
+                            Target::Flow(fid)
+                        } else {
+                            Target::Ignore
+                        };
+                    }
+                    std::cmp::Ordering::Less => {
+                        // An older connection than the one in flight: its flow was finished
+                        // when the newer one began, so only its tombstone can take it.
+                        return match self.tombstone_target(side_idx, half, None) {
+                            Some(t) => t,
+                            None => {
+                                self.stats.records_stale += 1;
+                                Target::Ignore
+                            }
+                        };
+                    }
+                    std::cmp::Ordering::Greater => {
+                        // The same 5-tuple, a new connection: end the old one before the new
+                        // begins.
+                        self.stats.reused += 1;
+                        self.finish(fid, now, END_OF_FLOW);
+                    }
+                }
+            } else {
+                let other = *flow.sides.iter().next().expect("a flow has a side");
+                if let Some(t) = self.tombstone_target(side_idx, half, Some(&other)) {
+                    return t;
+                }
+                if may_be_one(half, &other) {
+                    return Target::Flow(fid);
+                }
+                if half.start_secs < other.start_secs {
+                    // Over before the connection in flight began: an older one.
+                    return Target::Alone;
+                }
+                self.stats.reused += 1;
+                self.finish(fid, now, END_OF_FLOW);
+            }
+        }
+        self.tombstone_target(side_idx, half, None)
+            .unwrap_or(Target::New)
+    }
+
+    /// `Some` when the tombstone on `half`'s 5-tuple is its connection (or says it is stale):
+    /// the same start second from the same Node, or, for a Node it never heard from, a start
+    /// near the other Node's — nearer than `in_flight`'s, the other Node's side of the flow in
+    /// flight, when there is one.
+    fn tombstone_target(
+        &mut self,
+        side_idx: usize,
+        half: &FlowHalf,
+        in_flight: Option<&Side>,
+    ) -> Option<Target> {
+        let t = self.tombstones.get(&half.key)?;
+        match t.flow.sides.get(side_idx) {
+            Some(side) if side.start_secs == half.start_secs => {
+                Some(if news(&mut self.stats, side, half) {
+                    Target::Late
+                } else {
+                    Target::Ignore
+                })
+            }
+            Some(side) if half.start_secs < side.start_secs && in_flight.is_none() => {
+                // Older than the finished connection this Node already reported.
+                self.stats.records_stale += 1;
+                Some(Target::Ignore)
+            }
+            Some(_) => None,
+            None => {
+                let other = t.flow.sides.iter().next()?;
+                let near = half.start_secs.abs_diff(other.start_secs);
+                let nearer =
+                    in_flight.is_none_or(|f| near < half.start_secs.abs_diff(f.start_secs));
+                (nearer && may_be_one(half, other)).then_some(Target::Late)
+            }
+        }
+    }
+
+    /// A late half of a finished flow: applied to its tombstone, and what it adds exported at once
+    /// (with the fields the flow had), without waiting for a partner.
+    fn late(&mut self, now: Timestamp, side_idx: usize, exporter: u16, half: &FlowHalf) {
+        let Some(mut t) = self.tombstones.remove(&half.key) else {
+            return;
+        };
+        apply(&mut t.flow, &mut self.metas, side_idx, exporter, half, now);
+        let reason = end_reason(&t.flow).unwrap_or(END_ACTIVE);
+        self.export_flow(&mut t.flow, now, reason);
+        // Its Node still talks about it: remembered for another inactive timeout.
+        t.expires = now + self.cfg.inactive_timeout;
+        self.tombstone_order.push_back((t.expires, half.key));
+        self.tombstones.insert(half.key, t);
+    }
+
+    /// A half of an older connection than the one in flight on its 5-tuple, of which nothing is
+    /// remembered: exported on its own (uncorrelated), counting from the agent's own baseline.
+    fn alone(&mut self, now: Timestamp, side_idx: usize, exporter: u16, half: &FlowHalf) {
+        let mut flow = self.new_flow(now, half);
+        flow.awaiting_partner = false;
+        apply(&mut flow, &mut self.metas, side_idx, exporter, half, now);
+        if flow.needs_partner() {
+            self.stats.uncorrelated += 1;
+        }
+        let reason = end_reason(&flow).unwrap_or(END_ACTIVE);
+        self.export_flow(&mut flow, now, reason);
+        self.metas.release(flow.meta);
     }
 
     /// Which Node of the flow sent `half`. A flowlens agent's observation domain is derived from
@@ -527,12 +567,9 @@ impl Aggregator {
             .copied()
     }
 
-    fn create(&mut self, now: Timestamp, half: &FlowHalf) -> u32 {
-        if self.index.len() >= self.cfg.max_flows {
-            self.evict(now);
-        }
+    fn new_flow(&mut self, now: Timestamp, half: &FlowHalf) -> Flow {
         self.stats.flows_created += 1;
-        let flow = Flow {
+        Flow {
             key: half.key,
             start_secs: half.start_secs,
             tcp_state: half.tcp_state,
@@ -546,7 +583,14 @@ impl Aggregator {
             generation: 0,
             awaiting_partner: half.meta.flow_type == FLOW_TYPE_INTER_NODE,
             dirty: false,
-        };
+        }
+    }
+
+    fn create(&mut self, now: Timestamp, half: &FlowHalf) -> u32 {
+        if self.index.len() >= self.cfg.max_flows {
+            self.evict(now);
+        }
+        let flow = self.new_flow(now, half);
         let fid = match self.free.pop() {
             Some(i) => {
                 self.flows[i as usize] = Some(flow);
@@ -632,13 +676,7 @@ impl Aggregator {
                 flow.awaiting_partner = false;
                 self.stats.uncorrelated += 1;
             }
-            if flow.ended() {
-                let reason = flow
-                    .sides
-                    .iter()
-                    .map(|s| s.end_reason)
-                    .max()
-                    .unwrap_or(END_OF_FLOW);
+            if let Some(reason) = end_reason(flow) {
                 self.finish(fid, now, reason);
                 continue;
             }
@@ -685,27 +723,23 @@ impl Aggregator {
         let Some(flow) = self.flows[fid as usize].take() else {
             return;
         };
-        self.metas.release(flow.meta);
         self.timers.remove(&(flow.deadline, fid, flow.generation));
         let h = std::hash::BuildHasher::hash_one(&self.hasher, flow.key);
         if let Ok(e) = self.index.find_entry(h, |&id| id == fid) {
             e.remove();
         }
+        self.free.push(fid);
+        self.stats.flows_in_flight = self.index.len() as u64;
         let expires = now + self.cfg.inactive_timeout;
-        self.tombstones.insert(
-            flow.key,
-            Tombstone {
-                start_secs: [SOURCE, DESTINATION].map(|i| flow.sides.get(i).map(|s| s.start_secs)),
-                exported: [SOURCE, DESTINATION].map(|i| flow.sides.get(i).map(|s| s.exported)),
-                expires,
-            },
-        );
-        self.tombstone_order.push_back((expires, flow.key));
+        let key = flow.key;
+        // The tombstone keeps the flow's metadata reference until it expires.
+        if let Some(old) = self.tombstones.insert(key, Tombstone { flow, expires }) {
+            self.metas.release(old.flow.meta);
+        }
+        self.tombstone_order.push_back((expires, key));
         if self.tombstones.len() > self.cfg.max_flows {
             self.expire_tombstones(Timestamp::from_nanos(u64::MAX));
         }
-        self.free.push(fid);
-        self.stats.flows_in_flight = self.index.len() as u64;
         self.stats.metadata_entries = self.metas.len() as u64;
     }
 
@@ -717,8 +751,11 @@ impl Aggregator {
                 break;
             }
             self.tombstone_order.pop_front();
-            if self.tombstones.get(&k).is_some_and(|x| x.expires == t) {
-                self.tombstones.remove(&k);
+            if self.tombstones.get(&k).is_some_and(|x| x.expires == t)
+                && let Some(old) = self.tombstones.remove(&k)
+            {
+                self.metas.release(old.flow.meta);
+                self.stats.metadata_entries = self.metas.len() as u64;
             }
             if t > now {
                 break;
@@ -727,9 +764,15 @@ impl Aggregator {
     }
 
     fn export(&mut self, fid: u32, now: Timestamp, reason: u8) {
-        let flow = self.flows[fid as usize]
-            .as_mut()
+        let mut flow = self.flows[fid as usize]
+            .take()
             .expect("exported flows exist");
+        self.export_flow(&mut flow, now, reason);
+        self.flows[fid as usize] = Some(flow);
+    }
+
+    /// Puts out `flow` as it is now and marks everything in it exported.
+    fn export_flow(&mut self, flow: &mut Flow, now: Timestamp, reason: u8) {
         if flow.needs_partner()
             && !flow.correlated()
             && !flow.awaiting_partner
@@ -818,4 +861,92 @@ fn add(a: [u64; 4], b: [u64; 4]) -> [u64; 4] {
         a[2].saturating_add(b[2]),
         a[3].saturating_add(b[3]),
     ]
+}
+
+/// The flow's end reason once it has ended (every Node heard from ended it, no partner awaited).
+fn end_reason(flow: &Flow) -> Option<u8> {
+    flow.ended().then(|| {
+        flow.sides
+            .iter()
+            .map(|s| s.end_reason)
+            .max()
+            .unwrap_or(END_OF_FLOW)
+    })
+}
+
+/// Whether `half` and the other Node's `side` can be one connection: both Nodes saw it begin at
+/// about the same time, within the clocks' tolerance. Connections reusing a 5-tuple follow each
+/// other (the next begins after the last is closed), so their starts differ by more.
+fn may_be_one(half: &FlowHalf, side: &Side) -> bool {
+    half.start_secs.abs_diff(side.start_secs) <= CLOCK_TOLERANCE_SECS
+}
+
+/// Applies `half` (side `side_idx`) to `flow`: the Node's totals, end state and fields. A Node
+/// the flow has not heard from starts at what its agent says it already delivered
+/// (totals − deltas): that was exported before — by this aggregator's previous incarnation, or it
+/// is 0 for a new connection — so only the record's delta is new. Counting from 0 would re-count
+/// everything after a restart.
+fn apply(
+    flow: &mut Flow,
+    metas: &mut MetaTable,
+    side_idx: usize,
+    exporter: u16,
+    half: &FlowHalf,
+    now: Timestamp,
+) {
+    let prev = flow.sides.get(side_idx).copied();
+    let totals = half
+        .totals
+        .unwrap_or_else(|| add(prev.map_or([0; 4], |s| s.totals), half.deltas));
+    flow.sides.set(
+        side_idx,
+        Side {
+            start_secs: half.start_secs,
+            totals,
+            exported: prev.map_or_else(|| sub(totals, half.deltas), |s| s.exported),
+            end_secs: half.end_secs,
+            exported_end_secs: prev.map_or(half.start_secs, |s| s.exported_end_secs),
+            end_reason: half.end_reason,
+            exporter,
+        },
+    );
+    if !half.tcp_state.is_empty() {
+        flow.tcp_state = half.tcp_state;
+    }
+    let current = *metas.get(flow.meta);
+    let merged = if side_idx == SOURCE {
+        // The source Node saw the Service (DNAT) and the egress policy; its view leads.
+        let mut m = half.meta;
+        m.merge(&current);
+        m
+    } else {
+        let mut m = current;
+        m.merge(&half.meta);
+        m
+    };
+    metas.update(&mut flow.meta, merged);
+    flow.start_secs = flow
+        .sides
+        .iter()
+        .map(|s| s.start_secs)
+        .min()
+        .unwrap_or(half.start_secs);
+    flow.updated = now;
+    flow.dirty = true;
+}
+
+/// Whether `half` tells anything beyond what `side` (the same Node, same connection) holds;
+/// counts it as stale or duplicate if not.
+fn news(stats: &mut AggregatorStats, side: &Side, half: &FlowHalf) -> bool {
+    let totals = half.totals.unwrap_or_else(|| add(side.totals, half.deltas));
+    if totals.iter().zip(side.totals).any(|(a, b)| *a < b) || half.end_secs < side.end_secs {
+        stats.records_stale += 1;
+        return false;
+    }
+    if totals == side.totals && half.end_secs == side.end_secs && half.end_reason == side.end_reason
+    {
+        stats.records_duplicate += 1;
+        return false;
+    }
+    true
 }

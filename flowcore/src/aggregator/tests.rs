@@ -606,3 +606,243 @@ fn in_flight_lists_live_flows_without_exporting_them() {
     assert!(drain(&mut agg).is_empty());
     assert_eq!(agg.stats().records_out, 0);
 }
+
+// ---- regressions found by the simulator (sim/tests/core_bugs.rs) ----
+
+/// A half as its agent exports it: `deltas` since its previous record, `start` its connection's
+/// start second on that Node.
+#[allow(clippy::too_many_arguments)]
+fn half_at(
+    agg: &mut Aggregator,
+    k: CorrelationKey,
+    from_source: bool,
+    start: u32,
+    totals: [u64; 4],
+    deltas: [u64; 4],
+    end: u32,
+    reason: u8,
+) -> FlowHalf {
+    let mut h = half(agg, k, from_source, totals, end, reason);
+    h.start_secs = start;
+    h.deltas = deltas;
+    h
+}
+
+/// Sum of per-Node deltas of side `source` over `recs`.
+fn delta_sum(recs: &[AggregatedRecord], source: bool) -> [u64; 4] {
+    let mut sum = [0; 4];
+    for r in recs {
+        if let Some(c) = if source {
+            r.from_source
+        } else {
+            r.from_destination
+        } {
+            for (s, d) in sum.iter_mut().zip(c.deltas) {
+                *s += d;
+            }
+        }
+    }
+    sum
+}
+
+/// Default seed 0: a correlated flow goes quiet, is finished (inactive timeout), and both Nodes'
+/// end-of-flow halves come after. The destination's must not lose the Service the source Node
+/// reported, and nothing is counted twice.
+#[test]
+fn late_halves_of_a_finished_flow_keep_its_fields() {
+    let mut agg = Aggregator::new(AggregatorConfig::default());
+    let k = key(60, false);
+    let s0 = 1_764_000_000;
+    let sec = Duration::from_secs;
+    let full = [10, 1000, 10, 1000];
+    let h = half_at(&mut agg, k, true, s0, full, full, s0 + 5, END_ACTIVE);
+    agg.handle_half(T0 + sec(5), SRC_NODE, h);
+    let h = half_at(&mut agg, k, false, s0, full, full, s0 + 6, END_ACTIVE);
+    agg.handle_half(T0 + sec(6), DST_NODE, h);
+    agg.handle_timeout(T0 + sec(200));
+    assert!(agg.is_empty(), "finished after the inactive timeout");
+    let end = [12, 1100, 12, 1100];
+    let (late_t, d) = (T0 + sec(210), [2, 100, 2, 100]);
+    let h = half_at(&mut agg, k, true, s0, end, d, s0 + 209, END_OF_FLOW);
+    agg.handle_half(late_t, SRC_NODE, h);
+    let h = half_at(&mut agg, k, false, s0, end, d, s0 + 210, END_OF_FLOW);
+    agg.handle_half(late_t + sec(1), DST_NODE, h);
+    let recs = drain(&mut agg);
+    assert!(recs.len() >= 2);
+    for r in &recs {
+        assert_eq!(&*r.service_port_name, "shop/catalog:http", "{r:?}");
+        assert!(r.cluster_ip.is_some());
+        assert_eq!(&*r.dst_pod, "catalog-1");
+    }
+    assert_eq!(delta_sum(&recs, true), end);
+    assert_eq!(delta_sum(&recs, false), end);
+    assert_eq!(recs.last().unwrap().end_reason, END_OF_FLOW);
+}
+
+/// Partition seed 7: the old connection on a 5-tuple was exported uncorrelated (its destination
+/// Node partitioned); a new connection on the same 5-tuple is in flight from the source Node when
+/// the old connection's destination half finally arrives. It must not be joined to the new one.
+#[test]
+fn an_older_connections_late_half_is_not_joined_to_a_reused_tuple() {
+    let mut agg = Aggregator::new(AggregatorConfig::default());
+    let k = key(61, false);
+    let (s_old, s_new) = (1_764_000_240, 1_764_000_255);
+    let sec = Duration::from_secs;
+    let old = [79, 4900, 20, 1600];
+    let new = [130, 10000, 21, 2900];
+    let h = half_at(&mut agg, k, true, s_old, old, old, s_old + 4, END_OF_FLOW);
+    agg.handle_half(T0 + sec(245), SRC_NODE, h);
+    agg.handle_timeout(T0 + sec(256));
+    let first = drain(&mut agg);
+    assert_eq!(first.len(), 1, "exported uncorrelated after the timeout");
+    let h = half_at(&mut agg, k, true, s_new, new, new, s_new + 4, END_OF_FLOW);
+    agg.handle_half(T0 + sec(260), SRC_NODE, h);
+    // The old connection's destination half, late.
+    let h = half_at(&mut agg, k, false, s_old, old, old, s_old + 4, END_OF_FLOW);
+    agg.handle_half(T0 + sec(264), DST_NODE, h);
+    let h = half_at(&mut agg, k, false, s_new, new, new, s_new + 4, END_OF_FLOW);
+    agg.handle_half(T0 + sec(264), DST_NODE, h);
+    agg.handle_timeout(T0 + sec(300));
+    let recs: Vec<_> = first.into_iter().chain(drain(&mut agg)).collect();
+    for r in &recs {
+        if let (Some(s), Some(d)) = (r.from_source, r.from_destination) {
+            assert_eq!(s.totals, d.totals, "one connection per record: {r:?}");
+        }
+    }
+    let sum = |a: [u64; 4], b: [u64; 4]| [0, 1, 2, 3].map(|i| a[i] + b[i]);
+    assert_eq!(delta_sum(&recs, true), sum(old, new));
+    assert_eq!(delta_sum(&recs, false), sum(old, new));
+    assert!(
+        recs.iter().any(|r| r.correlated && r.start_secs == s_new),
+        "the new connection's halves still meet"
+    );
+}
+
+/// Partition seed 9698 / lost-events seed 2658: a new connection on the 5-tuple finishes the old
+/// flow (reuse) before the old connection's end-of-flow half from the same Node arrives. That
+/// half carries an older start second than the side in flight: it belongs to the finished flow
+/// (delta 0 here), not to the new connection, whose counters it would otherwise recount.
+#[test]
+fn an_older_start_from_the_same_node_is_not_the_connection_in_flight() {
+    let mut agg = Aggregator::new(AggregatorConfig::default());
+    let k = key(62, false);
+    let (s_old, s_new) = (1_764_000_033, 1_764_000_107);
+    let sec = Duration::from_secs;
+    let old = [19, 24282, 82, 8692];
+    for (src, t) in [(true, 50), (false, 52)] {
+        let h = half_at(&mut agg, k, src, s_old, old, old, s_old + 3, END_IDLE);
+        agg.handle_half(T0 + sec(t), if src { SRC_NODE } else { DST_NODE }, h);
+    }
+    let h = half_at(
+        &mut agg,
+        k,
+        true,
+        s_old,
+        old,
+        [0; 4],
+        s_old + 74,
+        END_OF_FLOW,
+    );
+    agg.handle_half(T0 + sec(107), SRC_NODE, h);
+    // The destination Node's next connection on the 5-tuple arrives before its old end of flow.
+    let new = [1, 1054, 0, 0];
+    let h = half_at(&mut agg, k, false, s_new, new, new, s_new, END_IDLE);
+    agg.handle_half(T0 + sec(127), DST_NODE, h);
+    let h = half_at(
+        &mut agg,
+        k,
+        false,
+        s_old,
+        old,
+        [0; 4],
+        s_old + 74,
+        END_OF_FLOW,
+    );
+    agg.handle_half(T0 + sec(128), DST_NODE, h);
+    agg.handle_timeout(T0 + sec(400));
+    let recs = drain(&mut agg);
+    assert_eq!(delta_sum(&recs, true), old);
+    assert_eq!(
+        delta_sum(&recs, false),
+        [0, 1, 2, 3].map(|i| old[i] + new[i])
+    );
+    assert_eq!(agg.stats().reused, 1);
+}
+
+/// A 5-tuple reused by a run of connections, each Node's records delivered in order but each
+/// Node delayed independently (partitions): per-Node deltas add up to every connection's final
+/// totals, and no record joins two connections.
+#[derive(Clone, Debug)]
+struct ReuseCase {
+    /// Per connection: reports per Node (1..=4), the destination Node's start offset (clock).
+    conns: Vec<(u64, u32)>,
+    /// Per Node, per record: extra delivery delay in seconds (kept in order per Node).
+    delays: [Vec<u64>; 2],
+}
+
+fn arb_reuse() -> impl Strategy<Value = ReuseCase> {
+    (
+        proptest::collection::vec((1u64..5, 0u32..3), 1..6),
+        proptest::collection::vec(0u64..150, 24),
+        proptest::collection::vec(0u64..150, 24),
+    )
+        .prop_map(|(conns, a, b)| ReuseCase {
+            conns,
+            delays: [a, b],
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn reused_tuples_late_halves_are_counted_once_and_never_mixed(case in arb_reuse()) {
+        let k = key(70, false);
+        let mut agg = Aggregator::new(AggregatorConfig::default());
+        // (delivery second, source?, half) per Node in order.
+        let mut deliveries: Vec<(u64, bool, FlowHalf)> = Vec::new();
+        let mut want = [[0u64; 4]; 2];
+        for (node, from_source) in [(0usize, true), (1, false)] {
+            let mut at = 0u64;
+            let mut idx = 0usize;
+            for (c, &(n, skew)) in case.conns.iter().enumerate() {
+                let t0 = c as u64 * 100;
+                let start = 1_764_000_000 + t0 as u32 + if from_source { 0 } else { skew };
+                let mut prev = [0u64; 4];
+                for step in 1..=n {
+                    // Connection `c`'s packets are c·1000 + 10·step: a record names its connection.
+                    let p = c as u64 * 1000 + 10 * step;
+                    let totals = [p, p * 100, p, p * 50];
+                    let deltas = [0, 1, 2, 3].map(|i| totals[i] - prev[i]);
+                    prev = totals;
+                    let t = t0 + 20 * step;
+                    at = at.max(t + case.delays[node][idx % 24]);
+                    idx += 1;
+                    let reason = if step == n { END_OF_FLOW } else { END_ACTIVE };
+                    let h = half_at(&mut agg, k, from_source, start, totals, deltas, start + 20 * step as u32, reason);
+                    deliveries.push((at, from_source, h));
+                }
+                for i in 0..4 {
+                    want[node][i] += prev[i];
+                }
+            }
+        }
+        deliveries.sort_by_key(|d| d.0);
+        let mut out = Vec::new();
+        for (at, from_source, h) in deliveries {
+            let now = T0 + Duration::from_secs(at);
+            agg.handle_timeout(now);
+            agg.handle_half(now, if from_source { SRC_NODE } else { DST_NODE }, h);
+            out.extend(drain(&mut agg));
+        }
+        agg.flush_all(T0 + Duration::from_secs(100_000));
+        out.extend(drain(&mut agg));
+        prop_assert_eq!(delta_sum(&out, true), want[0]);
+        prop_assert_eq!(delta_sum(&out, false), want[1]);
+        for r in &out {
+            if let (Some(s), Some(d)) = (r.from_source, r.from_destination) {
+                prop_assert_eq!(s.totals[0] / 1000, d.totals[0] / 1000, "mixed: {:?}", r);
+            }
+        }
+    }
+}
