@@ -112,10 +112,11 @@ fn add<K: Hash + Eq>(m: &mut FxMap<K, Traffic>, k: K, t: &Traffic) {
     e.records += t.records;
 }
 
-/// The same sums keyed by the hour's start instead of the minute's.
-fn by_hour<const N: usize>(m: &Sums<N>) -> Sums<N> {
-    let mut out = Sums::with_capacity_and_hasher(m.len(), Default::default());
-    for (k, t) in m {
+/// The same sums keyed by the hour's start instead of the minute's, for minutes before
+/// `upto` only.
+fn by_hour<const N: usize>(m: &Sums<N>, upto: u64) -> Sums<N> {
+    let mut out = Sums::default();
+    for (k, t) in m.iter().filter(|(k, _)| (k.minute as u64) < upto) {
         let mut k = k.clone();
         k.minute = k.minute / 3600 * 3600;
         add(&mut out, k, t);
@@ -149,14 +150,15 @@ struct Ids {
 }
 
 impl Rollups {
-    fn hourly(&self) -> Rollups {
+    /// The hourly sums of the minutes before `upto` (the closed hours, see [`close_hours`]).
+    fn hourly(&self, upto: u64) -> Rollups {
         Rollups {
-            pod_pair: by_hour(&self.pod_pair),
-            pod_service: by_hour(&self.pod_service),
-            pod_external: by_hour(&self.pod_external),
-            node_pair: by_hour(&self.node_pair),
-            policy: by_hour(&self.policy),
-            pod: by_hour(&self.pod),
+            pod_pair: by_hour(&self.pod_pair, upto),
+            pod_service: by_hour(&self.pod_service, upto),
+            pod_external: by_hour(&self.pod_external, upto),
+            node_pair: by_hour(&self.node_pair, upto),
+            policy: by_hour(&self.policy, upto),
+            pod: by_hour(&self.pod, upto),
         }
     }
 
@@ -324,7 +326,23 @@ fn insert_tx(
         }
     }
     write_rollups(&tx, &rollups, "")?;
-    write_rollups(&tx, &rollups.hourly(), schema::HOURLY)?;
+    // Hourly rows of closed hours take late records directly; open hours get theirs when
+    // they close.
+    let upto = match hourly_upto(&tx)? {
+        Some(h) => h,
+        None => {
+            let first = batch.iter().map(|r| r.end_secs as u64).min().unwrap_or(0);
+            set_hourly_upto(&tx, first / 3600 * 3600)?
+        }
+    };
+    write_rollups(&tx, &rollups.hourly(upto), schema::HOURLY)?;
+    if let Some(newest) = batch.iter().map(|r| r.end_secs as u64).max() {
+        close_hours(
+            &tx,
+            upto,
+            newest.saturating_sub(CLOSE_AFTER_SECS) / 3600 * 3600,
+        )?;
+    }
     tx.execute(
         "UPDATE meta SET value = value + ?1 WHERE key = 'records'",
         [batch.len() as i64],
@@ -397,6 +415,105 @@ fn upsert<const N: usize>(
         st.raw_execute()?;
     }
     Ok(())
+}
+
+/// An hour closes this long after its end (as seen in records' end times): records for it
+/// arriving later still count, through the slower path of updating both tiers.
+pub const CLOSE_AFTER_SECS: u64 = 600;
+
+/// `meta.hourly_upto`: the hourly rollups are complete for every hour before it; later hours
+/// live in the minute rollups only, and queries read them there.
+pub fn hourly_upto(c: &Connection) -> rusqlite::Result<Option<u64>> {
+    c.prepare_cached("SELECT value FROM meta WHERE key = 'hourly_upto'")?
+        .query_row([], |r| r.get::<_, i64>(0))
+        .optional()
+        .map(|v| v.map(|v| v.max(0) as u64))
+}
+
+fn set_hourly_upto(c: &Connection, v: u64) -> rusqlite::Result<u64> {
+    c.prepare_cached(
+        "INSERT INTO meta (key, value) VALUES ('hourly_upto', ?1) \
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute([i(v)])?;
+    Ok(v)
+}
+
+/// Writes the hourly rows of every hour in `[from, to)` that has minute rows, summed from
+/// them, and moves `hourly_upto` to `to`. Once per hour of data instead of an hourly upsert
+/// per key and batch: a third fewer rollup writes at insert, and one sequential read.
+fn close_hours(tx: &Connection, from: u64, to: u64) -> rusqlite::Result<()> {
+    if to <= from {
+        return Ok(());
+    }
+    let mut hour = from;
+    loop {
+        // The next hour with data (every record has a Node-pair row), so a gap in the data or
+        // a bogus far-future end time costs one probe, not one per empty hour.
+        let next: Option<i64> = tx
+            .prepare_cached(
+                "SELECT MIN(minute) FROM r_node_pair WHERE minute >= ?1 AND minute < ?2",
+            )?
+            .query_row([i(hour), i(to)], |r| r.get(0))?;
+        let Some(m) = next else { break };
+        let h = m.max(0) as u64 / 3600 * 3600;
+        let end = h + 3600;
+        close::<7>(tx, 0, h, end)?;
+        close::<4>(tx, 1, h, end)?;
+        close::<4>(tx, 2, h, end)?;
+        close::<3>(tx, 3, h, end)?;
+        close::<10>(tx, 4, h, end)?;
+        close::<2>(tx, 5, h, end)?;
+        hour = end;
+    }
+    set_hourly_upto(tx, to)?;
+    Ok(())
+}
+
+/// Sums rollup `table`'s minute rows in `[from, to)` (one hour) into its hourly twin.
+fn close<const N: usize>(
+    tx: &Connection,
+    table: usize,
+    from: u64,
+    to: u64,
+) -> rusqlite::Result<()> {
+    let (name, keys) = ROLLUPS[table];
+    let with_ip = keys.len() == N + 1;
+    let sql = format!(
+        "SELECT minute, {}, {} FROM {name} WHERE minute >= ?1 AND minute < ?2",
+        keys.join(", "),
+        schema::METRICS.join(", ")
+    );
+    let mut sums: Sums<N> = Sums::default();
+    let mut st = tx.prepare_cached(&sql)?;
+    let mut rows = st.query([i(from), i(to)])?;
+    let m = 1 + keys.len();
+    while let Some(row) = rows.next()? {
+        let mut k = Key {
+            minute: (row.get::<_, i64>(0)?.max(0) as u64 / 3600 * 3600) as u32,
+            ints: [0; N],
+            ip: None,
+        };
+        for (n, v) in k.ints.iter_mut().enumerate() {
+            *v = row.get(1 + n)?;
+        }
+        if with_ip {
+            k.ip = match row.get_ref(1 + N)? {
+                rusqlite::types::ValueRef::Blob(b) => codec::ip_from(b),
+                _ => None,
+            };
+        }
+        let g = |n: usize| -> rusqlite::Result<u64> { Ok(row.get::<_, i64>(m + n)?.max(0) as u64) };
+        let t = Traffic {
+            packets: g(0)?,
+            octets: g(1)?,
+            reverse_packets: g(2)?,
+            reverse_octets: g(3)?,
+            records: g(4)?,
+        };
+        add(&mut sums, k, &t);
+    }
+    upsert(tx, table, schema::HOURLY, &sums)
 }
 
 fn write_rollups(tx: &Connection, r: &Rollups, suffix: &str) -> rusqlite::Result<()> {

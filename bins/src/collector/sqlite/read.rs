@@ -145,12 +145,13 @@ fn any_of(w: &mut Where, cols: &[&str], v: &str) {
 }
 
 /// The rows of rollup `table` covering `range`: per-minute rows for the partial hours at the
-/// edges, hourly rows (`{table}_h`) for the whole hours between, so a day-long range reads
-/// ~24 rows per group instead of ~1440. The bounds are integers we computed, so they are
-/// written into the SQL rather than bound.
-fn src(table: &str, range: &TimeRange) -> String {
+/// edges and for hours not yet closed (from `upto`, see [`hourly_upto`]), hourly rows
+/// (`{table}_h`) for the closed whole hours between, so a day-long range reads ~24 rows per
+/// group instead of ~1440. The bounds are integers we computed, so they are written into the
+/// SQL rather than bound.
+fn src(table: &str, range: &TimeRange, upto: u64) -> String {
     let (a, b) = range.minutes();
-    let (h1, h2) = (a.div_ceil(3600) * 3600, b / 3600 * 3600);
+    let (h1, h2) = (a.div_ceil(3600) * 3600, (b / 3600 * 3600).min(upto));
     if h2 <= h1 {
         return format!("(SELECT * FROM {table} WHERE minute >= {a} AND minute < {b})");
     }
@@ -159,6 +160,13 @@ fn src(table: &str, range: &TimeRange) -> String {
          UNION ALL SELECT * FROM {table}_h WHERE minute >= {h1} AND minute < {h2} \
          UNION ALL SELECT * FROM {table} WHERE minute >= {h2} AND minute < {b})"
     )
+}
+
+/// Hourly rollups are complete before this (0 when none is). Read once per query: it only
+/// grows, and minute rows stay complete, so a value that is stale by the time the query runs
+/// only makes it read more minute rows.
+fn hourly_upto(c: &Connection) -> rusqlite::Result<u64> {
+    Ok(super::insert::hourly_upto(c)?.unwrap_or(0))
 }
 
 /// Filters (not the time range, which [`src`] applies) of a dashboard query on a rollup.
@@ -328,12 +336,13 @@ fn node_pairs(f: &DashFilter, from: &dyn Fn(&str) -> String) -> (String, Vec<Val
 
 pub fn top(c: &Connection, q: &TopQuery) -> rusqlite::Result<Vec<TopRow>> {
     let r = &q.filter.range;
+    let upto = hourly_upto(c)?;
     let (pp, pe, ps) = (
-        src("r_pod_pair", r),
-        src("r_pod_external", r),
-        src("r_pod_service", r),
+        src("r_pod_pair", r, upto),
+        src("r_pod_external", r, upto),
+        src("r_pod_service", r, upto),
     );
-    let (np, np_params) = node_pairs(&q.filter, &|t| src(t, r));
+    let (np, np_params) = node_pairs(&q.filter, &|t| src(t, r, upto));
     // Single-entity groupings union both ends, swapping directions for the destination end so
     // `octets` is always what the entity sent.
     let swap = "rev_packets AS packets, rev_octets AS octets, packets AS rev_packets, \
@@ -356,7 +365,10 @@ pub fn top(c: &Connection, q: &TopQuery) -> rusqlite::Result<Vec<TopRow>> {
         }
         // Without filters, the per-Pod rollup holds exactly the union below, pre-summed.
         TopBy::Pod if unfiltered => (
-            format!("SELECT ns, pod, 0, 0, {METRICS} FROM {}", src("r_pod", r)),
+            format!(
+                "SELECT ns, pod, 0, 0, {METRICS} FROM {}",
+                src("r_pod", r, upto)
+            ),
             Vec::new(),
             false,
         ),
@@ -475,11 +487,21 @@ pub fn timeseries(c: &Connection, q: &SeriesQuery) -> rusqlite::Result<TimeSerie
     let (a, b) = q.filter.range.minutes();
     let hourly = b - a > SERIES_HOURLY_ABOVE_SECS;
     let step = if hourly { 3600 } else { 60 };
+    let upto = hourly_upto(c)?;
     let from = |t: &str| {
         if hourly {
+            // Hourly rows of closed hours, minute rows summed into hours after.
             let (a, b) = (a / 3600 * 3600, b.div_ceil(3600) * 3600);
+            let mid = upto.clamp(a, b);
+            let cols = super::schema::ROLLUPS
+                .iter()
+                .find(|(n, _)| *n == t)
+                .map(|(_, k)| k.join(", "))
+                .unwrap_or_default();
             format!(
-                "(SELECT * FROM {t}{} WHERE minute >= {a} AND minute < {b})",
+                "(SELECT * FROM {t}{} WHERE minute >= {a} AND minute < {mid} \
+                 UNION ALL SELECT minute / 3600 * 3600 AS minute, {cols}, {METRICS} FROM {t} \
+                 WHERE minute >= {mid} AND minute < {b})",
                 super::schema::HOURLY
             )
         } else {
@@ -574,7 +596,7 @@ pub fn sankey(c: &Connection, q: &SankeyQuery) -> rusqlite::Result<Sankey> {
     let w = dash_where(&q.filter, dims);
     let sql = format!(
         "SELECT {a}, {b}, {METRICS} FROM {} WHERE {}",
-        src(table, &q.filter.range),
+        src(table, &q.filter.range, hourly_upto(c)?),
         w.sql()
     );
     let policy = q.by == SankeyBy::Policy;
@@ -615,7 +637,8 @@ pub fn sankey(c: &Connection, q: &SankeyQuery) -> rusqlite::Result<Sankey> {
 
 pub fn node_matrix(c: &Connection, f: &DashFilter) -> rusqlite::Result<NodeMatrix> {
     let w = dash_where(f, &NODE_PAIR);
-    let (np, mut params) = node_pairs(f, &|t| src(t, &f.range));
+    let upto = hourly_upto(c)?;
+    let (np, mut params) = node_pairs(f, &|t| src(t, &f.range, upto));
     params.extend(w.params.iter().cloned());
     let sql = format!(
         "SELECT src_node, dst_node, SUM(octets + rev_octets) FROM {np} WHERE {} \
@@ -668,7 +691,7 @@ pub fn policy_flows(c: &Connection, q: &PolicyQuery) -> rusqlite::Result<Vec<Pol
         "SELECT eg_ns, eg_name, eg_action, in_ns, in_name, in_action, src_ns, src_pod, dst_ns, \
          dst_pod, {SUMS} FROM {} WHERE {} GROUP BY eg_ns, eg_name, eg_action, in_ns, \
          in_name, in_action, src_ns, src_pod, dst_ns, dst_pod ORDER BY bytes DESC LIMIT ?",
-        src("r_policy", &q.filter.range),
+        src("r_policy", &q.filter.range, hourly_upto(c)?),
         w.sql()
     );
     let mut params = w.params;

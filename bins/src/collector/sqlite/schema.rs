@@ -12,12 +12,14 @@
 //!
 //! The `r_*` rollups hold per-minute sums of the records' delta counters, keyed by the minute
 //! of flowEndSeconds: deltas add up to the bytes moved, where totals would count a long flow
-//! once per export. Each has an hourly twin (`_h`, `minute` holding the hour's start). Every
-//! rollup's primary key starts with `minute`, so a dashboard's time range is one range scan.
+//! once per export. Each has an hourly twin (`_h`, `minute` holding the hour's start), written
+//! when the hour closes (`meta.hourly_upto`, see `insert::close_hours`); queries read hourly
+//! rows for closed hours only. Every rollup's primary key starts with `minute`, so a
+//! dashboard's time range is one range scan.
 
 /// Bumped when the layout changes; a store written by another version is refused rather than
 /// misread.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// The `flows` columns in insert order (after `id`). `insert.rs` binds in exactly this order
 /// and `read.rs` reads in exactly this order. Names are `dict` ids; IPs BLOBs.
