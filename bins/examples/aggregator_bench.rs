@@ -17,6 +17,8 @@
 //! connects over TCP and, on "go", writes its byte stream as fast as the socket takes it (one
 //! thread per exporter, blocking writes).
 //!
+//! `--core-threads N`: the aggregator's `coreThreads` (flows split by key hash over N threads).
+//!
 //! `--ipfix`: the aggregator also exports every aggregated record as IPFIX over TCP (its
 //! production IPFIX sink: encoder, replay buffer, exporter actor) to a collecting process
 //! (`transport::collector`, decoding every message) in the child, which counts what arrives;
@@ -303,6 +305,7 @@ fn main() {
     let mut records = 20_000u32;
     let mut send_to = None;
     let mut ipfix = false;
+    let mut core_threads = 1usize;
     let mut collect_on = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -312,6 +315,7 @@ fn main() {
             "--records" => records = val().parse().expect("a number"),
             "--sender" => send_to = Some(val()),
             "--ipfix" => ipfix = true,
+            "--core-threads" => core_threads = val().parse().expect("a number"),
             "--collect-on" => collect_on = Some(val()),
             x => panic!("unknown argument {x}"),
         }
@@ -343,6 +347,7 @@ fn main() {
     let cfg = AggregatorFile {
         listen_addr: addr.clone(),
         external_flow_collector_addr: ipfix.then(|| format!("{collector_addr}:tcp")),
+        core_threads,
         aggregator_transport_protocol: "tcp".into(),
         metrics_addr: "127.0.0.1:0".into(),
         max_flows: (total as usize).max(1_000_000),
@@ -351,7 +356,7 @@ fn main() {
     .validate()
     .unwrap();
     println!(
-        "# aggregator_bench: {exporters} exporters × {records} records = {total} records ({} flows, each sent by 2 exporters); TCP 127.0.0.1:{port}; sinks: {}; load before: {}",
+        "# aggregator_bench: {exporters} exporters × {records} records = {total} records ({} flows, each sent by 2 exporters); TCP 127.0.0.1:{port}; {core_threads} core thread(s); sinks: {}; load before: {}",
         total / 2,
         if ipfix {
             "IPFIX over TCP to a collector in the sender process"

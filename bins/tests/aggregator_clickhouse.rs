@@ -1,9 +1,10 @@
 //! The aggregator's ClickHouse sink end to end: two Nodes' exporters → the aggregator over mutual
 //! TLS (`aggregator_common`) → a real ClickHouse server (Debian's clickhouse-server, started by the
 //! test on loopback, `clickhouse_fixture`) → rows read back and checked: bytes, packets, both
-//! Nodes' counters, Pods, Nodes, correlation, and the shutdown flush. A second test puts a TCP
-//! relay the test controls between the aggregator and ClickHouse: while the relay refuses,
-//! connects fail, are counted and retried, the rows are held, and nothing is lost.
+//! Nodes' counters, Pods, Nodes, correlation (with the core split over two threads), and the
+//! shutdown flush. A second test puts a TCP relay the test controls between the aggregator and
+//! ClickHouse: while the relay refuses, connects fail, are counted and retried, the rows are
+//! held, and nothing is lost.
 //!
 //! No sleep orders events: each step waits for a condition (rows in ClickHouse, a metric), with a
 //! deadline only as a guard against hanging.
@@ -130,7 +131,8 @@ async fn two_nodes_over_mutual_tls_into_clickhouse() {
     let ch = shared();
     let dir = TempDir::new("e2e");
     let db = "agg_e2e";
-    let agg = Aggregator::start(&dir, &sinks(&ch.url(), db)).await;
+    // Two core threads: both halves of every flow must still meet (flows split by key hash).
+    let agg = Aggregator::start(&dir, &format!("coreThreads: 2\n{}", sinks(&ch.url(), db))).await;
     export_both_nodes(agg.port, &agg.certs, flows).await;
     // Both halves met: one row per flow, inserted within the flush interval.
     wait_until("correlated rows in ClickHouse", || {

@@ -16,6 +16,7 @@ use axum::Router;
 use axum::extract::{Query, State};
 use axum::routing::get;
 use flowcore::aggregator::{AggregatedRecord, Aggregator, AggregatorConfig as CoreConfig};
+use flowcore::ipfix::{DataRecord, FieldValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use serde_json::Value;
@@ -28,7 +29,7 @@ use crate::ops::Ops;
 use crate::sinks::ipfix::{IpfixSinkConfig, ReplayGauges};
 use crate::sinks::jsonl::{JsonLinesSink, Rotation};
 use crate::sinks::{Batch, SinkMetrics, SinkSender};
-use crate::transport::collector::{Collector, CollectorConfig};
+use crate::transport::collector::{Collector, CollectorConfig, DecodedMessage};
 use crate::transport::exporter::ExporterConfig as TransportConfig;
 use crate::transport::metrics::{CollectorMetrics, ExporterMetrics};
 use crate::transport::replay::ReplayConfig;
@@ -188,20 +189,21 @@ pub async fn run(
     let collector = Collector::bind(ccfg, cmetrics.clone(), tx).await?;
     let collector_task = tokio::spawn(collector.run(shutdown.clone()));
 
-    let mut core = Aggregator::new(CoreConfig {
+    // The core, split into shards by a hash of the flow key (both halves of a flow meet in one
+    // shard), each on a thread of its own.
+    let shards = cfg.sinks.core_threads.max(1);
+    let core_cfg = CoreConfig {
         active_timeout: cfg.active_timeout,
         inactive_timeout: cfg.inactive_timeout,
         correlation_timeout: cfg.correlation_timeout,
-        max_flows: cfg.max_flows,
+        max_flows: cfg.max_flows.div_ceil(shards),
         cluster_id: cfg.cluster_id.clone(),
         hash_seed: crate::transport::backoff::Backoff::random_seed(),
-    });
-    if let Some(path) = &cfg.metadata_file {
-        let md = io_k8s::static_metadata::load(path)?;
-        for u in md.updates {
-            core.handle_metadata(now(), u);
-        }
-    }
+    };
+    let metadata = match &cfg.metadata_file {
+        Some(path) => io_k8s::static_metadata::load(path)?.updates,
+        None => Vec::new(),
+    };
 
     // Sinks, each on its own task or thread behind a queue bounded by records.
     let mut sinks: Vec<SinkSender> = Vec::new();
@@ -258,36 +260,69 @@ pub async fn run(
     ops.set_ready(true);
     tracing::info!(listen = %cfg.listen_addr, transport = %cfg.transport, "aggregator running");
 
-    let mut seen = flowcore::aggregator::AggregatorStats::default();
+    let mut shard_tx = Vec::with_capacity(shards);
+    let mut shard_threads = Vec::with_capacity(shards);
+    for idx in 0..shards {
+        let (tx, rx) = mpsc::channel::<Input>(SHARD_QUEUE);
+        let mut core = Aggregator::new(core_cfg.clone());
+        for u in &metadata {
+            core.handle_metadata(now(), u.clone());
+        }
+        let (sinks, m) = (sinks.clone(), m.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("aggregator-core-{idx}"))
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                    .expect("a current-thread runtime");
+                rt.block_on(shard_loop(core, rx, sinks, m, Shard { idx, of: shards }));
+            })
+            .context("spawning an aggregator core thread")?;
+        shard_tx.push(tx);
+        shard_threads.push(thread);
+    }
+
+    // Route: every shard sees every message and takes its own records; queries go to all.
     loop {
-        let sleep = crate::clock::sleep_until(core.poll_timeout());
         tokio::select! {
             msg = rx.recv() => match msg {
                 Some(msg) => {
-                    let t = now();
-                    feed(&mut core, t, &msg);
-                    // Whatever else is waiting, before the per-turn work (sinks, metrics).
-                    for _ in 0..MAX_MESSAGES_PER_TURN {
-                        let Ok(msg) = rx.try_recv() else { break };
-                        feed(&mut core, t, &msg);
+                    let msg = Arc::new(msg);
+                    for tx in &shard_tx {
+                        // Waiting here is the back-pressure towards the agents.
+                        if tx.send(Input::Message(msg.clone())).await.is_err() {
+                            anyhow::bail!("an aggregator core thread stopped");
+                        }
                     }
                 }
                 // The collecting process has shut down and handed on everything.
                 None => break,
             },
-            _ = sleep => core.handle_timeout(now()),
             Some((filter, reply)) = queries.recv() => {
-                let limit = filter.limit.unwrap_or(1000);
-                let out = core.in_flight(now()).filter(|r| filter.matches(r)).take(limit).map(|r| crate::sinks::record_json(&r)).collect();
-                let _ = reply.send(out);
+                let txs = shard_tx.clone();
+                tokio::spawn(async move {
+                    let limit = filter.limit.unwrap_or(1000);
+                    let mut out = Vec::new();
+                    for tx in txs {
+                        let (r, answer) = oneshot::channel();
+                        if tx.send(Input::Query(filter.clone(), r)).await.is_ok()
+                            && let Ok(v) = answer.await
+                        {
+                            out.extend(v);
+                        }
+                    }
+                    out.truncate(limit);
+                    let _ = reply.send(out);
+                });
             }
         }
-        emit(&mut core, &sinks);
-        update_metrics(&core, &mut seen, &m);
     }
-    core.flush_all(now());
-    emit(&mut core, &sinks);
-    update_metrics(&core, &mut seen, &m);
+    // Each shard exports every flow in flight, hands it to the sinks and ends.
+    drop(shard_tx);
+    for t in shard_threads {
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
+    }
     // Every sink writes what it was handed before the process ends: closing the queues starts
     // their final flush.
     drop(sinks);
@@ -302,20 +337,110 @@ pub async fn run(
     Ok(())
 }
 
+/// Messages queued per core thread.
+const SHARD_QUEUE: usize = 64;
+
+/// What a core thread is handed.
+enum Input {
+    Message(Arc<DecodedMessage>),
+    Query(FlowFilter, oneshot::Sender<Vec<Value>>),
+}
+
+/// Which records a core thread takes.
+#[derive(Clone, Copy)]
+struct Shard {
+    idx: usize,
+    of: usize,
+}
+
+impl Shard {
+    /// Whether `rec`'s flow is this shard's: a hash of the flow key (addresses, ports,
+    /// protocol, by value, so encodings of different lengths agree), the same for both Nodes'
+    /// halves of a flow. A record without a key goes to shard 0, whose core counts it invalid.
+    fn takes(&self, rec: &DataRecord<'_>) -> bool {
+        if self.of == 1 {
+            return true;
+        }
+        let mut h: u64 = 0x243f_6a88_85a3_08d3;
+        let mut mix = |v: u64| h = (h ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29);
+        for f in rec.fields() {
+            if f.spec.ie.pen != 0 {
+                continue;
+            }
+            match (f.spec.ie.id, f.value()) {
+                (8 | 12 | 27 | 28, FieldValue::Ipv4(a)) => mix(u64::from(u32::from(a))),
+                (8 | 12 | 27 | 28, FieldValue::Ipv6(a)) => {
+                    let v = u128::from(a);
+                    mix(v as u64);
+                    mix((v >> 64) as u64);
+                }
+                (4 | 7 | 11, v) => mix(v.as_u64().unwrap_or(0)),
+                _ => {}
+            }
+        }
+        (h >> 32) as usize % self.of == self.idx
+    }
+}
+
+/// One core thread: its shard of the flows, timers, `/api/flows` for them, and its sinks'
+/// batches. Ends when the router closes its queue, after exporting every flow in flight.
+async fn shard_loop(
+    mut core: Aggregator,
+    mut rx: mpsc::Receiver<Input>,
+    sinks: Vec<SinkSender>,
+    m: AggMetrics,
+    shard: Shard,
+) {
+    let mut seen = flowcore::aggregator::AggregatorStats::default();
+    loop {
+        let sleep = crate::clock::sleep_until(core.poll_timeout());
+        tokio::select! {
+            input = rx.recv() => match input {
+                Some(input) => {
+                    let t = now();
+                    handle(&mut core, t, input, shard);
+                    // Whatever else is waiting, before the per-turn work (sinks, metrics).
+                    for _ in 0..MAX_MESSAGES_PER_TURN {
+                        let Ok(input) = rx.try_recv() else { break };
+                        handle(&mut core, t, input, shard);
+                    }
+                }
+                None => break,
+            },
+            _ = sleep => core.handle_timeout(now()),
+        }
+        emit(&mut core, &sinks);
+        update_metrics(&core, &mut seen, &m);
+    }
+    core.flush_all(now());
+    emit(&mut core, &sinks);
+    update_metrics(&core, &mut seen, &m);
+}
+
+fn handle(core: &mut Aggregator, t: flowcore::model::Timestamp, input: Input, shard: Shard) {
+    match input {
+        Input::Message(msg) => {
+            let ex = msg.exporter();
+            for rec in msg.records().filter(|r| shard.takes(r)) {
+                let _ = core.handle_record(t, ex, &rec);
+            }
+        }
+        Input::Query(filter, reply) => {
+            let limit = filter.limit.unwrap_or(1000);
+            let out = core
+                .in_flight(t)
+                .filter(|r| filter.matches(r))
+                .take(limit)
+                .map(|r| crate::sinks::record_json(&r))
+                .collect();
+            let _ = reply.send(out);
+        }
+    }
+}
+
 /// Messages taken from the collecting process per turn of the loop at most, so timers and
 /// queries are not starved under load.
 const MAX_MESSAGES_PER_TURN: usize = 16;
-
-fn feed(
-    core: &mut Aggregator,
-    t: flowcore::model::Timestamp,
-    msg: &crate::transport::collector::DecodedMessage,
-) {
-    let ex = msg.exporter();
-    for rec in msg.records() {
-        let _ = core.handle_record(t, ex, &rec);
-    }
-}
 
 /// Hands what the core produced to every sink, as one shared batch (the records are dropped by
 /// the sinks, off this thread). Without sinks they are dropped here.
@@ -356,7 +481,9 @@ fn update_metrics(
                 .inc_by(now_v - was);
         }
     }
-    m.in_flight.set(s.flows_in_flight as i64);
+    // Each shard adds its own change (several shards share the gauge).
+    m.in_flight
+        .inc_by(s.flows_in_flight as i64 - seen.flows_in_flight as i64);
     *seen = s.clone();
 }
 

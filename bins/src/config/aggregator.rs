@@ -48,6 +48,9 @@ pub struct AggregatorFile {
     /// Rows the ClickHouse sink holds at most while it batches or the server is down; past it
     /// the oldest are dropped and counted. At least `clickhouse.batchRows`.
     pub clickhouse_buffer_rows: usize,
+    /// Threads running the correlation core; flows are split among them by a hash of the flow
+    /// key (both halves of a flow meet on one thread), each with `maxFlows / coreThreads`.
+    pub core_threads: usize,
     /// Static metadata to fill records whose partner never came (instead of the Kubernetes API).
     pub metadata_file: Option<PathBuf>,
     /// `/metrics`, `/healthz`, `/readyz`, and `/api/flows` (in-flight flows, for `flowlens observe`).
@@ -92,6 +95,7 @@ impl Default for AggregatorFile {
             json_lines: None,
             clickhouse: None,
             clickhouse_buffer_rows: 200_000,
+            core_threads: 1,
             metadata_file: None,
             metrics_addr: "0.0.0.0:9391".into(),
             log: LogConfig::default(),
@@ -129,6 +133,8 @@ pub struct SinkSettings {
     pub queue_records: usize,
     /// The ClickHouse sink (`clickhouse`) and the rows it may hold (`clickhouseBufferRows`).
     pub clickhouse: Option<(crate::clickhouse::ClickHouseConfig, usize)>,
+    /// Threads running the core (`coreThreads`).
+    pub core_threads: usize,
 }
 
 impl Default for SinkSettings {
@@ -137,6 +143,7 @@ impl Default for SinkSettings {
             replay_bytes: 64 << 20,
             queue_records: 65_536,
             clickhouse: None,
+            core_threads: 1,
         }
     }
 }
@@ -215,6 +222,9 @@ impl AggregatorFile {
                 "aggregatorTransportProtocol is tls but neither tlsDir (generate certificates there) nor tls.caCert, tls.cert and tls.key are set"
             );
         }
+        if !(1..=64).contains(&self.core_threads) {
+            bail!("coreThreads must be 1 to 64; it is {}", self.core_threads);
+        }
         if self.sink_queue_records == 0 {
             bail!("sinkQueueRecords must be at least 1");
         }
@@ -248,6 +258,7 @@ impl AggregatorFile {
                 .unwrap_or(usize::MAX),
             queue_records: self.sink_queue_records,
             clickhouse: self.clickhouse.map(|c| (c, self.clickhouse_buffer_rows)),
+            core_threads: self.core_threads,
         };
         let base = AggregatorConfig {
             listen_addr,

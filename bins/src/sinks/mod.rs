@@ -130,7 +130,8 @@ pub fn queue(
     )
 }
 
-/// The core loop's end of a sink queue. Never waits.
+/// The core loop's end of a sink queue (one clone per core thread). Never waits.
+#[derive(Clone)]
 pub struct SinkSender {
     sink: &'static str,
     tx: mpsc::UnboundedSender<Batch>,
