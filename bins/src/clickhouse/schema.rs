@@ -260,6 +260,12 @@ pub const POD_EXTERNAL: usize = 2;
 pub const NODE_PAIR: usize = 3;
 pub const POLICY: usize = 4;
 
+/// The hourly twin of a rollup: `_pod_pair_1m` → `_pod_pair_1h`. Its time column is `hour`;
+/// its own view fills it from the record table. Long dashboard ranges read whole hours from it.
+pub fn hourly(suffix: &str) -> String {
+    format!("{}_1h", suffix.trim_end_matches("_1m"))
+}
+
 /// ClickHouse has `TTL` on MergeTree tables from 19.6 on. `version` is `SELECT version()`.
 pub fn supports_ttl(version: &str) -> bool {
     let mut it = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
@@ -331,6 +337,47 @@ pub fn statements(database: &str, table: &str, ttl_days: Option<u64>) -> Vec<Str
         }
         v.push_str(&format!("\nGROUP BY minute, {}", keys.join(", ")));
         out.push(v);
+        let h = format!("{database}.{table}{}", hourly(r.suffix));
+        let mut s = format!("CREATE TABLE IF NOT EXISTS {h}\n(\n    hour DateTime");
+        for (k, ty) in r.keys {
+            s.push_str(&format!(",\n    {k} {ty}"));
+        }
+        for m in ROLLUP_METRICS {
+            s.push_str(&format!(",\n    {m} UInt64"));
+        }
+        s.push_str(&format!(
+            "\n)\nENGINE = SummingMergeTree\nPARTITION BY toYYYYMMDD(hour)\n\
+             ORDER BY (hour, {})",
+            keys.join(", ")
+        ));
+        if let Some(d) = ttl_days {
+            s.push_str(&format!("\nTTL hour + INTERVAL {d} DAY"));
+        }
+        out.push(s);
+        // 18.16 does not run the views of a view's target table, so the hourly view reads
+        // the record table too rather than cascading from the minute table.
+        let mut v = format!(
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS {h}_mv TO {h} AS\nSELECT\n    \
+             toStartOfHour(flowEndSeconds) AS hour"
+        );
+        for ((k, _), e) in r.keys.iter().zip(r.key_exprs) {
+            if e == k {
+                v.push_str(&format!(",\n    {k}"));
+            } else {
+                v.push_str(&format!(",\n    {e} AS {k}"));
+            }
+        }
+        for (m, e) in ROLLUP_METRICS.iter().zip(r.metric_exprs) {
+            v.push_str(&format!(",\n    sum({e}) AS {m}"));
+        }
+        v.push_str(&format!(
+            ",\n    count() AS records\nFROM {database}.{table}"
+        ));
+        if let Some(f) = r.filter {
+            v.push_str(&format!("\nWHERE {f}"));
+        }
+        v.push_str(&format!("\nGROUP BY hour, {}", keys.join(", ")));
+        out.push(v);
     }
     out
 }
@@ -354,8 +401,10 @@ pub fn schema_sql() -> String {
          -- reverseOctets) and the count of records: read them with sum() ... GROUP BY.\n",
     );
     for (i, st) in statements("flowlens", "flows", Some(7)).iter().enumerate() {
-        if i >= 2 && (i - 2) % 2 == 0 {
-            s.push_str(&format!("\n-- {}\n", ROLLUPS[(i - 2) / 2].comment));
+        if i >= 2 && (i - 2) % 4 == 0 {
+            s.push_str(&format!("\n-- {}\n", ROLLUPS[(i - 2) / 4].comment));
+        } else if i >= 2 && (i - 2) % 4 == 2 {
+            s.push_str("\n-- The same per hour.\n");
         } else {
             s.push('\n');
         }

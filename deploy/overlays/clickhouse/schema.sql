@@ -135,6 +135,47 @@ FROM flowlens.flows
 WHERE flowType IN (1, 2)
 GROUP BY minute, sourcePodNamespace, sourcePodName, sourceNodeName, destinationPodNamespace, destinationPodName, destinationNodeName, flowType;
 
+-- The same per hour.
+CREATE TABLE IF NOT EXISTS flowlens.flows_pod_pair_1h
+(
+    hour DateTime,
+    sourcePodNamespace String,
+    sourcePodName String,
+    sourceNodeName String,
+    destinationPodNamespace String,
+    destinationPodName String,
+    destinationNodeName String,
+    flowType UInt8,
+    packets UInt64,
+    octets UInt64,
+    reversePackets UInt64,
+    reverseOctets UInt64,
+    records UInt64
+)
+ENGINE = SummingMergeTree
+PARTITION BY toYYYYMMDD(hour)
+ORDER BY (hour, sourcePodNamespace, sourcePodName, sourceNodeName, destinationPodNamespace, destinationPodName, destinationNodeName, flowType)
+TTL hour + INTERVAL 7 DAY;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS flowlens.flows_pod_pair_1h_mv TO flowlens.flows_pod_pair_1h AS
+SELECT
+    toStartOfHour(flowEndSeconds) AS hour,
+    sourcePodNamespace,
+    sourcePodName,
+    sourceNodeName,
+    destinationPodNamespace,
+    destinationPodName,
+    destinationNodeName,
+    flowType,
+    sum(packetDeltaCount) AS packets,
+    sum(octetDeltaCount) AS octets,
+    sum(reversePacketDeltaCount) AS reversePackets,
+    sum(reverseOctetDeltaCount) AS reverseOctets,
+    count() AS records
+FROM flowlens.flows
+WHERE flowType IN (1, 2)
+GROUP BY hour, sourcePodNamespace, sourcePodName, sourceNodeName, destinationPodNamespace, destinationPodName, destinationNodeName, flowType;
+
 -- Pod to Service (destinationServicePortName set), by client Pod.
 CREATE TABLE IF NOT EXISTS flowlens.flows_pod_service_1m
 (
@@ -171,6 +212,43 @@ SELECT
 FROM flowlens.flows
 WHERE destinationServicePortName != ''
 GROUP BY minute, sourcePodNamespace, sourcePodName, sourceNodeName, destinationServicePortName, destinationClusterIP;
+
+-- The same per hour.
+CREATE TABLE IF NOT EXISTS flowlens.flows_pod_service_1h
+(
+    hour DateTime,
+    sourcePodNamespace String,
+    sourcePodName String,
+    sourceNodeName String,
+    destinationServicePortName String,
+    destinationClusterIP String,
+    packets UInt64,
+    octets UInt64,
+    reversePackets UInt64,
+    reverseOctets UInt64,
+    records UInt64
+)
+ENGINE = SummingMergeTree
+PARTITION BY toYYYYMMDD(hour)
+ORDER BY (hour, sourcePodNamespace, sourcePodName, sourceNodeName, destinationServicePortName, destinationClusterIP)
+TTL hour + INTERVAL 7 DAY;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS flowlens.flows_pod_service_1h_mv TO flowlens.flows_pod_service_1h AS
+SELECT
+    toStartOfHour(flowEndSeconds) AS hour,
+    sourcePodNamespace,
+    sourcePodName,
+    sourceNodeName,
+    destinationServicePortName,
+    destinationClusterIP,
+    sum(packetDeltaCount) AS packets,
+    sum(octetDeltaCount) AS octets,
+    sum(reversePacketDeltaCount) AS reversePackets,
+    sum(reverseOctetDeltaCount) AS reverseOctets,
+    count() AS records
+FROM flowlens.flows
+WHERE destinationServicePortName != ''
+GROUP BY hour, sourcePodNamespace, sourcePodName, sourceNodeName, destinationServicePortName, destinationClusterIP;
 
 -- Pod to/from external addresses (flowType 3 and 4), seen from the Pod: octetDeltaCount is what the Pod sent, reverseOctetDeltaCount what it received, whichever end opened the flow.
 CREATE TABLE IF NOT EXISTS flowlens.flows_pod_external_1m
@@ -209,6 +287,43 @@ FROM flowlens.flows
 WHERE flowType IN (3, 4)
 GROUP BY minute, flowType, podNamespace, podName, nodeName, externalIP;
 
+-- The same per hour.
+CREATE TABLE IF NOT EXISTS flowlens.flows_pod_external_1h
+(
+    hour DateTime,
+    flowType UInt8,
+    podNamespace String,
+    podName String,
+    nodeName String,
+    externalIP String,
+    packets UInt64,
+    octets UInt64,
+    reversePackets UInt64,
+    reverseOctets UInt64,
+    records UInt64
+)
+ENGINE = SummingMergeTree
+PARTITION BY toYYYYMMDD(hour)
+ORDER BY (hour, flowType, podNamespace, podName, nodeName, externalIP)
+TTL hour + INTERVAL 7 DAY;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS flowlens.flows_pod_external_1h_mv TO flowlens.flows_pod_external_1h AS
+SELECT
+    toStartOfHour(flowEndSeconds) AS hour,
+    flowType,
+    if(flowType = 3, sourcePodNamespace, destinationPodNamespace) AS podNamespace,
+    if(flowType = 3, sourcePodName, destinationPodName) AS podName,
+    if(flowType = 3, sourceNodeName, destinationNodeName) AS nodeName,
+    if(flowType = 3, destinationIP, sourceIP) AS externalIP,
+    sum(if(flowType = 3, packetDeltaCount, reversePacketDeltaCount)) AS packets,
+    sum(if(flowType = 3, octetDeltaCount, reverseOctetDeltaCount)) AS octets,
+    sum(if(flowType = 3, reversePacketDeltaCount, packetDeltaCount)) AS reversePackets,
+    sum(if(flowType = 3, reverseOctetDeltaCount, octetDeltaCount)) AS reverseOctets,
+    count() AS records
+FROM flowlens.flows
+WHERE flowType IN (3, 4)
+GROUP BY hour, flowType, podNamespace, podName, nodeName, externalIP;
+
 -- Node to Node (every record; an external end has an empty Node name).
 CREATE TABLE IF NOT EXISTS flowlens.flows_node_pair_1m
 (
@@ -240,6 +355,38 @@ SELECT
     count() AS records
 FROM flowlens.flows
 GROUP BY minute, sourceNodeName, destinationNodeName, flowType;
+
+-- The same per hour.
+CREATE TABLE IF NOT EXISTS flowlens.flows_node_pair_1h
+(
+    hour DateTime,
+    sourceNodeName String,
+    destinationNodeName String,
+    flowType UInt8,
+    packets UInt64,
+    octets UInt64,
+    reversePackets UInt64,
+    reverseOctets UInt64,
+    records UInt64
+)
+ENGINE = SummingMergeTree
+PARTITION BY toYYYYMMDD(hour)
+ORDER BY (hour, sourceNodeName, destinationNodeName, flowType)
+TTL hour + INTERVAL 7 DAY;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS flowlens.flows_node_pair_1h_mv TO flowlens.flows_node_pair_1h AS
+SELECT
+    toStartOfHour(flowEndSeconds) AS hour,
+    sourceNodeName,
+    destinationNodeName,
+    flowType,
+    sum(packetDeltaCount) AS packets,
+    sum(octetDeltaCount) AS octets,
+    sum(reversePacketDeltaCount) AS reversePackets,
+    sum(reverseOctetDeltaCount) AS reverseOctets,
+    count() AS records
+FROM flowlens.flows
+GROUP BY hour, sourceNodeName, destinationNodeName, flowType;
 
 -- Flows admitted (or dropped) by a NetworkPolicy, by policy pair and Pod pair.
 CREATE TABLE IF NOT EXISTS flowlens.flows_policy_1m
@@ -287,3 +434,50 @@ SELECT
 FROM flowlens.flows
 WHERE ingressNetworkPolicyName != '' OR egressNetworkPolicyName != ''
 GROUP BY minute, egressNetworkPolicyNamespace, egressNetworkPolicyName, egressNetworkPolicyRuleAction, ingressNetworkPolicyNamespace, ingressNetworkPolicyName, ingressNetworkPolicyRuleAction, sourcePodNamespace, sourcePodName, destinationPodNamespace, destinationPodName;
+
+-- The same per hour.
+CREATE TABLE IF NOT EXISTS flowlens.flows_policy_1h
+(
+    hour DateTime,
+    egressNetworkPolicyNamespace String,
+    egressNetworkPolicyName String,
+    egressNetworkPolicyRuleAction UInt8,
+    ingressNetworkPolicyNamespace String,
+    ingressNetworkPolicyName String,
+    ingressNetworkPolicyRuleAction UInt8,
+    sourcePodNamespace String,
+    sourcePodName String,
+    destinationPodNamespace String,
+    destinationPodName String,
+    packets UInt64,
+    octets UInt64,
+    reversePackets UInt64,
+    reverseOctets UInt64,
+    records UInt64
+)
+ENGINE = SummingMergeTree
+PARTITION BY toYYYYMMDD(hour)
+ORDER BY (hour, egressNetworkPolicyNamespace, egressNetworkPolicyName, egressNetworkPolicyRuleAction, ingressNetworkPolicyNamespace, ingressNetworkPolicyName, ingressNetworkPolicyRuleAction, sourcePodNamespace, sourcePodName, destinationPodNamespace, destinationPodName)
+TTL hour + INTERVAL 7 DAY;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS flowlens.flows_policy_1h_mv TO flowlens.flows_policy_1h AS
+SELECT
+    toStartOfHour(flowEndSeconds) AS hour,
+    egressNetworkPolicyNamespace,
+    egressNetworkPolicyName,
+    egressNetworkPolicyRuleAction,
+    ingressNetworkPolicyNamespace,
+    ingressNetworkPolicyName,
+    ingressNetworkPolicyRuleAction,
+    sourcePodNamespace,
+    sourcePodName,
+    destinationPodNamespace,
+    destinationPodName,
+    sum(packetDeltaCount) AS packets,
+    sum(octetDeltaCount) AS octets,
+    sum(reversePacketDeltaCount) AS reversePackets,
+    sum(reverseOctetDeltaCount) AS reverseOctets,
+    count() AS records
+FROM flowlens.flows
+WHERE ingressNetworkPolicyName != '' OR egressNetworkPolicyName != ''
+GROUP BY hour, egressNetworkPolicyNamespace, egressNetworkPolicyName, egressNetworkPolicyRuleAction, ingressNetworkPolicyNamespace, ingressNetworkPolicyName, ingressNetworkPolicyRuleAction, sourcePodNamespace, sourcePodName, destinationPodNamespace, destinationPodName;
