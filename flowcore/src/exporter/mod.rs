@@ -48,6 +48,7 @@
 mod store;
 
 use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::time::Duration;
 
 use thiserror::Error;
@@ -60,6 +61,68 @@ use crate::model::{
 use crate::policy::Verdict;
 
 use store::{Conn, NO_TCP, Store, flag, hash_key};
+
+/// Policy verdicts already evaluated, by flow ends: `(source address, its Pod, destination
+/// address, its Pod, protocol, destination port)` is everything NetworkPolicy evaluation reads
+/// besides the Pods' labels, namespaces and ports, their namespaces' labels and the policies.
+/// Evaluation is the most expensive part of building a record, and a connection's records (and
+/// the connections of one Pod pair) share their verdicts.
+///
+/// Invalidated by [`FlowExporter::handle_metadata`]: a policy or namespace change clears it, and
+/// so does a Pod update that changes what evaluation reads of the Pod. A new Pod gets a
+/// [`PodId`] no entry names; deletes and expiry change nothing evaluation reads (an expired
+/// Pod's id is never handed out again). Bounded: cleared when full.
+#[derive(Debug, Default)]
+struct VerdictCache {
+    map: HashMap<VerdictKey, (PolicyMatch, PolicyMatch), foldhash::fast::FixedState>,
+}
+
+type VerdictKey = (IpAddr, Option<PodId>, IpAddr, Option<PodId>, u8, u16);
+
+impl VerdictCache {
+    const MAX: usize = 1 << 14;
+
+    fn get_or_eval(
+        &mut self,
+        meta: &mut MetadataIndex,
+        key: VerdictKey,
+    ) -> (PolicyMatch, PolicyMatch) {
+        if let Some(v) = self.map.get(&key) {
+            return *v;
+        }
+        let (src, src_pod, dst, dst_pod, proto, port) = key;
+        let v = meta.evaluate_policies((src, src_pod), (dst, dst_pod), proto, port);
+        if self.map.len() >= Self::MAX {
+            self.map.clear();
+        }
+        self.map.insert(key, v);
+        v
+    }
+
+    /// Drops what `update` may change, before it is applied to `meta`.
+    fn invalidate(&mut self, meta: &MetadataIndex, update: &MetadataUpdate) {
+        let keep = match update {
+            MetadataUpdate::Pod(p) => meta.pod_by_uid(&p.uid).is_none_or(|e| {
+                e.host_network == p.host_network
+                    && e.labels == p.labels
+                    && e.ports == p.ports
+                    && meta.interner().resolve(e.namespace) == p.namespace
+            }),
+            MetadataUpdate::PodDeleted { .. }
+            | MetadataUpdate::Node(_)
+            | MetadataUpdate::NodeDeleted { .. }
+            | MetadataUpdate::Service(_)
+            | MetadataUpdate::ServiceDeleted { .. } => true,
+            MetadataUpdate::Namespace(_)
+            | MetadataUpdate::NamespaceDeleted { .. }
+            | MetadataUpdate::Policy(_)
+            | MetadataUpdate::PolicyDeleted { .. } => false,
+        };
+        if !keep {
+            self.map.clear();
+        }
+    }
+}
 
 /// Exporter settings (Antrea's names where they match).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -169,6 +232,7 @@ pub struct FlowExporter {
     /// Earliest time a timer may be due; `None`: nothing pending.
     next_check: Option<Timestamp>,
     hand: usize,
+    verdicts: VerdictCache,
     stats: ExporterStats,
 }
 
@@ -250,6 +314,7 @@ impl FlowExporter {
             tombstones: HashMap::new(),
             next_check: None,
             hand: 0,
+            verdicts: VerdictCache::default(),
             stats: ExporterStats::default(),
         }
     }
@@ -287,6 +352,7 @@ impl FlowExporter {
     /// Applies an informer event. Connections keep the classification they got when first seen;
     /// records are enriched when built.
     pub fn handle_metadata(&mut self, now: Timestamp, update: MetadataUpdate) {
+        self.verdicts.invalidate(&self.meta, &update);
         self.meta.apply(now, update);
     }
 
@@ -803,11 +869,9 @@ impl FlowExporter {
         // The address the client dialled, DNATed or not (a Service without endpoints is still
         // the Service the client asked for).
         let service = self.meta.service(c.orig.dst, c.orig.proto, c.orig.dst_port);
-        let (ingress, egress) = self.meta.evaluate_policies(
-            (key.src, src_pod),
-            (key.dst, dst_pod),
-            key.proto,
-            key.dst_port,
+        let (ingress, egress) = self.verdicts.get_or_eval(
+            &mut self.meta,
+            (key.src, src_pod, key.dst, dst_pod, key.proto, key.dst_port),
         );
         let meta = &self.meta;
         let node_of = |k: EndpointKind| match k {

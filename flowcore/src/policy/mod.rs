@@ -24,6 +24,7 @@
 //! not depend on k8s-openapi. Invariant: [`PolicySet`] keeps policies sorted by
 //! `(namespace, name)`, unique, so an index is the deterministic order.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -359,6 +360,9 @@ pub fn rule_name(direction: Direction, rule: usize) -> String {
 #[derive(Clone, Debug, Default)]
 pub struct PolicySet {
     policies: Vec<NetworkPolicy>,
+    /// Namespace → its policies' index range in `policies` (rebuilt on every change: policies
+    /// change rarely, evaluation runs for every record).
+    by_namespace: HashMap<Box<str>, (usize, usize), foldhash::fast::FixedState>,
 }
 
 impl PolicySet {
@@ -377,6 +381,28 @@ impl PolicySet {
             Ok(i) => self.policies[i] = policy,
             Err(i) => self.policies.insert(i, policy),
         }
+        self.index_namespaces();
+    }
+
+    fn index_namespaces(&mut self) {
+        for r in self.by_namespace.values_mut() {
+            *r = (0, 0);
+        }
+        let mut start = 0;
+        for (i, p) in self.policies.iter().enumerate() {
+            let next = self.policies.get(i + 1);
+            if next.is_none_or(|n| n.namespace != p.namespace) {
+                match self.by_namespace.get_mut(p.namespace.as_str()) {
+                    Some(r) => *r = (start, i + 1),
+                    None => {
+                        self.by_namespace
+                            .insert(p.namespace.as_str().into(), (start, i + 1));
+                    }
+                }
+                start = i + 1;
+            }
+        }
+        self.by_namespace.retain(|_, r| r.1 > 0);
     }
 
     /// Removes a policy; returns whether it existed.
@@ -384,6 +410,7 @@ impl PolicySet {
         match self.position(namespace, name) {
             Ok(i) => {
                 self.policies.remove(i);
+                self.index_namespaces();
                 true
             }
             Err(_) => false,
@@ -416,14 +443,11 @@ impl PolicySet {
             return Verdict::NotIsolated;
         };
         // Policies of one namespace are contiguous in the sorted set.
-        let start = self
-            .policies
-            .partition_point(|p| p.namespace.as_str() < pod.namespace);
+        let Some(&(start, end)) = self.by_namespace.get(pod.namespace) else {
+            return Verdict::NotIsolated;
+        };
         let mut isolated = false;
-        for (i, p) in self.policies[start..].iter().enumerate() {
-            if p.namespace != pod.namespace {
-                break;
-            }
+        for (i, p) in self.policies[start..end].iter().enumerate() {
             let applies = match direction {
                 Direction::Ingress => p.policy_types.ingress,
                 Direction::Egress => p.policy_types.egress,
