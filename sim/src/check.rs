@@ -147,7 +147,7 @@ impl Sim {
             ))
         } else if r.flow_end_reason == FlowEndReason::EndOfFlow
             && !conn.destroyed
-            && self.now < conn.t_close
+            && self.now < conn.tl.t_close
         {
             Some("end-of-flow record for a connection still open".to_string())
         } else {
@@ -349,10 +349,20 @@ impl Sim {
                     Some(6)
                 } else if nc.deltas != nc.totals {
                     None
-                } else if t.crash_touched && t.out.is_some_and(|o| o.0 != inc) {
-                    Some(0)
                 } else if t.exporters.count_ones() > 1 {
-                    Some(1)
+                    // A later agent incarnation re-exported the connection: its first record
+                    // carries deltas = totals, and an aggregator that baselines an unknown flow
+                    // at totals − deltas counts it all again unless it still remembers the flow.
+                    // After an aggregator restart in between, nothing remembers the first export.
+                    if t.out.is_some_and(|o| o.0 != inc) {
+                        Some(9)
+                    } else {
+                        Some(1)
+                    }
+                } else if t.crash_touched && t.out.is_some_and(|o| o.0 != inc) {
+                    // One agent incarnation: its deltas were against what it had delivered, so
+                    // deltas = totals here means the aggregator ignored them.
+                    Some(0)
                 } else if gap >= 180 * SEC {
                     Some(2)
                 } else if t.agg_evicted || agg_bounded {
@@ -647,15 +657,15 @@ impl Sim {
                     || newer_on_key
                     || t.exporters == 0;
                 if let Some(e) = err {
-                    self.now = conn.t_destroy;
+                    self.now = conn.tl.t_destroy;
                     self.fail(Some(c as u32), e);
                     return;
                 }
             }
             if conn.flow_type == FlowType::InterNode && !self.tracks[c][0].correlated {
                 let (from, to) = (
-                    conn.t_start.saturating_sub(15 * SEC),
-                    conn.t_destroy + 120 * SEC,
+                    conn.tl.t_start.saturating_sub(15 * SEC),
+                    conn.tl.t_destroy + 120 * SEC,
                 );
                 let nodes: Vec<usize> = conn.views.iter().map(|v| v.node).collect();
                 faulted |= self
@@ -718,6 +728,7 @@ impl Sim {
             "mixed record: late half of an older connection joined to a reused 5-tuple's tombstone",
             "half of a connection lost among others on a reused 5-tuple (taken as stale or merged)",
             "UDP reordering: an earlier record arrives after a later one baselined the flow at the agent's totals − deltas, and is dropped as stale",
+            "double count inherent to two faults: an agent re-exported a connection after its restart, and the aggregator had restarted since the first export (neither remembers it)",
         ];
         self.summary.known_issues = issues
             .iter()

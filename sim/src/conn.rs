@@ -41,6 +41,27 @@ pub struct View {
     pub start_node: Nanos,
 }
 
+/// A connection's timeline and traffic: everything its counters and TCP state are functions of.
+/// Small and `Copy`, so a Node's list of live entries carries its own copy and a dump reads
+/// nothing else (a dump lists every live connection of the Node, every poll interval).
+#[derive(Clone, Copy, Debug)]
+pub struct Timeline {
+    pub proto: u8,
+    /// Ended by RST (state CLOSE) rather than FIN (TIME_WAIT).
+    pub rst: bool,
+    /// Data packets per second and bytes per packet, original / reply direction.
+    pub pps: [u32; 2],
+    pub size: [u32; 2],
+    pub t_start: Nanos,
+    /// Reply seen (TCP handshake done / first UDP reply); `None`: never answered.
+    pub t_est: Option<Nanos>,
+    pub t_traffic_end: Nanos,
+    pub t_close: Nanos,
+    pub t_destroy: Nanos,
+    /// `counters(t_close)`, kept by [`Timeline::seal`].
+    pub final_counters: BiCounters,
+}
+
 #[derive(Clone, Debug)]
 pub struct Conn {
     pub kind: Kind,
@@ -56,23 +77,11 @@ pub struct Conn {
     pub dialled: Option<(IpAddr, u16)>,
     pub ingress: Verdict,
     pub egress: Verdict,
-    pub t_start: Nanos,
-    /// Reply seen (TCP handshake done / first UDP reply); `None`: never answered.
-    pub t_est: Option<Nanos>,
-    pub t_traffic_end: Nanos,
-    pub t_close: Nanos,
-    pub t_destroy: Nanos,
-    /// Ended by RST (state CLOSE) rather than FIN (TIME_WAIT).
-    pub rst: bool,
-    /// Data packets per second and bytes per packet, original / reply direction.
-    pub pps: [u32; 2],
-    pub size: [u32; 2],
+    pub tl: Timeline,
     pub views: Vec<View>,
     pub destroyed: bool,
     /// The 5-tuple was taken over by a later connection (which ended this one).
     pub reused_by: Option<u32>,
-    /// `counters(t_close)`, kept by [`Conn::seal`].
-    pub final_counters: BiCounters,
 }
 
 fn data(t: Nanos, from: Nanos, to: Nanos, pps: u32) -> u64 {
@@ -83,7 +92,7 @@ fn data(t: Nanos, from: Nanos, to: Nanos, pps: u32) -> u64 {
     (span * pps as u128 / SEC as u128) as u64
 }
 
-impl Conn {
+impl Timeline {
     /// Both directions' counters at `t`, as conntrack accounting shows them.
     pub fn counters(&self, t: Nanos) -> BiCounters {
         // Half the entries of a dump are TIME_WAIT tails: their counters are frozen.
@@ -162,11 +171,6 @@ impl Conn {
         }
     }
 
-    /// Final counters (what the last record must carry).
-    pub fn final_counters(&self) -> BiCounters {
-        self.final_counters
-    }
-
     pub fn tcp_state(&self, t: Nanos) -> Option<TcpState> {
         if self.proto != TCP {
             return None;
@@ -210,6 +214,32 @@ impl Conn {
             stop,
             tcp_state: self.tcp_state(t),
         }
+    }
+}
+
+impl Conn {
+    /// Both directions' counters at `t`, as conntrack accounting shows them.
+    pub fn counters(&self, t: Nanos) -> BiCounters {
+        self.tl.counters(t)
+    }
+
+    /// Recomputes the frozen final counters; call after changing the timeline.
+    pub fn seal(&mut self) {
+        self.tl.seal();
+    }
+
+    /// Final counters (what the last record must carry).
+    pub fn final_counters(&self) -> BiCounters {
+        self.tl.final_counters
+    }
+
+    pub fn tcp_state(&self, t: Nanos) -> Option<TcpState> {
+        self.tl.tcp_state(t)
+    }
+
+    /// The conntrack entry `view` shows at true time `t`; `skew` maps to the Node's clock.
+    pub fn entry(&self, view: &View, t: Nanos, skew: i64) -> ConntrackEntry {
+        self.tl.entry(view, t, skew)
     }
 
     /// The view whose half fills aggregated side `side`.

@@ -30,7 +30,7 @@ use crate::check::{Track, Violation};
 use crate::cluster::{
     Cluster, ClusterParams, DNS_PORT, EPOCH, End, HTTP_PORT, MS, Nanos, SEC, TCP, UDP, ts,
 };
-use crate::conn::{Conn, Kind, View, node_clock, tuple};
+use crate::conn::{Conn, Kind, Timeline, View, node_clock, tuple};
 use crate::rng::Rng;
 use crate::scenario::{Faults, Scenario, Transport};
 
@@ -135,6 +135,18 @@ struct Datagram {
     carried: Vec<Carried>,
 }
 
+/// A connection's entry in one Node's table, with copies of what a dump reads to list it: a
+/// dump walks the list in order and touches nothing else (the connections themselves are spread
+/// over memory). The copies are exact while the connection lives; a take-over ends it early,
+/// and then it is pruned before the next dump.
+#[derive(Clone, Copy, Debug)]
+struct Live {
+    c: u32,
+    vi: u8,
+    view: View,
+    tl: Timeline,
+}
+
 struct NodeSim {
     name: String,
     id: ExporterId,
@@ -147,8 +159,8 @@ struct NodeSim {
     up: bool,
     incarnation: u32,
     next_ct_id: u32,
-    /// `(conn, view)` with an entry in this Node's table (destroyed ones pruned at dumps).
-    live: Vec<(u32, u8)>,
+    /// Entries of this Node's table (destroyed ones pruned at dumps).
+    live: Vec<Live>,
     /// Exporter record → connection: `(flow key, conntrack start)`.
     by_record: HashMap<(FlowKey, u64), (u32, u8)>,
     buf: Vec<flowcore::model::ConntrackEntry>,
@@ -181,6 +193,8 @@ pub struct Sim {
     t_end: Nanos,
     pub(crate) conns: Vec<Conn>,
     pub(crate) tracks: Vec<[Track; 2]>,
+    /// `conns[c].destroyed`, compact (read for every entry of every dump).
+    gone: Vec<bool>,
     /// `(Node, tuple)` of every original and reply tuple in a table: conntrack keeps both unique
     /// per table, so a new connection that would clash with one is not made.
     live_tuples: HashSet<(usize, flowcore::model::Tuple)>,
@@ -207,7 +221,7 @@ pub struct Sim {
     node_port_services: Vec<usize>,
     recorder: Option<(usize, crate::trace::TraceWriter)>,
     /// Known core issues by kind (see `check::final_checks`).
-    pub(crate) known: [u64; 9],
+    pub(crate) known: [u64; 10],
     last_traced_obs: Option<(u32, BiCounters)>,
     pub(crate) delivered_total: u64,
 }
@@ -313,6 +327,7 @@ impl Sim {
             t_end,
             conns: Vec::new(),
             tracks: Vec::new(),
+            gone: Vec::new(),
             live_tuples: HashSet::new(),
             recent: Vec::new(),
             events: BinaryHeap::new(),
@@ -343,7 +358,7 @@ impl Sim {
                 .filter(|&s| cl.services[s].ports.iter().any(|p| p.node_port.is_some()))
                 .collect(),
             recorder: None,
-            known: [0; 9],
+            known: [0; 10],
             last_traced_obs: None,
             delivered_total: 0,
             cl,
@@ -670,8 +685,8 @@ impl Sim {
             let old = self.recent[self.rng.below(n as u64) as usize];
             let o = &self.conns[old as usize];
             if o.reused_by.is_some()
-                || o.t_close > self.now
-                || self.now < o.t_start + min_gap
+                || o.tl.t_close > self.now
+                || self.now < o.tl.t_start + min_gap
                 || o.kind == Kind::FromExternal
             {
                 continue;
@@ -942,18 +957,21 @@ impl Sim {
             dialled,
             ingress,
             egress,
-            t_start: now,
-            t_est,
-            t_traffic_end,
-            t_close,
-            t_destroy: t_close + linger,
-            rst,
-            pps,
-            size,
+            tl: Timeline {
+                proto,
+                rst,
+                pps,
+                size,
+                t_start: now,
+                t_est,
+                t_traffic_end,
+                t_close,
+                t_destroy: t_close + linger,
+                final_counters: BiCounters::default(),
+            },
             views,
             destroyed: false,
             reused_by: None,
-            final_counters: BiCounters::default(),
         };
         let mut conn = conn;
         conn.seal();
@@ -966,7 +984,12 @@ impl Sim {
         for (vi, v) in conn.views.iter().enumerate() {
             self.live_tuples.insert((v.node, v.orig));
             self.live_tuples.insert((v.node, v.reply));
-            self.nodes[v.node].live.push((id, vi as u8));
+            self.nodes[v.node].live.push(Live {
+                c: id,
+                vi: vi as u8,
+                view: *v,
+                tl: conn.tl,
+            });
             self.nodes[v.node]
                 .by_record
                 .insert((key, v.start_node), (id, vi as u8));
@@ -979,10 +1002,11 @@ impl Sim {
             proto: key.proto,
         };
         self.by_key.entry(ck).or_default().push(id);
-        self.push(conn.t_destroy, Ev::Destroy(id));
+        self.push(conn.tl.t_destroy, Ev::Destroy(id));
         self.summary.connections += 1;
         self.summary.conn_events += 1;
         self.conns.push(conn);
+        self.gone.push(false);
         self.tracks.push([Track::default(), Track::default()]);
         if self.recent.len() < 256 {
             self.recent.push(id);
@@ -1003,9 +1027,9 @@ impl Sim {
                         .iter()
                         .map(|v| (v.node, v.side, v.ct_id))
                         .collect::<Vec<_>>(),
-                    c.t_est.map(|e| e - c.t_start),
-                    (c.t_close - c.t_start) / MS,
-                    (c.t_destroy - c.t_start) / MS,
+                    c.tl.t_est.map(|e| e - c.tl.t_start),
+                    (c.tl.t_close - c.tl.t_start) / MS,
+                    (c.tl.t_destroy - c.tl.t_start) / MS,
                     c.final_counters()
                 )
             };
@@ -1020,12 +1044,14 @@ impl Sim {
             return;
         }
         conn.destroyed = true;
+        self.gone[c as usize] = true;
         // A take-over (5-tuple reuse) ends the entry early: it is frozen from now on.
-        if conn.t_destroy > now {
-            conn.t_destroy = now;
-            conn.t_close = conn.t_close.min(now);
-            conn.t_traffic_end = conn.t_traffic_end.min(now);
-            conn.seal();
+        let tl = &mut conn.tl;
+        if tl.t_destroy > now {
+            tl.t_destroy = now;
+            tl.t_close = tl.t_close.min(now);
+            tl.t_traffic_end = tl.t_traffic_end.min(now);
+            tl.seal();
         }
         for v in &self.conns[c as usize].views {
             self.live_tuples.remove(&(v.node, v.orig));
@@ -1089,16 +1115,24 @@ impl Sim {
 
     fn dump(&mut self, n: usize) {
         let now = self.now;
-        let conns = &self.conns;
+        let gone = &self.gone;
         let node = &mut self.nodes[n];
-        node.live.retain(|&(c, _)| !conns[c as usize].destroyed);
         node.buf.clear();
         let inc = node.incarnation;
-        for &(c, vi) in &node.live {
-            let conn = &conns[c as usize];
-            let e = conn.entry(&conn.views[vi as usize], now, node.skew);
+        let mut dead = 0;
+        for l in &node.live {
+            if gone[l.c as usize] {
+                dead += 1;
+                continue;
+            }
+            let e = l.tl.entry(&l.view, now, node.skew);
             node.buf.push(e);
-            self.tracks[c as usize][vi as usize].observe(inc, entry_counters(&e));
+            self.tracks[l.c as usize][l.vi as usize].observe(inc, entry_counters(&e));
+        }
+        // Destroyed entries are skipped, and pruned once they are a quarter of the list (entries
+        // are large; pruning at every dump would move the whole list every time).
+        if dead * 4 > node.live.len() {
+            node.live.retain(|l| !gone[l.c as usize]);
         }
         self.summary.conn_events += node.buf.len() as u64;
         if self.cfg.trace_conn.is_some()
@@ -1123,7 +1157,11 @@ impl Sim {
             w.dump(tn, &node.buf);
         }
         if let Some(tc) = self.cfg.trace_conn
-            && let Some(&(_, vi)) = self.nodes[n].live.iter().find(|(c, _)| *c == tc)
+            && let Some(vi) = self.nodes[n]
+                .live
+                .iter()
+                .find(|l| l.c == tc && !self.gone[tc as usize])
+                .map(|l| l.vi)
             && self.tracks[tc as usize][vi as usize].obs != self.last_traced_obs
         {
             self.last_traced_obs = self.tracks[tc as usize][vi as usize].obs;
