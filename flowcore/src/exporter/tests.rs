@@ -1173,3 +1173,84 @@ fn a_dump_in_chunks_is_the_same_dump() {
     assert_eq!(whole.stats().tracked, 10);
     assert_eq!(parts.stats().tracked, 10);
 }
+
+/// Verdicts are cached per flow ends; every metadata change evaluation reads must show in the
+/// next record: a policy added, a Pod's labels changed, a namespace's labels changed. A change
+/// it does not read (a Service) keeps the cache, and records stay equal to a fresh exporter's.
+#[test]
+fn cached_verdicts_follow_metadata_changes() {
+    let e = |port: u16| entry("10.1.1.10", port, "10.1.1.11", 8080, None);
+    let ingress = |ex: &mut FlowExporter, port: u16, t: u64| {
+        let (ex2, r) = one_record(
+            std::mem::replace(ex, FlowExporter::new(ExporterConfig::default())),
+            ConntrackEntry {
+                start: Some(secs(t)),
+                ..e(port)
+            },
+        );
+        *ex = ex2;
+        (
+            r.ingress_policy.action,
+            r.ingress_policy
+                .rule_name
+                .map(|s| ex.interner().resolve(s).to_string()),
+        )
+    };
+    let mut ex = cluster(ExporterConfig::default());
+    assert_eq!(ingress(&mut ex, 41000, 1), (None, None));
+    // A policy isolating web: client is admitted by rule 1 (named port "http" on web).
+    ex.handle_metadata(secs(1), MetadataUpdate::Policy(web_policy()));
+    assert_eq!(
+        ingress(&mut ex, 41001, 1),
+        (Some(RuleAction::Allow), Some("ingress-1".into()))
+    );
+    // The client's labels change: no rule admits it any more.
+    let mut client = pod("u1", "shop", "client", "n1", "10.1.1.10", "client");
+    client.labels = Labels::new([("app", "other")]);
+    ex.handle_metadata(secs(1), MetadataUpdate::Pod(client.clone()));
+    assert_eq!(ingress(&mut ex, 41002, 1), (Some(RuleAction::Drop), None));
+    // A Service change is not read by evaluation; the verdict stays.
+    ex.handle_metadata(
+        secs(1),
+        MetadataUpdate::Service(ServiceInfo {
+            namespace: "shop".into(),
+            name: "other".into(),
+            cluster_ips: vec![ip("10.96.0.99")],
+            ports: vec![],
+            load_balancer_ips: vec![],
+            backends: vec![],
+        }),
+    );
+    assert_eq!(ingress(&mut ex, 41003, 1), (Some(RuleAction::Drop), None));
+    // A namespace-selector rule: admitted once the namespace carries the label.
+    let mut p = web_policy();
+    p.ingress.push(Rule {
+        peers: vec![Peer::Pods {
+            pod_selector: None,
+            namespace_selector: Some(LabelSelector::labels([("team", "payments")])),
+        }],
+        ports: vec![],
+    });
+    ex.handle_metadata(secs(1), MetadataUpdate::Policy(p));
+    assert_eq!(ingress(&mut ex, 41004, 1), (Some(RuleAction::Drop), None));
+    ex.handle_metadata(
+        secs(1),
+        MetadataUpdate::Namespace(NamespaceInfo {
+            name: "shop".into(),
+            labels: Labels::new([("team", "payments")]),
+        }),
+    );
+    assert_eq!(
+        ingress(&mut ex, 41005, 1),
+        (Some(RuleAction::Allow), Some("ingress-2".into()))
+    );
+    // The policy deleted: not isolated.
+    ex.handle_metadata(
+        secs(1),
+        MetadataUpdate::PolicyDeleted {
+            namespace: "shop".into(),
+            name: "web-from-client".into(),
+        },
+    );
+    assert_eq!(ingress(&mut ex, 41006, 1), (None, None));
+}
