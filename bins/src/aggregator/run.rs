@@ -185,7 +185,7 @@ pub async fn run(
             ccfg.tls_config = tls_cfg;
         }
     }
-    let (tx, mut rx) = crate::transport::collector::channel(1024);
+    let (tx, mut rx) = crate::transport::collector::channel(COLLECT_QUEUE);
     let collector = Collector::bind(ccfg, cmetrics.clone(), tx).await?;
     let collector_task = tokio::spawn(collector.run(shutdown.clone()));
 
@@ -336,6 +336,10 @@ pub async fn run(
     let _ = http.await;
     Ok(())
 }
+
+/// Decoded messages (each up to 64 KiB of IPFIX) queued from the collecting process to the
+/// router; when full, the sessions stop reading and TCP pushes back on the agents.
+const COLLECT_QUEUE: usize = 128;
 
 /// Messages queued per core thread.
 const SHARD_QUEUE: usize = 64;
