@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
 use flowcore::aggregator::AggregatedRecord;
 use rusqlite::{Connection, OptionalExtension, Statement};
@@ -95,6 +96,10 @@ type Sums<const N: usize> = FxMap<Key<N>, Traffic>;
 
 #[derive(Default)]
 struct Rollups {
+    /// Records summed, and the oldest and newest end time among them.
+    records: usize,
+    first_end: Option<u64>,
+    last_end: Option<u64>,
     pod_pair: Sums<7>,
     pod_service: Sums<4>,
     pod_external: Sums<4>,
@@ -134,6 +139,34 @@ fn swapped(t: &Traffic) -> Traffic {
     }
 }
 
+/// What a record adds to the rollups: from the record at insert, from its stored row when
+/// recovering sums that a crash kept from being written (see [`recover`]).
+struct Contribution {
+    end_secs: u32,
+    flow_type: u8,
+    deltas: [u64; 4],
+    src_ip: IpAddr,
+    dst_ip: IpAddr,
+    cluster_ip: Option<IpAddr>,
+    in_action: u8,
+    eg_action: u8,
+}
+
+impl Contribution {
+    fn of(r: &AggregatedRecord) -> Contribution {
+        Contribution {
+            end_secs: r.end_secs,
+            flow_type: r.flow_type,
+            deltas: r.deltas,
+            src_ip: r.key.src,
+            dst_ip: r.key.dst,
+            cluster_ip: r.cluster_ip,
+            in_action: r.ingress.action,
+            eg_action: r.egress.action,
+        }
+    }
+}
+
 /// A record's names as `dict` ids.
 struct Ids {
     src_ns: i64,
@@ -153,6 +186,9 @@ impl Rollups {
     /// The hourly sums of the minutes before `upto` (the closed hours, see [`close_hours`]).
     fn hourly(&self, upto: u64) -> Rollups {
         Rollups {
+            records: 0,
+            first_end: None,
+            last_end: None,
             pod_pair: by_hour(&self.pod_pair, upto),
             pod_service: by_hour(&self.pod_service, upto),
             pod_external: by_hour(&self.pod_external, upto),
@@ -162,7 +198,42 @@ impl Rollups {
         }
     }
 
-    fn add(&mut self, r: &AggregatedRecord, d: &Ids) {
+    /// Adds `other`'s sums to these.
+    fn merge(&mut self, other: Rollups) {
+        fn m<const N: usize>(a: &mut Sums<N>, b: Sums<N>) {
+            for (k, t) in b {
+                add(a, k, &t);
+            }
+        }
+        self.records += other.records;
+        self.first_end = self
+            .first_end
+            .min(other.first_end)
+            .or(self.first_end)
+            .or(other.first_end);
+        self.last_end = self.last_end.max(other.last_end);
+        m(&mut self.pod_pair, other.pod_pair);
+        m(&mut self.pod_service, other.pod_service);
+        m(&mut self.pod_external, other.pod_external);
+        m(&mut self.node_pair, other.node_pair);
+        m(&mut self.policy, other.policy);
+        m(&mut self.pod, other.pod);
+    }
+
+    fn keys(&self) -> usize {
+        self.pod_pair.len()
+            + self.pod_service.len()
+            + self.pod_external.len()
+            + self.node_pair.len()
+            + self.policy.len()
+            + self.pod.len()
+    }
+
+    fn add(&mut self, r: &Contribution, d: &Ids) {
+        let end = r.end_secs as u64;
+        self.records += 1;
+        self.first_end = Some(self.first_end.map_or(end, |f| f.min(end)));
+        self.last_end = Some(self.last_end.map_or(end, |l| l.max(end)));
         let minute = r.end_secs / 60 * 60;
         let t = Traffic {
             packets: r.deltas[0],
@@ -192,14 +263,14 @@ impl Rollups {
         match r.flow_type {
             FLOW_TYPE_TO_EXTERNAL => {
                 let mut k = key(minute, [ft, d.src_ns, d.src_pod, d.src_node]);
-                k.ip = Some(r.key.dst);
+                k.ip = Some(r.dst_ip);
                 add(&mut self.pod_external, k, &t);
                 add(&mut self.pod, key(minute, [d.src_ns, d.src_pod]), &t);
             }
             FLOW_TYPE_FROM_EXTERNAL => {
                 // Seen from the Pod, which is the destination here: swap directions.
                 let mut k = key(minute, [ft, d.dst_ns, d.dst_pod, d.dst_node]);
-                k.ip = Some(r.key.src);
+                k.ip = Some(r.src_ip);
                 add(&mut self.pod_external, k, &swapped(&t));
                 add(
                     &mut self.pod,
@@ -218,10 +289,10 @@ impl Rollups {
             let ints = [
                 d.eg_ns,
                 d.eg_name,
-                r.egress.action as i64,
+                r.eg_action as i64,
                 d.in_ns,
                 d.in_name,
-                r.ingress.action as i64,
+                r.in_action as i64,
                 d.src_ns,
                 d.src_pod,
                 d.dst_ns,
@@ -232,11 +303,20 @@ impl Rollups {
     }
 }
 
-/// The writer's state between batches: the name cache and reused buffers.
+/// The writer's state between batches: the name cache, reused buffers, and the rollup sums
+/// of committed records not yet written (see [`insert_batch`]).
 #[derive(Default)]
 pub struct Scratch {
     dict: FxMap<Box<str>, i64>,
     rest: Vec<u8>,
+    pending: Rollups,
+    /// The last `flows.id` that `pending` covers.
+    pending_upto_id: i64,
+    /// Pending sums were lost to a failed flush: re-read them from the records first.
+    recover_due: bool,
+    /// [`FLUSH_EVERY`] unless set (tests hold sums back to exercise [`recover`]).
+    pub flush_every: Option<Duration>,
+    last_flush: Option<Instant>,
 }
 
 impl Scratch {
@@ -271,6 +351,23 @@ fn intern(tx: &Connection, dict: &mut FxMap<Box<str>, i64>, s: &str) -> rusqlite
     Ok(id)
 }
 
+/// Rollup sums are written at most this long after their records' transaction, in the
+/// transaction of a later batch. Until then they accumulate in memory across batches: a
+/// collector taking hundreds of batches a minute writes each minute's keys about once a
+/// second instead of once per batch. Queries flush first ([`flush`]), so they never miss any.
+pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// Or once this many keys or records wait, which bounds the writer's memory and what a crash
+/// leaves for [`recover`] to re-read.
+const FLUSH_KEYS: usize = 1 << 20;
+const FLUSH_RECORDS: usize = 1 << 20;
+/// Or once the pending records' end times span more than this.
+const MAX_PENDING_SPAN_SECS: u64 = 180;
+
+/// Stores `batch` in one transaction. The records always; the rollup sums of this batch and
+/// of earlier ones still pending when a flush is due, in the same transaction, with
+/// `meta.rolled_upto` (the last record id the rollups cover) — so rollups never count a
+/// record twice or a record that was rolled back, and a crash loses no sums: [`recover`]
+/// re-reads the records after `rolled_upto`.
 pub fn insert_batch(
     conn: &mut Connection,
     batch: &[AggregatedRecord],
@@ -290,6 +387,10 @@ fn insert_tx(
     received_at: u64,
     scratch: &mut Scratch,
 ) -> rusqlite::Result<()> {
+    if scratch.recover_due {
+        recover(conn)?;
+        scratch.recover_due = false;
+    }
     let tx = conn.transaction()?;
     let mut rollups = Rollups::default();
     {
@@ -322,32 +423,185 @@ fn insert_tx(
             codec::encode(&mut scratch.rest, r, received_at, &rest_ids);
             bind_flow(&mut st, r, &ids, &scratch.rest)?;
             st.raw_execute()?;
-            rollups.add(r, &ids);
+            rollups.add(&Contribution::of(r), &ids);
         }
-    }
-    write_rollups(&tx, &rollups, "")?;
-    // Hourly rows of closed hours take late records directly; open hours get theirs when
-    // they close.
-    let upto = match hourly_upto(&tx)? {
-        Some(h) => h,
-        None => {
-            let first = batch.iter().map(|r| r.end_secs as u64).min().unwrap_or(0);
-            set_hourly_upto(&tx, first / 3600 * 3600)?
-        }
-    };
-    write_rollups(&tx, &rollups.hourly(upto), schema::HOURLY)?;
-    if let Some(newest) = batch.iter().map(|r| r.end_secs as u64).max() {
-        close_hours(
-            &tx,
-            upto,
-            newest.saturating_sub(CLOSE_AFTER_SECS) / 3600 * 3600,
-        )?;
     }
     tx.execute(
         "UPDATE meta SET value = value + ?1 WHERE key = 'records'",
         [batch.len() as i64],
     )?;
-    tx.commit()
+    let last_id = tx.last_insert_rowid();
+    let every = scratch.flush_every.unwrap_or(FLUSH_EVERY);
+    let p = &scratch.pending;
+    let first = match (p.first_end, rollups.first_end) {
+        (Some(a), Some(b)) => a.min(b),
+        (a, b) => a.or(b).unwrap_or(0),
+    };
+    let span = p
+        .last_end
+        .max(rollups.last_end)
+        .unwrap_or(0)
+        .saturating_sub(first);
+    // Sums only fold while their minutes recur: records spread over many minutes (a backlog
+    // replayed, a bench filling days) gain nothing from waiting and cost a larger table.
+    let due = scratch.last_flush.is_none_or(|t| t.elapsed() >= every)
+        || span > MAX_PENDING_SPAN_SECS
+        || scratch.pending.keys() + rollups.keys() >= FLUSH_KEYS
+        || scratch.pending.records + rollups.records >= FLUSH_RECORDS;
+    if due {
+        // The pending sums stay pending until the commit succeeds.
+        let mut all = std::mem::take(&mut scratch.pending);
+        if all.records == 0 {
+            all = rollups;
+        } else {
+            all.merge(rollups);
+        }
+        if let Err(e) = write_pending(&tx, &all, last_id).and_then(|()| tx.commit()) {
+            // This batch rolled back; the earlier pending sums went with `all`, but their
+            // records are committed after `rolled_upto`, so they are re-read instead.
+            scratch.recover_due = true;
+            return Err(e);
+        }
+        scratch.last_flush = Some(Instant::now());
+        return Ok(());
+    }
+    tx.commit()?;
+    scratch.pending.merge(rollups);
+    scratch.pending_upto_id = last_id;
+    Ok(())
+}
+
+/// Writes whatever rollup sums are pending (before a query reads the rollups, before
+/// retention deletes from them, and when the store closes).
+pub fn flush(conn: &mut Connection, scratch: &mut Scratch) -> rusqlite::Result<()> {
+    if scratch.recover_due {
+        recover(conn)?;
+        scratch.recover_due = false;
+    }
+    if scratch.pending.records == 0 {
+        return Ok(());
+    }
+    let tx = conn.transaction()?;
+    write_pending(&tx, &scratch.pending, scratch.pending_upto_id)?;
+    tx.commit()?;
+    scratch.pending = Rollups::default();
+    scratch.last_flush = Some(Instant::now());
+    Ok(())
+}
+
+/// Sums the rollups of records after `meta.rolled_upto` that a crash (or a failed flush) left
+/// out, and writes them. Called when the store opens, before anything else writes.
+pub fn recover(conn: &mut Connection) -> rusqlite::Result<u64> {
+    let tx = conn.transaction()?;
+    let upto: Option<i64> = tx
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'rolled_upto'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let upto = match upto {
+        Some(u) => u,
+        None => {
+            // A new store: nothing to recover.
+            let max: i64 =
+                tx.query_row("SELECT COALESCE(MAX(id), 0) FROM flows", [], |r| r.get(0))?;
+            set_rolled_upto(&tx, max)?;
+            tx.commit()?;
+            return Ok(0);
+        }
+    };
+    let mut sums = Rollups::default();
+    let mut last = upto;
+    {
+        let mut st = tx.prepare(
+            "SELECT id, end_secs, flow_type, src_ip, dst_ip, src_ns, src_pod, src_node, dst_ns, \
+             dst_pod, dst_node, service, in_ns, in_name, eg_ns, eg_name, rest FROM flows \
+             WHERE id > ?1 ORDER BY id",
+        )?;
+        let mut rows = st.query([upto])?;
+        while let Some(row) = rows.next()? {
+            last = row.get(0)?;
+            let ip = |i: usize| -> rusqlite::Result<IpAddr> {
+                Ok(match row.get_ref(i)? {
+                    rusqlite::types::ValueRef::Blob(b) => codec::ip_from(b),
+                    _ => None,
+                }
+                .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)))
+            };
+            let rest = match row.get_ref(16)? {
+                rusqlite::types::ValueRef::Blob(b) => codec::decode(b).map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        16,
+                        rusqlite::types::Type::Blob,
+                        Box::new(e),
+                    )
+                })?,
+                _ => codec::Rest::default(),
+            };
+            let c = Contribution {
+                end_secs: row.get::<_, i64>(1)?.clamp(0, u32::MAX as i64) as u32,
+                flow_type: row.get::<_, i64>(2)?.clamp(0, 255) as u8,
+                deltas: rest.deltas,
+                src_ip: ip(3)?,
+                dst_ip: ip(4)?,
+                cluster_ip: rest.cluster_ip,
+                in_action: rest.ingress[2].min(255) as u8,
+                eg_action: rest.egress[2].min(255) as u8,
+            };
+            let g = |i: usize| row.get::<_, i64>(i);
+            let ids = Ids {
+                src_ns: g(5)?,
+                src_pod: g(6)?,
+                src_node: g(7)?,
+                dst_ns: g(8)?,
+                dst_pod: g(9)?,
+                dst_node: g(10)?,
+                service: g(11)?,
+                in_ns: g(12)?,
+                in_name: g(13)?,
+                eg_ns: g(14)?,
+                eg_name: g(15)?,
+            };
+            sums.add(&c, &ids);
+        }
+    }
+    let n = sums.records as u64;
+    if n > 0 {
+        write_pending(&tx, &sums, last)?;
+    }
+    tx.commit()?;
+    Ok(n)
+}
+
+fn set_rolled_upto(c: &Connection, id: i64) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "INSERT INTO meta (key, value) VALUES ('rolled_upto', ?1) \
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute([id])?;
+    Ok(())
+}
+
+/// Writes `r` into the minute rollups, the hourly ones for closed hours, closes the hours
+/// that are due, and records that the rollups now cover every record up to `upto_id`.
+fn write_pending(tx: &Connection, r: &Rollups, upto_id: i64) -> rusqlite::Result<()> {
+    write_rollups(tx, r, "")?;
+    // Hourly rows of closed hours take late records directly; open hours get theirs when
+    // they close.
+    let upto = match hourly_upto(tx)? {
+        Some(h) => h,
+        None => set_hourly_upto(tx, r.first_end.unwrap_or(0) / 3600 * 3600)?,
+    };
+    write_rollups(tx, &r.hourly(upto), schema::HOURLY)?;
+    if let Some(newest) = r.last_end {
+        close_hours(
+            tx,
+            upto,
+            newest.saturating_sub(CLOSE_AFTER_SECS) / 3600 * 3600,
+        )?;
+    }
+    set_rolled_upto(tx, upto_id)
 }
 
 fn bind_flow(

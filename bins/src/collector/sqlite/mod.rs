@@ -141,6 +141,12 @@ impl SqliteStore {
                 },
             ));
         }
+        // Rollup sums a crash kept from being written are re-read from the records.
+        let mut c = c;
+        let recovered = insert::recover(&mut c).map_err(|e| open_err(&path, e))?;
+        if recovered > 0 {
+            tracing::info!(records = recovered, "store: rollups recovered from records");
+        }
         Ok(SqliteStore {
             path,
             cfg,
@@ -151,6 +157,22 @@ impl SqliteStore {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// How long rollup sums may wait in memory after their records commit (default 1 s).
+    /// Queries flush first, so this only trades write work against what a crash leaves for
+    /// the next open to re-read.
+    pub fn set_rollup_flush_interval(&self, every: Duration) {
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        w.1.flush_every = Some(every);
+    }
+
+    /// Writes the rollup sums still held in memory (see `insert::FLUSH_EVERY`). Queries do
+    /// this themselves; a caller that reads the file directly calls it first.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let (c, scratch) = &mut *w;
+        insert::flush(c, scratch).map_err(|e| self.err("rollup flush", e))
     }
 
     fn err(&self, op: &'static str, e: rusqlite::Error) -> StoreError {
@@ -214,6 +236,15 @@ impl SqliteStore {
     }
 }
 
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        if let Err(e) = self.flush() {
+            // Not lost: the next open re-reads the records after `rolled_upto`.
+            tracing::warn!(error = %e, "store: rollup flush at close failed");
+        }
+    }
+}
+
 impl Store for SqliteStore {
     fn insert(&self, batch: &[AggregatedRecord], received_at: u64) -> Result<(), StoreError> {
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
@@ -226,26 +257,32 @@ impl Store for SqliteStore {
     }
 
     fn top(&self, q: &TopQuery) -> Result<Vec<TopRow>, StoreError> {
+        self.flush()?;
         self.read("top query", |c| read::top(c, q))
     }
 
     fn timeseries(&self, q: &SeriesQuery) -> Result<TimeSeries, StoreError> {
+        self.flush()?;
         self.read("timeseries query", |c| read::timeseries(c, q))
     }
 
     fn sankey(&self, q: &SankeyQuery) -> Result<Sankey, StoreError> {
+        self.flush()?;
         self.read("sankey query", |c| read::sankey(c, q))
     }
 
     fn node_matrix(&self, q: &DashFilter) -> Result<NodeMatrix, StoreError> {
+        self.flush()?;
         self.read("node matrix query", |c| read::node_matrix(c, q))
     }
 
     fn policy_flows(&self, q: &PolicyQuery) -> Result<Vec<PolicyFlow>, StoreError> {
+        self.flush()?;
         self.read("policy query", |c| read::policy_flows(c, q))
     }
 
     fn stats(&self) -> Result<StoreStats, StoreError> {
+        self.flush()?;
         self.read("stats", |c| {
             let (records, oldest, newest) = read::record_span(c)?;
             Ok(StoreStats {
@@ -262,7 +299,9 @@ impl Store for SqliteStore {
 
     fn enforce_retention(&self, now: u64) -> Result<RetentionReport, StoreError> {
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let c = &mut w.0;
+        let (c, scratch) = &mut *w;
+        // Pending sums would otherwise land after their minutes were deleted.
+        insert::flush(c, scratch).map_err(|e| self.err("rollup flush", e))?;
         let mut report = RetentionReport::default();
         let apply = |c: &mut Connection, cutoff: u64, report: &mut RetentionReport| {
             let (r, u) = Self::delete_before(c, cutoff)?;
