@@ -193,32 +193,54 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-/// Heap per in-flight flow: 1 M inter-Node flows whose partner has not arrived yet.
+/// Heap per in-flight flow: 1 M inter-Node flows whose partner has not arrived yet (one Node's
+/// side each), then 1 M correlated flows (both sides, exported, in flight until their next
+/// export) — the end-to-end bench's case.
 fn memory_report() {
     const FLOWS: u32 = 1_000_000;
-    let msgs = agent_messages(0..FLOWS, true, 1);
-    let before = LIVE.load(Relaxed);
-    let mut agg = Aggregator::new(AggregatorConfig {
-        max_flows: 2_000_000,
-        ..Default::default()
-    });
-    let mut dec = Decoder::new(DecoderConfig::default());
-    let ex = ExporterId {
-        addr: IpAddr::V4(Ipv4Addr::new(192, 168, 0, 1)),
-        domain: 1,
+    let ex = |n: u8| ExporterId {
+        addr: IpAddr::V4(Ipv4Addr::new(192, 168, 0, n)),
+        domain: n as u32,
     };
-    for m in &msgs {
-        dec.decode(T0, m, |r| agg.handle_record(T0, ex, &r).unwrap())
-            .unwrap();
+    for both in [false, true] {
+        let src = agent_messages(0..FLOWS, true, 1);
+        let dst = if both {
+            agent_messages(0..FLOWS, false, 2)
+        } else {
+            Vec::new()
+        };
+        let before = LIVE.load(Relaxed);
+        let mut agg = Aggregator::new(AggregatorConfig {
+            max_flows: 2_000_000,
+            ..Default::default()
+        });
+        let mut dec_a = Decoder::new(DecoderConfig::default());
+        let mut dec_b = Decoder::new(DecoderConfig::default());
+        for (i, m) in src.iter().enumerate() {
+            dec_a
+                .decode(T0, m, |r| agg.handle_record(T0, ex(1), &r).unwrap())
+                .unwrap();
+            if let Some(m) = dst.get(i) {
+                dec_b
+                    .decode(T0, m, |r| agg.handle_record(T0, ex(2), &r).unwrap())
+                    .unwrap();
+            }
+            while agg.poll_record().is_some() {}
+        }
+        let after = LIVE.load(Relaxed);
+        println!(
+            "aggregator memory ({}): {} flows in flight, {:.0} heap bytes per flow ({:.1} MiB)",
+            if both {
+                "correlated, both sides"
+            } else {
+                "awaiting the partner, one side"
+            },
+            agg.len(),
+            (after - before) as f64 / agg.len() as f64,
+            (after - before) as f64 / (1 << 20) as f64
+        );
+        black_box(agg);
     }
-    let after = LIVE.load(Relaxed);
-    println!(
-        "aggregator memory: {} flows in flight, {:.0} heap bytes per flow ({:.1} MiB)",
-        agg.len(),
-        (after - before) as f64 / agg.len() as f64,
-        (after - before) as f64 / (1 << 20) as f64
-    );
-    black_box(agg);
 }
 
 criterion_group!(benches, bench);

@@ -1,6 +1,10 @@
 //! String interning for the aggregator's in-flight flows: Pod, Namespace, Node, Service and
 //! policy names repeat across thousands of flows, so each flow stores 4-byte symbols and the text
 //! lives once. Output records carry `Arc<str>` clones, so emitting a record allocates nothing.
+//!
+//! The table is flowcore's one interner, [`crate::model::Interner`]; this is a view of it with
+//! the aggregator's symbol convention (`Sym::EMPTY` = 0 is the empty string, so `FlowMeta`
+//! defaults to "nothing known").
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,63 +19,69 @@ impl Sym {
     pub fn is_empty(self) -> bool {
         self == Sym::EMPTY
     }
+
+    pub(crate) fn index(self) -> usize {
+        self.0 as usize
+    }
+
+    fn model(self) -> crate::model::Sym {
+        // The empty string is the table's first entry (model symbol 1).
+        crate::model::Sym::from_index(self.0 as usize)
+    }
+
+    fn of(s: crate::model::Sym) -> Sym {
+        Sym(s.index() as u32)
+    }
 }
 
-/// Interned strings. Grows with the number of distinct names seen; names are few compared with
-/// flows (Pods come and go, but each name is a few dozen bytes once).
-#[derive(Debug)]
+/// Interned strings: [`crate::model::Interner`] with the empty string as symbol 0.
 pub struct Interner {
-    strings: Vec<Arc<str>>,
-    /// foldhash: every field of every record is looked up here, and SipHash would be most of
-    /// the aggregator's per-record time. Names are not attacker-chosen keys in bulk the way
-    /// 5-tuples are, and the table is bounded by the names that exist.
-    index: HashMap<Arc<str>, Sym, foldhash::fast::FixedState>,
+    inner: crate::model::Interner,
+}
+
+impl std::fmt::Debug for Interner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.inner.fmt(f)
+    }
 }
 
 impl Default for Interner {
     fn default() -> Self {
-        let empty: Arc<str> = Arc::from("");
-        let mut index = HashMap::with_hasher(foldhash::fast::FixedState::default());
-        index.insert(empty.clone(), Sym::EMPTY);
-        Interner {
-            strings: vec![empty],
-            index,
-        }
+        let mut inner = crate::model::Interner::new();
+        let empty = inner.intern("");
+        debug_assert_eq!(Sym::of(empty), Sym::EMPTY);
+        Interner { inner }
     }
 }
 
 impl Interner {
     /// The symbol for `s`, adding it if new. Allocates only for a string never seen before.
     pub fn intern(&mut self, s: &str) -> Sym {
-        if let Some(&sym) = self.index.get(s) {
-            return sym;
-        }
-        let arc: Arc<str> = Arc::from(s);
-        let sym = Sym(self.strings.len() as u32);
-        self.strings.push(arc.clone());
-        self.index.insert(arc, sym);
-        sym
+        Sym::of(self.inner.intern(s))
     }
 
-    /// Interns UTF-8 bytes from the wire (invalid sequences replaced).
+    /// Interns UTF-8 bytes from the wire (invalid sequences replaced). A name seen before is
+    /// found by hash and byte comparison, without UTF-8 validation or allocation.
     pub fn intern_bytes(&mut self, b: &[u8]) -> Sym {
-        match std::str::from_utf8(b) {
-            Ok(s) => self.intern(s),
-            Err(_) => self.intern(&String::from_utf8_lossy(b)),
+        if b.is_empty() {
+            return Sym::EMPTY;
         }
+        Sym::of(self.inner.intern_bytes(b))
     }
 
     pub fn get(&self, sym: Sym) -> &Arc<str> {
         // Symbols are only made by this interner, so the index is always in range.
-        &self.strings[sym.0 as usize]
+        self.inner
+            .resolve_shared(sym.model())
+            .expect("symbols come from this interner")
     }
 
     pub fn len(&self) -> usize {
-        self.strings.len()
+        self.inner.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.strings.len() <= 1
+        self.inner.len() <= 1
     }
 }
 

@@ -29,7 +29,8 @@ mod record;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -132,6 +133,24 @@ struct Side {
     end_reason: u8,
     /// Index into `Aggregator::exporters`.
     exporter: u16,
+    /// Which side this is (set by `Sides::set`); an enum, so `Option<Side>` needs no extra tag.
+    which: Which,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Which {
+    Source,
+    Destination,
+}
+
+impl Which {
+    fn of(i: usize) -> Which {
+        if i == SOURCE {
+            Which::Source
+        } else {
+            Which::Destination
+        }
+    }
 }
 
 impl Side {
@@ -151,7 +170,6 @@ const DESTINATION: usize = 1;
 /// one-sided flow pays 8 bytes for it.
 #[derive(Default)]
 struct Sides {
-    first_idx: u8,
     first: Option<Side>,
     second: Option<Box<Side>>,
 }
@@ -159,19 +177,17 @@ struct Sides {
 impl Sides {
     fn get(&self, i: usize) -> Option<&Side> {
         match &self.first {
-            Some(f) if self.first_idx as usize == i => Some(f),
+            Some(f) if f.which == Which::of(i) => Some(f),
             Some(_) => self.second.as_deref(),
             None => None,
         }
     }
 
-    fn set(&mut self, i: usize, side: Side) {
+    fn set(&mut self, i: usize, mut side: Side) {
+        side.which = Which::of(i);
         match &mut self.first {
-            None => {
-                self.first_idx = i as u8;
-                self.first = Some(side);
-            }
-            Some(f) if self.first_idx as usize == i => *f = side,
+            None => self.first = Some(side),
+            Some(f) if f.which == side.which => *f = side,
             Some(_) => match &mut self.second {
                 Some(b) => **b = side,
                 None => self.second = Some(Box::new(side)),
@@ -231,10 +247,13 @@ struct Flow {
     meta: MetaId,
     flow_type: u8,
     sides: Sides,
-    created: Timestamp,
+    /// While awaiting the partner: when the flow was created (the correlation timeout counts from
+    /// it; nothing was exported yet). Afterwards: when it was last exported, `ZERO` if never. One
+    /// field for both saves 16 bytes per flow.
+    since: Timestamp,
     updated: Timestamp,
-    last_export: Option<Timestamp>,
-    /// Deadline currently in the timer set, and the generation that makes older entries stale.
+    /// Deadline of the flow's live timer entry, and that entry's sequence number (0: none); the
+    /// heap's other entries for this slot are stale.
     deadline: Timestamp,
     generation: u32,
     /// An inter-Node flow still expecting its other half.
@@ -243,6 +262,20 @@ struct Flow {
 }
 
 impl Flow {
+    fn last_export(&self) -> Option<Timestamp> {
+        (!self.awaiting_partner && self.since != Timestamp::ZERO).then_some(self.since)
+    }
+    /// When the flow was created; only while awaiting the partner.
+    fn created(&self) -> Timestamp {
+        self.since
+    }
+    /// No longer awaiting the partner (it came, or will not).
+    fn stop_awaiting(&mut self) {
+        if self.awaiting_partner {
+            self.awaiting_partner = false;
+            self.since = Timestamp::ZERO;
+        }
+    }
     fn needs_partner(&self) -> bool {
         self.flow_type == FLOW_TYPE_INTER_NODE
     }
@@ -273,13 +306,20 @@ pub struct Aggregator {
     index: hashbrown::HashTable<u32>,
     hasher: foldhash::fast::FixedState,
     exporters: Vec<ExporterId>,
-    exporter_ids: HashMap<ExporterId, u16>,
-    timers: BTreeSet<(Timestamp, u32, u32)>,
+    exporter_ids: HashMap<ExporterId, u16, foldhash::fast::FixedState>,
+    /// Per interned Node name, its observation domain (`side_of` runs per record).
+    node_domains: Vec<u32>,
+    /// (deadline, flow id, sequence), earliest first. Lazy deletion: rescheduling pushes a new
+    /// entry and leaves the old one, which no longer matches its flow's `generation`; stale
+    /// entries are skipped when they surface and purged when they outnumber the flows. The top
+    /// entry is always live (see `prune_timers`), so `poll_timeout` is a peek.
+    timers: BinaryHeap<Reverse<(Timestamp, u32, u32)>>,
+    timer_seq: u32,
     out: VecDeque<AggregatedRecord>,
     metas: MetaTable,
     /// The aggregator's own view of the cluster, for filling in flows whose partner never came.
     metadata: Option<crate::metadata::MetadataIndex>,
-    tombstones: HashMap<CorrelationKey, Tombstone>,
+    tombstones: HashMap<CorrelationKey, Tombstone, foldhash::fast::FixedState>,
     tombstone_order: VecDeque<(Timestamp, CorrelationKey)>,
     stats: AggregatorStats,
 }
@@ -288,6 +328,7 @@ impl Aggregator {
     pub fn new(cfg: AggregatorConfig) -> Aggregator {
         let mut strings = Interner::default();
         let cluster_id = strings.intern(&cfg.cluster_id);
+        let cfg_seed = cfg.hash_seed;
         Aggregator {
             hasher: foldhash::fast::FixedState::with_seed(cfg.hash_seed),
             metas: MetaTable::new(cfg.hash_seed),
@@ -299,10 +340,12 @@ impl Aggregator {
             free: Vec::new(),
             index: hashbrown::HashTable::new(),
             exporters: Vec::new(),
-            exporter_ids: HashMap::new(),
-            timers: BTreeSet::new(),
+            exporter_ids: HashMap::default(),
+            node_domains: Vec::new(),
+            timers: BinaryHeap::new(),
+            timer_seq: 0,
             out: VecDeque::new(),
-            tombstones: HashMap::new(),
+            tombstones: HashMap::with_hasher(foldhash::fast::FixedState::with_seed(cfg_seed)),
             tombstone_order: VecDeque::new(),
             stats: AggregatorStats::default(),
         }
@@ -381,18 +424,25 @@ impl Aggregator {
         let exporter = self.exporter_index(exporter);
         self.expire_tombstones(now);
         let fid = match self.target(now, side_idx, &half) {
-            Target::Ignore => return,
             Target::Flow(fid) => fid,
             Target::New => self.create(now, &half),
-            Target::Late => return self.late(now, side_idx, exporter, &half),
-            Target::Alone => return self.alone(now, side_idx, exporter, &half),
+            other => {
+                match other {
+                    Target::Late => self.late(now, side_idx, exporter, &half),
+                    Target::Alone => self.alone(now, side_idx, exporter, &half),
+                    _ => {}
+                }
+                // Resolving may have finished the flow in flight (reuse).
+                self.prune_timers();
+                return;
+            }
         };
         let flow = self.flows[fid as usize]
             .as_mut()
             .expect("indexed flows exist");
         apply(flow, &mut self.metas, side_idx, exporter, &half, now);
         if flow.awaiting_partner && flow.correlated() {
-            flow.awaiting_partner = false;
+            flow.stop_awaiting();
             self.stats.correlated += 1;
         }
         self.reschedule(fid, now);
@@ -510,7 +560,7 @@ impl Aggregator {
     /// remembered: exported on its own (uncorrelated), counting from the agent's own baseline.
     fn alone(&mut self, now: Timestamp, side_idx: usize, exporter: u16, half: &FlowHalf) {
         let mut flow = self.new_flow(now, half);
-        flow.awaiting_partner = false;
+        flow.stop_awaiting();
         apply(&mut flow, &mut self.metas, side_idx, exporter, half, now);
         if flow.needs_partner() {
             self.stats.uncorrelated += 1;
@@ -524,23 +574,35 @@ impl Aggregator {
     /// its Node name, which settles it even when the agent filled in both ends' Pods. Otherwise
     /// (Antrea's agents), as Antrea decides: a record naming the source Pod comes from the source
     /// Node, because those agents fill in only their own Node's Pods.
-    fn side_of(&self, exporter: ExporterId, half: &FlowHalf) -> usize {
+    fn side_of(&mut self, exporter: ExporterId, half: &FlowHalf) -> usize {
         if half.meta.flow_type != FLOW_TYPE_INTER_NODE {
             return SOURCE;
         }
-        let domain_of = |node: Sym| {
-            (!node.is_empty())
-                .then(|| crate::ipfix::node_observation_domain(self.strings.get(node)))
-        };
-        if domain_of(half.meta.src_node) == Some(exporter.domain) {
+        if self.node_domain(half.meta.src_node) == Some(exporter.domain) {
             SOURCE
-        } else if domain_of(half.meta.dst_node) == Some(exporter.domain) {
+        } else if self.node_domain(half.meta.dst_node) == Some(exporter.domain) {
             DESTINATION
         } else if half.is_from_source_node() {
             SOURCE
         } else {
             DESTINATION
         }
+    }
+
+    /// The observation domain a flowlens agent on Node `node` uses (memoized per name).
+    fn node_domain(&mut self, node: Sym) -> Option<u32> {
+        if node.is_empty() {
+            return None;
+        }
+        let i = node.index();
+        if self.node_domains.len() <= i {
+            self.node_domains.resize(i + 1, 0);
+        }
+        if self.node_domains[i] == 0 {
+            // Never 0: `node_observation_domain` maps to 1.. .
+            self.node_domains[i] = crate::ipfix::node_observation_domain(self.strings.get(node));
+        }
+        Some(self.node_domains[i])
     }
 
     /// A small index for an exporter (Nodes are few; past 65535 the last index is shared, which
@@ -569,6 +631,7 @@ impl Aggregator {
 
     fn new_flow(&mut self, now: Timestamp, half: &FlowHalf) -> Flow {
         self.stats.flows_created += 1;
+        let awaiting = half.meta.flow_type == FLOW_TYPE_INTER_NODE;
         Flow {
             key: half.key,
             start_secs: half.start_secs,
@@ -576,12 +639,12 @@ impl Aggregator {
             meta: self.metas.acquire(half.meta),
             flow_type: half.meta.flow_type,
             sides: Sides::default(),
-            created: now,
+            // Creation time while awaiting the partner, else "never exported".
+            since: if awaiting { now } else { Timestamp::ZERO },
             updated: now,
-            last_export: None,
             deadline: now,
             generation: 0,
-            awaiting_partner: half.meta.flow_type == FLOW_TYPE_INTER_NODE,
+            awaiting_partner: awaiting,
             dirty: false,
         }
     }
@@ -615,18 +678,29 @@ impl Aggregator {
 
     /// Evicts the flow whose deadline is nearest (the one that would be exported next anyway).
     fn evict(&mut self, now: Timestamp) {
-        while let Some(&(t, fid, generation)) = self.timers.first() {
-            self.timers.remove(&(t, fid, generation));
-            if self
-                .flows
-                .get(fid as usize)
-                .and_then(|f| f.as_ref())
-                .is_some_and(|f| f.generation == generation)
-            {
+        while let Some(Reverse((_, fid, generation))) = self.timers.pop() {
+            if self.live_timer(fid, generation) {
                 self.stats.evicted += 1;
                 self.finish(fid, now, END_LACK_OF_RESOURCES);
                 return;
             }
+        }
+    }
+
+    fn live_timer(&self, fid: u32, generation: u32) -> bool {
+        self.flows
+            .get(fid as usize)
+            .and_then(|f| f.as_ref())
+            .is_some_and(|f| f.generation == generation)
+    }
+
+    /// Drops stale entries from the top of the timer heap, so that its top is live.
+    fn prune_timers(&mut self) {
+        while let Some(&Reverse((_, fid, generation))) = self.timers.peek() {
+            if self.live_timer(fid, generation) {
+                break;
+            }
+            self.timers.pop();
         }
     }
 
@@ -637,43 +711,57 @@ impl Aggregator {
             .expect("indexed flows exist");
         let mut d = flow.updated + cfg.inactive_timeout;
         if flow.awaiting_partner {
-            d = d.min(flow.created + cfg.correlation_timeout);
+            d = d.min(flow.created() + cfg.correlation_timeout);
         }
         if flow.ended() {
             d = now;
         } else if flow.dirty {
-            match flow.last_export {
+            match flow.last_export() {
                 None if !flow.awaiting_partner => d = now,
                 None => {}
                 Some(t) => d = d.min(t + cfg.active_timeout),
             }
         }
-        self.timers.remove(&(flow.deadline, fid, flow.generation));
-        flow.generation = flow.generation.wrapping_add(1);
+        if flow.generation != 0 && flow.deadline == d {
+            return;
+        }
+        self.timer_seq = self.timer_seq.wrapping_add(1).max(1);
+        flow.generation = self.timer_seq;
         flow.deadline = d;
-        self.timers.insert((d, fid, flow.generation));
+        self.timers.push(Reverse((d, fid, flow.generation)));
+        if self.timers.len() > 2 * self.index.len() + 1024 {
+            let flows = &self.flows;
+            self.timers.retain(|&Reverse((_, fid, g))| {
+                flows
+                    .get(fid as usize)
+                    .and_then(|f| f.as_ref())
+                    .is_some_and(|f| f.generation == g)
+            });
+        }
     }
 
     /// When `handle_timeout` is next due.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
-        self.timers.first().map(|&(t, ..)| t)
+        self.timers.peek().map(|&Reverse((t, ..))| t)
     }
 
     /// Exports what is due at `now`.
     pub fn handle_timeout(&mut self, now: Timestamp) {
-        while let Some(&(t, fid, generation)) = self.timers.first() {
+        while let Some(&Reverse((t, fid, generation))) = self.timers.peek() {
             if t > now {
                 break;
             }
-            self.timers.remove(&(t, fid, generation));
+            self.timers.pop();
             let Some(flow) = self.flows.get_mut(fid as usize).and_then(|f| f.as_mut()) else {
                 continue;
             };
             if flow.generation != generation {
                 continue;
             }
-            if flow.awaiting_partner && now >= flow.created + self.cfg.correlation_timeout {
-                flow.awaiting_partner = false;
+            // The entry is consumed: the flow has no live timer until rescheduled.
+            flow.generation = 0;
+            if flow.awaiting_partner && now >= flow.created() + self.cfg.correlation_timeout {
+                flow.stop_awaiting();
                 self.stats.uncorrelated += 1;
             }
             if let Some(reason) = end_reason(flow) {
@@ -684,7 +772,7 @@ impl Aggregator {
                 self.finish(fid, now, END_IDLE);
                 continue;
             }
-            let due = match flow.last_export {
+            let due = match flow.last_export() {
                 None => !flow.awaiting_partner,
                 Some(last) => now >= last + self.cfg.active_timeout,
             };
@@ -693,6 +781,7 @@ impl Aggregator {
             }
             self.reschedule(fid, now);
         }
+        self.prune_timers();
     }
 
     /// Exports every flow in flight with `END_FORCED` and forgets them (shutdown).
@@ -704,6 +793,7 @@ impl Aggregator {
         for fid in ids {
             self.finish(fid, now, END_FORCED);
         }
+        self.prune_timers();
     }
 
     /// Last export of a flow (if it has anything not yet exported, or was never exported), then
@@ -712,10 +802,10 @@ impl Aggregator {
         let Some(flow) = self.flows[fid as usize].as_mut() else {
             return;
         };
-        if flow.dirty || flow.last_export.is_none() {
+        if flow.dirty || flow.last_export().is_none() {
             if flow.awaiting_partner {
                 // The partner will not come now: exported uncorrelated (and filled in).
-                flow.awaiting_partner = false;
+                flow.stop_awaiting();
                 self.stats.uncorrelated += 1;
             }
             self.export(fid, now, reason);
@@ -723,7 +813,6 @@ impl Aggregator {
         let Some(flow) = self.flows[fid as usize].take() else {
             return;
         };
-        self.timers.remove(&(flow.deadline, fid, flow.generation));
         let h = std::hash::BuildHasher::hash_one(&self.hasher, flow.key);
         if let Ok(e) = self.index.find_entry(h, |&id| id == fid) {
             e.remove();
@@ -797,7 +886,11 @@ impl Aggregator {
             s.exported = s.totals;
             s.exported_end_secs = s.end_secs;
         }
-        flow.last_export = Some(now);
+        debug_assert!(
+            !flow.awaiting_partner,
+            "exported while awaiting the partner"
+        );
+        flow.since = now;
         flow.dirty = false;
         self.stats.records_out += 1;
         self.out.push_back(rec);
@@ -908,6 +1001,7 @@ fn apply(
             exported_end_secs: prev.map_or(half.start_secs, |s| s.exported_end_secs),
             end_reason: half.end_reason,
             exporter,
+            which: Which::of(side_idx),
         },
     );
     if !half.tcp_state.is_empty() {

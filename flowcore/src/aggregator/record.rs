@@ -96,7 +96,7 @@ pub(super) fn build(
     exporters: &[super::ExporterId],
 ) -> AggregatedRecord {
     let interval = flow
-        .last_export
+        .last_export()
         .map_or(1, |t| now.saturating_since(t).as_secs());
     let src = flow.sides.get(SOURCE).map(|s| counters(s, interval));
     let dst = flow.sides.get(DESTINATION).map(|s| counters(s, interval));

@@ -846,3 +846,23 @@ proptest! {
         }
     }
 }
+
+/// An intra-Node flow needs no partner: its first record goes out at once, not an active timeout
+/// later (a flow's "last export" must start out as never).
+#[test]
+fn an_intra_node_flow_is_exported_on_its_first_record() {
+    let mut agg = Aggregator::new(AggregatorConfig::default());
+    let mut h = half(
+        &mut agg,
+        key(80, false),
+        true,
+        [3, 300, 3, 300],
+        1_764_000_003,
+        END_ACTIVE,
+    );
+    h.meta.flow_type = FLOW_TYPE_INTRA_NODE;
+    agg.handle_half(T0, SRC_NODE, h);
+    let recs = drain(&mut agg);
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0].from_source.unwrap().deltas, [3, 300, 3, 300]);
+}

@@ -13,10 +13,11 @@
 //! acknowledged totals of the same connection); an `Option` is `None` exactly when the IE is
 //! absent from the record.
 
-use std::collections::HashMap;
 use std::fmt;
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
@@ -32,13 +33,43 @@ impl fmt::Debug for Sym {
     }
 }
 
+impl Sym {
+    /// Position in the interner's table (symbols count from 1).
+    pub(crate) fn index(self) -> usize {
+        self.0.get() as usize - 1
+    }
+
+    pub(crate) fn from_index(i: usize) -> Sym {
+        let n = u32::try_from(i + 1).unwrap_or(u32::MAX);
+        Sym(NonZeroU32::new(n).unwrap_or(NonZeroU32::MAX))
+    }
+}
+
 /// Interned strings. Append-only: a handle stays valid for the interner's lifetime, which is what
 /// lets records outlive metadata deletions. It grows with the number of *distinct* names ever
 /// seen (Pod names churn, so a long-lived agent grows slowly; compaction is future work).
-#[derive(Default)]
+///
+/// The one string table of flowcore: the agent's metadata index and the aggregator
+/// (`aggregator::Interner` is a thin view of this one) both use it. The text is stored once, as
+/// `Arc<str>` so records can carry it without copying; the index holds 4-byte handles found by
+/// the hash of the bytes (foldhash), so a name arriving off the wire is found without UTF-8
+/// validation or allocation — only a new name is validated and stored.
 pub struct Interner {
-    strings: Vec<Box<str>>,
-    index: HashMap<Box<str>, Sym>,
+    strings: Vec<Arc<str>>,
+    index: hashbrown::HashTable<Sym>,
+    /// Names are not attacker-chosen keys in bulk the way 5-tuples are, and the table is bounded
+    /// by the names that exist, so a fast unkeyed hash is fine.
+    hasher: foldhash::fast::FixedState,
+}
+
+impl Default for Interner {
+    fn default() -> Self {
+        Interner {
+            strings: Vec::new(),
+            index: hashbrown::HashTable::new(),
+            hasher: foldhash::fast::FixedState::default(),
+        }
+    }
 }
 
 impl fmt::Debug for Interner {
@@ -56,26 +87,36 @@ impl Interner {
 
     /// The handle of `s`, adding it if new (allocates only then).
     pub fn intern(&mut self, s: &str) -> Sym {
-        if let Some(&sym) = self.index.get(s) {
+        match self.find(s.as_bytes()) {
+            Some(sym) => sym,
+            None => self.insert_new(s),
+        }
+    }
+
+    /// The handle of UTF-8 bytes from the wire, adding them if new (invalid sequences replaced).
+    pub fn intern_bytes(&mut self, b: &[u8]) -> Sym {
+        if let Some(sym) = self.find(b) {
             return sym;
         }
-        // Saturate rather than panic: four billion distinct names is not a real workload, and a
-        // wrong name is better than a crashed agent.
-        let n = u32::try_from(self.strings.len() + 1).unwrap_or(u32::MAX);
-        let sym = Sym(NonZeroU32::new(n).unwrap_or(NonZeroU32::MAX));
-        self.strings.push(s.into());
-        self.index.insert(s.into(), sym);
-        sym
+        match std::str::from_utf8(b) {
+            Ok(s) => self.insert_new(s),
+            Err(_) => self.intern(&String::from_utf8_lossy(b)),
+        }
     }
 
     /// The handle of `s` if it was interned.
     pub fn get(&self, s: &str) -> Option<Sym> {
-        self.index.get(s).copied()
+        self.find(s.as_bytes())
     }
 
     /// The text of `sym`; `""` for a handle from another interner that is out of range.
     pub fn resolve(&self, sym: Sym) -> &str {
-        self.strings.get(sym.0.get() as usize - 1).map_or("", |s| s)
+        self.strings.get(sym.index()).map_or("", |s| s)
+    }
+
+    /// The shared text of `sym`, for records that carry it (cloning it allocates nothing).
+    pub fn resolve_shared(&self, sym: Sym) -> Option<&Arc<str>> {
+        self.strings.get(sym.index())
     }
 
     pub fn len(&self) -> usize {
@@ -84,6 +125,29 @@ impl Interner {
 
     pub fn is_empty(&self) -> bool {
         self.strings.is_empty()
+    }
+
+    fn find(&self, b: &[u8]) -> Option<Sym> {
+        let strings = &self.strings;
+        self.index
+            .find(self.hasher.hash_one(b), |sym| {
+                strings[sym.index()].as_bytes() == b
+            })
+            .copied()
+    }
+
+    fn insert_new(&mut self, s: &str) -> Sym {
+        // Saturate rather than panic: four billion distinct names is not a real workload, and a
+        // wrong name is better than a crashed agent.
+        let n = u32::try_from(self.strings.len() + 1).unwrap_or(u32::MAX);
+        let sym = Sym(NonZeroU32::new(n).unwrap_or(NonZeroU32::MAX));
+        self.strings.push(Arc::from(s));
+        let (strings, hasher) = (&self.strings, &self.hasher);
+        self.index
+            .insert_unique(hasher.hash_one(s.as_bytes()), sym, |x| {
+                hasher.hash_one(strings[x.index()].as_bytes())
+            });
+        sym
     }
 }
 
