@@ -613,9 +613,10 @@ fn rollups_equal_sums_over_flows() {
 #[test]
 fn pending_rollups_survive_a_crash() {
     let dir = tmpdir("crash");
-    let recs = Synth::new(9, 5, 40).batch(5000, T0, 3 * 3600);
+    let recs = Synth::new(9, 5, 40).batch(5000, T0, 120);
     let store = SqliteStore::open(SqliteConfig::new(&dir)).unwrap();
-    // The first batch flushes (nothing was written yet); the rest wait.
+    // The first batch flushes (nothing was written yet); the rest wait (their end times
+    // span 2 minutes, under the span that forces a flush).
     store.set_rollup_flush_interval(Duration::from_secs(86_400));
     for chunk in recs.chunks(500) {
         store.insert(chunk, T0 as u64).unwrap();
