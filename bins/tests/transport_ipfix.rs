@@ -740,9 +740,27 @@ async fn renewed_client_files_are_used_for_the_next_session() {
         .unwrap();
     assert!(!Arc::ptr_eq(&first, &client.borrow()));
 
-    let session = link.session().await;
-    let msgs = encode(&mut session_encoder(Transport::Tls), 0..20);
-    assert_all_ok(&link.send_all(session, msgs).await);
+    // A session opened with the old files just before the reload can look up for a moment (TLS
+    // 1.3 finishes on the client before the server's alert arrives); its messages fail
+    // unwritten. The next session uses the renewed files.
+    let mut after = None;
+    let mut tries = 0;
+    loop {
+        let session = guard("a session", link.exp.wait_session(after))
+            .await
+            .unwrap();
+        let msgs = encode(&mut session_encoder(Transport::Tls), 0..20);
+        let o = link.send_all(session, msgs).await;
+        if o.iter().all(|o| o.result.is_ok()) {
+            break;
+        }
+        tries += 1;
+        assert!(
+            tries < 5,
+            "no working session with the renewed files: {o:?}"
+        );
+        after = Some(session);
+    }
     assert_eq!(receive(&mut col.rx, 20).await.len(), 20);
     stop.cancel();
     link.finish().await;
@@ -962,6 +980,75 @@ async fn replay_buffer_beyond_its_bound_drops_the_oldest_counted() {
     assert_eq!(col.metrics.sets_without_template.get(), 0);
     link.finish().await;
     col.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_buffer_resends_what_a_dead_session_failed_exactly_once() {
+    // A collector that reads nothing: its session hands one message to the channel and blocks,
+    // the socket buffers fill, and the exporter's writes stall with messages in flight.
+    let col = RunningCollector::tcp(0, 1).await;
+    let port = col.tcp.unwrap().port();
+    let mut link = Link::to(loopback(port), Transport::Tcp);
+    let mut sessions = link.exp.sessions();
+    let mut replay = replay_over(&mut link, 256 << 20);
+    let mut enc = encoder(Transport::Tcp);
+    // ~8 MB: more than the socket buffers take while the collector reads nothing (the receive
+    // buffer only grows while the application reads). Ports 40000 + N stay below 65536.
+    const N: u64 = 25_000;
+    for (m, n) in encode_counted(&mut enc, 0..N) {
+        replay.push(m, n);
+    }
+    guard("writes stalled", async {
+        loop {
+            replay.pump();
+            // No outcome for a while with records still held: the socket is full.
+            if tokio::time::timeout(Duration::from_millis(300), replay.wait())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(replay.stats().records_written < N);
+
+    // The collector dies with unread data: its consumer goes, the session closes (a reset), the
+    // stalled write fails, and the messages behind it fail unwritten.
+    let RunningCollector {
+        rx, shutdown, task, ..
+    } = col;
+    drop(rx);
+    shutdown.cancel();
+    guard("collector gone", task).await.unwrap().unwrap();
+    guard("session loss", sessions.wait_for(|s| s.current.is_none()))
+        .await
+        .unwrap();
+    pump_until(&mut replay, "every outcome of the dead session", |r| {
+        r.in_flight() == 0
+    })
+    .await;
+    // Reported written: a prefix, in order (some of it died unread in the socket buffers, the
+    // window IPFIX without acknowledgements cannot close).
+    let first = replay.stats().records_written;
+    assert!(first < N);
+
+    // A new collector: what was not reported written is sent again, once, in order.
+    let mut col = RunningCollector::tcp(port, 64).await;
+    pump_until(&mut replay, "everything written", |r| r.is_empty()).await;
+    let s = replay.stats();
+    assert_eq!(s.records_written, N);
+    assert!(
+        s.messages_replayed > 0,
+        "in-flight messages were sent again"
+    );
+    let got = receive(&mut col.rx, (N - first) as usize).await;
+    // Exactly the records after the last one the old session reported written.
+    assert_eq!(got, (first..N).collect::<Vec<_>>());
+    assert_eq!(col.metrics.sequence_gaps.get(), 0);
+    assert_eq!(col.metrics.sets_without_template.get(), 0);
+    link.finish().await;
+    assert!(col.stop().await.is_empty(), "nothing sent twice");
 }
 
 /// End-to-end rate: `FLOWLENS_EXPORTERS` exporter actors (default 100) each write

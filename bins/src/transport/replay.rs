@@ -226,6 +226,11 @@ impl ReplayExporter {
         }
     }
 
+    /// Messages handed to the exporter whose outcome has not been reported yet.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
     /// Messages waiting or in flight.
     pub fn is_empty(&self) -> bool {
         self.buf.is_empty()
