@@ -255,6 +255,23 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
                 writeln!(err, "    {l}")?;
             }
         }
+        if let Some((node, text)) = &v.replay {
+            // Next to the working directory's other output; the name says which run it is from.
+            let path = PathBuf::from(format!("flowlens-sim-{}-{}.trace", s.scenario, s.seed));
+            match std::fs::write(&path, text) {
+                Ok(()) => writeln!(
+                    err,
+                    "  minimal trace (this connection as Node {node}'s conntrack showed it): {}\n  replay it: flowlens replay {} --node {node}",
+                    path.display(),
+                    path.display()
+                )?,
+                Err(e) => writeln!(
+                    err,
+                    "  minimal trace not written to {}: {e}",
+                    path.display()
+                )?,
+            }
+        }
         writeln!(
             err,
             "  reproduce: flowlens sim --seed {} --scenario {}{}",

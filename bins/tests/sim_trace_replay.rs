@@ -230,8 +230,8 @@ fn trace_recorded_in_a_namespace_replays() {
                 "reverseOctetDeltaCount",
             ],
         );
-        for i in 0..4 {
-            e.0[i] += d[i];
+        for (sum, d) in e.0.iter_mut().zip(d) {
+            *sum += d;
         }
         e.1 = field(
             r,

@@ -34,6 +34,7 @@ pub fn run_seed(cfg: &SimConfig) -> Summary {
             let mut s = s;
             if let (Some(v), Some(tv)) = (&mut s.violation, traced.violation) {
                 v.trace = tv.trace;
+                v.replay = traced.conn_trace;
             }
             s
         }

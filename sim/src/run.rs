@@ -117,6 +117,8 @@ pub struct Summary {
     pub violation: Option<Violation>,
     /// The recorded trace (`record_node`), `flowlens-trace v1` text.
     pub trace: Option<String>,
+    /// With `trace_conn`: `(Node name, flowlens-trace v1 text)` of that connection alone.
+    pub conn_trace: Option<(String, String)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -220,6 +222,10 @@ pub struct Sim {
     /// Services with a NodePort (targets of external clients).
     node_port_services: Vec<usize>,
     recorder: Option<(usize, crate::trace::TraceWriter)>,
+    /// With `trace_conn`: its source-side Node, what that Node's conntrack showed of it (every
+    /// dump listing it, one more that no longer does, its destroy event), and whether it is
+    /// complete — a minimal trace that replays the connection through an exporter.
+    min_trace: Option<(usize, crate::trace::TraceWriter, bool)>,
     /// Known core issues by kind (see `check::final_checks`).
     pub(crate) known: [u64; 10],
     last_traced_obs: Option<(u32, BiCounters)>,
@@ -358,6 +364,7 @@ impl Sim {
                 .filter(|&s| cl.services[s].ports.iter().any(|p| p.node_port.is_some()))
                 .collect(),
             recorder: None,
+            min_trace: None,
             known: [0; 10],
             last_traced_obs: None,
             delivered_total: 0,
@@ -438,6 +445,7 @@ impl Sim {
                 conn,
                 what,
                 trace: Vec::new(),
+                replay: None,
             });
         }
     }
@@ -526,6 +534,10 @@ impl Sim {
         self.finish_summary();
         let mut s = std::mem::take(&mut self.summary);
         s.trace = self.recorder.take().map(|(_, w)| w.text);
+        s.conn_trace = self
+            .min_trace
+            .take()
+            .map(|(n, w, _)| (self.nodes[n].name.clone(), w.text));
         s.violation = self.violation.take();
         if let Some(v) = &mut s.violation {
             v.trace = std::mem::take(&mut self.trace);
@@ -1014,6 +1026,15 @@ impl Sim {
             let i = self.rng.below(256) as usize;
             self.recent[i] = id;
         }
+        if self.cfg.trace_conn == Some(id) {
+            let mut w = crate::trace::TraceWriter::new();
+            for (_, u) in &self.cl.updates {
+                if let MetadataUpdate::Node(info) = u {
+                    w.node(info);
+                }
+            }
+            self.min_trace = Some((self.conns[id as usize].views[0].node, w, false));
+        }
         if self.traced(id) {
             let line = {
                 let c = &self.conns[id as usize];
@@ -1082,6 +1103,12 @@ impl Sim {
             let node = &mut self.nodes[v.node];
             let tn = node.now(now);
             node.exporter.handle_destroy(tn, &entry);
+            if self.cfg.trace_conn == Some(c)
+                && let Some((mn, w, _)) = &mut self.min_trace
+                && *mn == v.node
+            {
+                w.destroy(tn, &entry);
+            }
             if let Some((rn, w)) = &mut self.recorder
                 && *rn == v.node
             {
@@ -1151,6 +1178,21 @@ impl Sim {
         let node = &mut self.nodes[n];
         let tn = node.now(now);
         node.exporter.handle_dump(tn, &node.buf);
+        if let Some(tc) = self.cfg.trace_conn
+            && let Some((mn, w, done)) = &mut self.min_trace
+            && *mn == n
+            && !*done
+        {
+            let view = &self.conns[tc as usize].views[0];
+            let e: Vec<_> = node
+                .buf
+                .iter()
+                .filter(|e| e.orig == view.orig && e.id == view.ct_id)
+                .copied()
+                .collect();
+            *done = e.is_empty();
+            w.dump(tn, &e);
+        }
         if let Some((rn, w)) = &mut self.recorder
             && *rn == n
         {
