@@ -66,17 +66,11 @@ fn aggregator_late_destination_half_loses_service() {
 }
 
 /// Restart scenario, seed 1: after an aggregator restart every flow it had exported was counted
-/// again from zero (fixed: an unknown side starts at the agent's totals − deltas).
-///
-/// Still ignored because of the checker, not the core: the 8 remaining hits are connections whose
-/// agent *also* restarted (two exporter incarnations) and re-exported them in TIME_WAIT with
-/// deltas = totals, after the aggregator's crash lost its tombstone. Nothing remembers that
-/// history, and the aggregator exports exactly the agent's delta. sim/src/check.rs tests
-/// `t.crash_touched && …` (cause 0, "after aggregator restart") before
-/// `t.exporters.count_ones() > 1` (cause 1, "after agent restart re-export"); with cause 1 tested
-/// first this test passes.
+/// again from zero (fixed: an unknown side starts at the agent's totals − deltas). The hits left
+/// were agent re-exports after the aggregator's crash, which the checker now counts as their own
+/// category (sim 9e59089); re-exports of TIME_WAIT entries while the aggregator still runs are
+/// caught by tombstones that outlive conntrack's TIME_WAIT.
 #[test]
-#[ignore = "sim checker: agent-restart re-exports classified as aggregator-restart recounts (cause 0 before 1 in check.rs)"]
 fn aggregator_restart_recounts_totals() {
     assert_no_issue(Scenario::Restart, 1, "after aggregator restart");
 }

@@ -15,7 +15,8 @@
 //!   full) are exported with flowEndReason 5 (counted). Nothing is dropped silently.
 //! - End of flow is sticky: once a Node reports it, the flow ends when every Node it has heard
 //!   from has ended (or the partner wait is over). The finished flow is kept as a tombstone for
-//!   `inactive_timeout`: a late half of it is exported against what was already exported, with
+//!   `inactive_timeout`, and at least as long as conntrack may still list it (150 s): a late half
+//!   of it, or a restarted agent's re-export, is exported against what was already exported, with
 //!   the flow's fields.
 //! - A Node names a connection by its start second. A half joins the flow in flight only if it is
 //!   the same connection: the same start as its Node's side, or a start within
@@ -223,6 +224,11 @@ struct Tombstone {
 /// connections' counters in one record; each Node's counts are exact either way). Agents must
 /// report conntrack's start timestamps (not first-seen times) for halves to correlate.
 const CLOCK_TOLERANCE_SECS: u32 = 5;
+
+/// How long after a connection ends a Node's conntrack may still list it: TCP TIME_WAIT and
+/// assured UDP streams are kept 120 s (`nf_conntrack_tcp_timeout_time_wait`,
+/// `nf_conntrack_udp_timeout_stream`), plus an agent's poll interval and the clocks' tolerance.
+const CONNTRACK_LINGER: Duration = Duration::from_secs(150);
 
 /// Where a half goes.
 enum Target {
@@ -551,7 +557,7 @@ impl Aggregator {
         let reason = end_reason(&t.flow).unwrap_or(END_ACTIVE);
         self.export_flow(&mut t.flow, now, reason);
         // Its Node still talks about it: remembered for another inactive timeout.
-        t.expires = now + self.cfg.inactive_timeout;
+        t.expires = now + self.tombstone_life();
         self.tombstone_order.push_back((t.expires, half.key));
         self.tombstones.insert(half.key, t);
     }
@@ -819,7 +825,7 @@ impl Aggregator {
         }
         self.free.push(fid);
         self.stats.flows_in_flight = self.index.len() as u64;
-        let expires = now + self.cfg.inactive_timeout;
+        let expires = now + self.tombstone_life();
         let key = flow.key;
         // The tombstone keeps the flow's metadata reference until it expires.
         if let Some(old) = self.tombstones.insert(key, Tombstone { flow, expires }) {
@@ -830,6 +836,13 @@ impl Aggregator {
             self.expire_tombstones(Timestamp::from_nanos(u64::MAX));
         }
         self.stats.metadata_entries = self.metas.len() as u64;
+    }
+
+    /// How long a finished flow is remembered: an inactive timeout, and at least as long as a
+    /// Node's conntrack can still list the connection — a restarted agent exports what it lists
+    /// again, from zero (its predecessor's acknowledgements are gone).
+    fn tombstone_life(&self) -> Duration {
+        self.cfg.inactive_timeout.max(CONNTRACK_LINGER)
     }
 
     /// Forgets finished flows whose grace time is over (all of them past `now`, or, when over the

@@ -866,3 +866,26 @@ fn an_intra_node_flow_is_exported_on_its_first_record() {
     assert_eq!(recs.len(), 1);
     assert_eq!(recs[0].from_source.unwrap().deltas, [3, 300, 3, 300]);
 }
+
+/// Restart seed 1 (sim finding 2): a flow finished at its end of flow; 110 s later the source
+/// Node's restarted agent lists the TIME_WAIT entry again and exports it from zero (deltas =
+/// totals). The tombstone outlives conntrack's TIME_WAIT, so nothing is counted twice.
+#[test]
+fn a_restarted_agents_re_export_of_a_time_wait_entry_is_not_counted_again() {
+    let mut agg = Aggregator::new(AggregatorConfig::default());
+    let k = key(81, false);
+    let s0 = 1_764_000_000;
+    let full = [8, 800, 4, 400];
+    for (src, ex) in [(true, SRC_NODE), (false, DST_NODE)] {
+        let h = half_at(&mut agg, k, src, s0, full, full, s0 + 4, END_OF_FLOW);
+        agg.handle_half(T0 + Duration::from_secs(5), ex, h);
+    }
+    let first = drain(&mut agg);
+    assert_eq!(first.len(), 1);
+    assert!(agg.is_empty());
+    let h = half_at(&mut agg, k, true, s0, full, full, s0 + 115, END_OF_FLOW);
+    agg.handle_half(T0 + Duration::from_secs(115), SRC_NODE, h);
+    let recs: Vec<_> = first.into_iter().chain(drain(&mut agg)).collect();
+    assert_eq!(delta_sum(&recs, true), full);
+    assert_eq!(delta_sum(&recs, false), full);
+}
