@@ -83,11 +83,18 @@ pub struct ReplayExporter {
     bytes: usize,
     records: u64,
     in_flight: usize,
+    /// Bytes of the copies queued in the exporter (a copy per handover: the sequence number is
+    /// rewritten), at most [`IN_FLIGHT_BYTES`] beyond one message.
+    in_flight_bytes: usize,
     next_tag: u64,
     /// The session messages are being sent on, and the data records sent on it so far.
     session: Option<(SessionId, u32)>,
     stats: ReplayStats,
 }
+
+/// Bytes handed to the exporter at once at most (plus one message): enough to keep a socket
+/// busy, small beside the buffer, since each handover is a copy.
+const IN_FLIGHT_BYTES: usize = 4 << 20;
 
 /// Tags of template messages, whose outcomes need no bookkeeping.
 const TEMPLATE_TAG: u64 = u64::MAX;
@@ -112,6 +119,7 @@ impl ReplayExporter {
             bytes: 0,
             records: 0,
             in_flight: 0,
+            in_flight_bytes: 0,
             next_tag: 0,
             session: None,
             stats: ReplayStats::default(),
@@ -189,7 +197,7 @@ impl ReplayExporter {
             return;
         };
         // Template messages take queue slots too; keep one spare.
-        while self.in_flight + 1 < self.capacity {
+        while self.in_flight + 1 < self.capacity && self.in_flight_bytes < IN_FLIGHT_BYTES {
             let Some(i) = self.buf.iter().position(|e| !e.in_flight) else {
                 break;
             };
@@ -205,6 +213,7 @@ impl ReplayExporter {
             e.in_flight = true;
             e.tried = true;
             self.in_flight += 1;
+            self.in_flight_bytes += msg.len();
             if tried {
                 self.stats.messages_replayed += 1;
             }
@@ -255,6 +264,7 @@ impl ReplayExporter {
             return;
         }
         self.in_flight -= 1;
+        self.in_flight_bytes -= self.buf[i].msg.len();
         if o.result.is_ok() {
             let e = self.buf.remove(i).expect("index from position");
             self.bytes -= e.msg.len();
