@@ -73,8 +73,9 @@ impl ClickHouseClient {
             .with_url(cfg.url.trim_end_matches('/'))
             .with_user(&cfg.user)
             .with_validation(false);
-        if !cfg.password.is_empty() {
-            client = client.with_password(&cfg.password);
+        let password = cfg.resolved_password()?;
+        if !password.is_empty() {
+            client = client.with_password(password);
         }
         let table = format!("{}.{}", cfg.database, cfg.table);
         let cols: Vec<&str> = schema::FLOW_COLUMNS.iter().map(|(n, _)| *n).collect();

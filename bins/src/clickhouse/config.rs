@@ -13,6 +13,7 @@ use flowcore::config::Duration as GoDuration;
 ///   database: flowlens
 ///   user: default
 ///   password: ""
+///   passwordFile: /etc/flowlens/clickhouse/password   # instead of password
 ///   table: flows                     # rollups are flows_pod_pair_1m, flows_node_pair_1m, …
 ///   batchRows: 100000                # rows per INSERT
 ///   flushInterval: 1s                # a partial batch waits at most this long
@@ -28,6 +29,8 @@ pub struct ClickHouseConfig {
     pub database: String,
     pub user: String,
     pub password: String,
+    /// Read the password from this file (trailing newline dropped), e.g. a mounted Secret.
+    pub password_file: Option<std::path::PathBuf>,
     /// The record table; rollup tables and views are named after it.
     pub table: String,
     /// Rows per INSERT (1 to 1,000,000). ClickHouse wants few large inserts: each makes a part.
@@ -50,6 +53,7 @@ impl Default for ClickHouseConfig {
             database: "flowlens".into(),
             user: "default".into(),
             password: String::new(),
+            password_file: None,
             table: "flows".into(),
             batch_rows: 100_000,
             flush_interval: Duration::from_secs(1).into(),
@@ -128,6 +132,12 @@ impl ClickHouseConfig {
                 "must not be empty (the stock user is `default`)",
             ));
         }
+        if self.password_file.is_some() && !self.password.is_empty() {
+            return Err(bad(
+                "passwordFile",
+                "set password or passwordFile, not both",
+            ));
+        }
         if !(1..=1_000_000).contains(&self.batch_rows) {
             return Err(bad(
                 "batchRows",
@@ -144,6 +154,16 @@ impl ClickHouseConfig {
             return Err(bad("timeout", "must be at least 100ms"));
         }
         Ok(())
+    }
+
+    /// The password: `password`, or the contents of `passwordFile`.
+    pub fn resolved_password(&self) -> Result<String, ConfigError> {
+        match &self.password_file {
+            None => Ok(self.password.clone()),
+            Some(p) => std::fs::read_to_string(p)
+                .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
+                .map_err(|e| bad("passwordFile", format!("cannot read {}: {e}", p.display()))),
+        }
     }
 
     /// Retention in whole days, rounded up (TTL and partitions work in days).
@@ -198,6 +218,10 @@ mod tests {
             ("user: \"\"", "clickhouse.user"),
             ("batchrows: 5", "unknown field"),
             ("timeout: soon", "invalid duration"),
+            (
+                "password: x\npasswordFile: /p",
+                "clickhouse.passwordFile: set password or",
+            ),
         ] {
             let e = parse(yaml).unwrap_err();
             assert!(e.contains(needle), "{yaml}: {e}");
