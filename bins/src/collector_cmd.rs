@@ -87,7 +87,7 @@ pub async fn start_with(
                 max_delay: ch.flush_interval.into(),
                 queue_records: ingest_cfg.queue_records.max(2 * ch.batch_rows),
             };
-            let ch = ch.clone();
+            let ch = (**ch).clone();
             let url = ch.url.clone();
             Arc::new(
                 tokio::task::spawn_blocking(move || ClickHouseStore::open(ch))

@@ -67,7 +67,7 @@ fn get(addr: SocketAddr, path: &str) -> String {
 async fn ipfix_in_clickhouse_out() {
     let cfg = collector_cfg("ingest");
     let choice = StoreChoice {
-        backend: StoreBackend::ClickHouse(ch_cfg("collector_ingest")),
+        backend: StoreBackend::ClickHouse(Box::new(ch_cfg("collector_ingest"))),
         ingest: true,
     };
     let shutdown = CancellationToken::new();
@@ -141,7 +141,7 @@ async fn query_only_serves_what_others_wrote() {
     let r = start_with(
         cfg,
         StoreChoice {
-            backend: StoreBackend::ClickHouse(ch),
+            backend: StoreBackend::ClickHouse(Box::new(ch)),
             ingest: false,
         },
         Ops::new("t"),

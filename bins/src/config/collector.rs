@@ -15,7 +15,7 @@ use crate::clickhouse::ClickHouseConfig;
 pub enum StoreBackend {
     /// Embedded, in `CollectorConfig::data_dir`.
     Sqlite,
-    ClickHouse(ClickHouseConfig),
+    ClickHouse(Box<ClickHouseConfig>),
 }
 
 /// The store settings of a collector config (kept apart from [`CollectorConfig`], which other
@@ -103,7 +103,7 @@ impl CollectorFile {
             "sqlite" => StoreBackend::Sqlite,
             "clickhouse" => {
                 self.clickhouse.validate()?;
-                StoreBackend::ClickHouse(self.clickhouse.clone())
+                StoreBackend::ClickHouse(Box::new(self.clickhouse.clone()))
             }
             other => bail!("store {other:?} is not one of sqlite, clickhouse"),
         };
