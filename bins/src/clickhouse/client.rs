@@ -130,7 +130,9 @@ impl ClickHouseClient {
     /// Inserts `records` (with `inserted_at`, Unix seconds, as timeInserted) in one RowBinary
     /// INSERT and returns how many were written. Up to `max_insert_block_size` rows (1,048,576 by
     /// default) the record table gets them all or none; the rollup views are filled by the server
-    /// in the same request.
+    /// in the same request, after the records' part is committed, so a concurrent reader may see
+    /// the records a moment before their rollup rows (and a failing view leaves records without
+    /// rollups; the error is returned).
     pub async fn insert(
         &self,
         records: &[AggregatedRecord],
