@@ -190,9 +190,6 @@ fn dash_where(f: &DashFilter, d: &Dims) -> Where {
     w
 }
 
-const SUMS: &str = "SUM(octets + rev_octets) AS bytes, SUM(octets), SUM(packets), \
-                    SUM(rev_octets), SUM(rev_packets), SUM(records)";
-
 /// An integer column read leniently: NULL is 0, negatives clamp to 0, and a REAL (SQLite's
 /// SUM past the i64 range) is truncated.
 fn loose_u64(row: &Row<'_>, i: usize) -> rusqlite::Result<u64> {
@@ -201,21 +198,6 @@ fn loose_u64(row: &Row<'_>, i: usize) -> rusqlite::Result<u64> {
         rusqlite::types::ValueRef::Real(v) => v.max(0.0) as u64,
         _ => 0,
     })
-}
-
-/// Reads the columns [`SUMS`] selects, starting at column `i`.
-fn traffic(row: &Row<'_>, i: usize) -> rusqlite::Result<(u64, Traffic)> {
-    let g = |k: usize| loose_u64(row, i + k);
-    Ok((
-        g(0)?,
-        Traffic {
-            octets: g(1)?,
-            packets: g(2)?,
-            reverse_octets: g(3)?,
-            reverse_packets: g(4)?,
-            records: g(5)?,
-        },
-    ))
 }
 
 /// The metric columns of a rollup row, in the order [`group`] reads them.
@@ -689,33 +671,32 @@ pub fn policy_flows(c: &Connection, q: &PolicyQuery) -> rusqlite::Result<Vec<Pol
     }
     let sql = format!(
         "SELECT eg_ns, eg_name, eg_action, in_ns, in_name, in_action, src_ns, src_pod, dst_ns, \
-         dst_pod, {SUMS} FROM {} WHERE {} GROUP BY eg_ns, eg_name, eg_action, in_ns, \
-         in_name, in_action, src_ns, src_pod, dst_ns, dst_pod ORDER BY bytes DESC LIMIT ?",
+         dst_pod, {METRICS} FROM {} WHERE {}",
         src("r_policy", &q.filter.range, hourly_upto(c)?),
         w.sql()
     );
-    let mut params = w.params;
-    params.push(int(q.limit as u64));
+    // Actions are small integers, not `dict` ids.
+    let action = |p: &Part| match p {
+        Part::Id(v) => (*v).clamp(0, 255) as u8,
+        _ => 0,
+    };
     let mut names = Names::new(c);
-    let mut st = c.prepare_cached(&sql)?;
-    let mut rows = st.query(rusqlite::params_from_iter(params))?;
     let mut out = Vec::new();
-    while let Some(row) = rows.next()? {
-        let (bytes, traffic) = traffic(row, 10)?;
+    for (k, traffic) in group::<10>(c, &sql, w.params, q.limit)? {
         out.push(PolicyFlow {
             egress: PolicyName {
-                namespace: names.label(row, 0)?,
-                name: names.label(row, 1)?,
-                action: row.get(2)?,
+                namespace: k[0].text(&mut names)?,
+                name: k[1].text(&mut names)?,
+                action: action(&k[2]),
             },
             ingress: PolicyName {
-                namespace: names.label(row, 3)?,
-                name: names.label(row, 4)?,
-                action: row.get(5)?,
+                namespace: k[3].text(&mut names)?,
+                name: k[4].text(&mut names)?,
+                action: action(&k[5]),
             },
-            src_pod: pod_name(&names.label(row, 6)?, &names.label(row, 7)?),
-            dst_pod: pod_name(&names.label(row, 8)?, &names.label(row, 9)?),
-            bytes,
+            src_pod: pod_name(&k[6].text(&mut names)?, &k[7].text(&mut names)?),
+            dst_pod: pod_name(&k[8].text(&mut names)?, &k[9].text(&mut names)?),
+            bytes: traffic.bytes(),
             traffic,
         });
     }
