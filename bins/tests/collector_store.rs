@@ -564,8 +564,9 @@ fn rollups_equal_sums_over_flows() {
             got.insert((s.name.clone(), s.flow_type.unwrap(), p[0]), p[1]);
         }
     }
+    // Hourly points are bits/s over the hour (the answer's step), not over a minute.
     let want: std::collections::BTreeMap<_, _> =
-        want.into_iter().map(|(k, o)| (k, o * 8 / 60)).collect();
+        want.into_iter().map(|(k, o)| (k, o * 8 / 3600)).collect();
     assert_eq!(got, want);
     assert!(
         got.keys().any(|k| k.2 == T0 as u64 + 2 * 3600),

@@ -536,8 +536,8 @@ pub fn timeseries(c: &Connection, q: &SeriesQuery) -> rusqlite::Result<TimeSerie
             .map(|(m, (o, ro))| {
                 [
                     m.max(0) as u64,
-                    o.saturating_mul(8) / 60,
-                    ro.saturating_mul(8) / 60,
+                    o.saturating_mul(8) / step,
+                    ro.saturating_mul(8) / step,
                 ]
             })
             .collect();
