@@ -17,7 +17,7 @@ pub enum Output {
 /// Arguments of `flowlens observe`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  flowlens observe --namespace shop --since 15m\n  flowlens observe --pod shop/frontend-1 --follow\n  flowlens observe --flow-type interNode --protocol tcp -o json | jq ."
+    after_help = "Examples:\n  flowlens observe --namespace shop --since 15m\n  flowlens observe --pod shop/frontend-1 --follow\n  flowlens observe --src-pod shop/frontend-1 --dst-node node-2\n  flowlens observe --flow-type interNode --protocol tcp -o json | jq ."
 )]
 pub struct ObserveArgs {
     /// The collector's HTTP address.
@@ -38,6 +38,24 @@ pub struct ObserveArgs {
     /// Either end on this Node.
     #[arg(long)]
     pub node: Option<String>,
+    /// Source end in this namespace.
+    #[arg(long)]
+    pub src_namespace: Option<String>,
+    /// Destination end in this namespace.
+    #[arg(long)]
+    pub dst_namespace: Option<String>,
+    /// Source Pod (`NAME` or `NAMESPACE/NAME`).
+    #[arg(long)]
+    pub src_pod: Option<String>,
+    /// Destination Pod (`NAME` or `NAMESPACE/NAME`).
+    #[arg(long)]
+    pub dst_pod: Option<String>,
+    /// Source Node.
+    #[arg(long)]
+    pub src_node: Option<String>,
+    /// Destination Node.
+    #[arg(long)]
+    pub dst_node: Option<String>,
     /// Through this Service (`namespace/name`).
     #[arg(long)]
     pub service: Option<String>,
@@ -79,6 +97,12 @@ impl ObserveArgs {
         add("namespace", self.namespace.clone());
         add("pod", self.pod.clone());
         add("node", self.node.clone());
+        add("srcNamespace", self.src_namespace.clone());
+        add("dstNamespace", self.dst_namespace.clone());
+        add("srcPod", self.src_pod.clone());
+        add("dstPod", self.dst_pod.clone());
+        add("srcNode", self.src_node.clone());
+        add("dstNode", self.dst_node.clone());
         add("service", self.service.clone());
         add("policy", self.policy.clone());
         add("flowType", self.flow_type.clone());
@@ -290,6 +314,12 @@ mod tests {
             namespace: Some("shop".into()),
             pod: Some("shop/front end".into()),
             node: None,
+            src_namespace: None,
+            dst_namespace: None,
+            src_pod: Some("shop/api".into()),
+            dst_pod: None,
+            src_node: None,
+            dst_node: Some("n2".into()),
             service: None,
             policy: None,
             flow_type: None,
@@ -303,7 +333,7 @@ mod tests {
         };
         assert_eq!(
             a.query("now-15m"),
-            "start=now-15m&limit=10&namespace=shop&pod=shop%2Ffront%20end&srcPort=80"
+            "start=now-15m&limit=10&namespace=shop&pod=shop%2Ffront%20end&srcPod=shop%2Fapi&dstNode=n2&srcPort=80"
         );
     }
 }
