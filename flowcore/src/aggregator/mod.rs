@@ -121,6 +121,10 @@ pub struct AggregatorStats {
     pub filled_from_metadata: u64,
     /// Distinct Kubernetes metadata sets shared by the flows in flight.
     pub metadata_entries: u64,
+    /// Finished flows forgotten before their grace time because tombstones are bounded by
+    /// `max_flows`: a late half or an agent's re-export of one of them counts from the agent's
+    /// baseline (totals − deltas), which double counts a re-export from a restarted agent.
+    pub tombstones_evicted: u64,
 }
 
 /// One Node's view of a flow, and what of it was already exported.
@@ -833,7 +837,7 @@ impl Aggregator {
         }
         self.tombstone_order.push_back((expires, key));
         if self.tombstones.len() > self.cfg.max_flows {
-            self.expire_tombstones(Timestamp::from_nanos(u64::MAX));
+            self.expire_tombstones(now);
         }
         self.stats.metadata_entries = self.metas.len() as u64;
     }
@@ -856,11 +860,11 @@ impl Aggregator {
             if self.tombstones.get(&k).is_some_and(|x| x.expires == t)
                 && let Some(old) = self.tombstones.remove(&k)
             {
+                if t > now {
+                    self.stats.tombstones_evicted += 1;
+                }
                 self.metas.release(old.flow.meta);
                 self.stats.metadata_entries = self.metas.len() as u64;
-            }
-            if t > now {
-                break;
             }
         }
     }

@@ -280,6 +280,9 @@ fn a_full_store_evicts_with_reason_5() {
     assert_eq!(recs.len(), 1);
     assert_eq!(recs[0].end_reason, END_LACK_OF_RESOURCES);
     assert_eq!(agg.len(), 2);
+    // Tombstones are bounded by `max_flows` too, and forgetting one early is counted.
+    agg.flush_all(T0);
+    assert_eq!(agg.stats().tombstones_evicted, 1);
 }
 
 fn encode(recs: &[AggregatedRecord]) -> Vec<bytes::Bytes> {
