@@ -12,7 +12,7 @@
 //! one and with the ground truth; a difference is allowed only where a counted fault explains it.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BinaryHeap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 
 use flowcore::aggregator::{
@@ -36,6 +36,11 @@ use crate::scenario::{Faults, Scenario, Transport};
 
 /// Poll interval of every agent (`flowPollInterval`).
 pub const POLL: Nanos = 5 * SEC;
+
+/// Hash maps of the run: a fixed-seed fast hasher (they are looked up per record and never
+/// iterated, so the hasher cannot change what a seed does).
+type Map<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
+type Set<K> = HashSet<K, foldhash::fast::FixedState>;
 /// After traffic stops, how long the run may take to settle before that is a violation.
 const SETTLE: Nanos = 900 * SEC;
 
@@ -164,8 +169,7 @@ struct NodeSim {
     /// Entries of this Node's table (destroyed ones pruned at dumps).
     live: Vec<Live>,
     /// Exporter record → connection: `(flow key, conntrack start)`.
-    by_record: HashMap<(FlowKey, u64), (u32, u8)>,
-    buf: Vec<flowcore::model::ConntrackEntry>,
+    by_record: Map<(FlowKey, u64), (u32, u8)>,
     partitions: Vec<(Nanos, Nanos)>,
     down: Vec<(Nanos, Nanos)>,
 }
@@ -199,7 +203,7 @@ pub struct Sim {
     gone: Vec<bool>,
     /// `(Node, tuple)` of every original and reply tuple in a table: conntrack keeps both unique
     /// per table, so a new connection that would clash with one is not made.
-    live_tuples: HashSet<(usize, flowcore::model::Tuple)>,
+    live_tuples: Set<(usize, flowcore::model::Tuple)>,
     recent: Vec<u32>,
     events: BinaryHeap<Reverse<(Nanos, u64, Ev)>>,
     datagrams: BinaryHeap<Reverse<(Nanos, u64, usize)>>,
@@ -210,7 +214,7 @@ pub struct Sim {
     agg: Aggregator,
     agg_cfg: AggregatorConfig,
     pub(crate) agg_incarnation: u32,
-    pub(crate) by_key: HashMap<CorrelationKey, Vec<u32>>,
+    pub(crate) by_key: Map<CorrelationKey, Vec<u32>>,
     /// Fault windows `(node or all, from, until)`, for the correlation exemption.
     pub(crate) fault_windows: Vec<(Option<usize>, Nanos, Nanos)>,
     pub(crate) summary: Summary,
@@ -226,6 +230,8 @@ pub struct Sim {
     /// dump listing it, one more that no longer does, its destroy event), and whether it is
     /// complete — a minimal trace that replays the connection through an exporter.
     min_trace: Option<(usize, crate::trace::TraceWriter, bool)>,
+    /// The dump being built: one buffer for every Node, so it stays in cache.
+    buf: Vec<flowcore::model::ConntrackEntry>,
     /// Known core issues by kind (see `check::final_checks`).
     pub(crate) known: [u64; 10],
     last_traced_obs: Option<(u32, BiCounters)>,
@@ -306,8 +312,7 @@ impl Sim {
                     incarnation: 0,
                     next_ct_id: 1,
                     live: Vec::new(),
-                    by_record: HashMap::new(),
-                    buf: Vec::new(),
+                    by_record: Map::default(),
                     partitions: Vec::new(),
                     down: Vec::new(),
                 }
@@ -334,7 +339,7 @@ impl Sim {
             conns: Vec::new(),
             tracks: Vec::new(),
             gone: Vec::new(),
-            live_tuples: HashSet::new(),
+            live_tuples: Set::default(),
             recent: Vec::new(),
             events: BinaryHeap::new(),
             datagrams: BinaryHeap::new(),
@@ -345,7 +350,7 @@ impl Sim {
             agg: Aggregator::new(agg_cfg.clone()),
             agg_cfg,
             agg_incarnation: 0,
-            by_key: HashMap::new(),
+            by_key: Map::default(),
             fault_windows: Vec::new(),
             summary: Summary {
                 seed: cfg.seed,
@@ -365,6 +370,7 @@ impl Sim {
                 .collect(),
             recorder: None,
             min_trace: None,
+            buf: Vec::new(),
             known: [0; 10],
             last_traced_obs: None,
             delivered_total: 0,
@@ -1143,8 +1149,9 @@ impl Sim {
     fn dump(&mut self, n: usize) {
         let now = self.now;
         let gone = &self.gone;
+        let mut buf = std::mem::take(&mut self.buf);
         let node = &mut self.nodes[n];
-        node.buf.clear();
+        buf.clear();
         let inc = node.incarnation;
         let mut dead = 0;
         for l in &node.live {
@@ -1152,21 +1159,20 @@ impl Sim {
                 dead += 1;
                 continue;
             }
-            let e = l.tl.entry(&l.view, now, node.skew);
-            node.buf.push(e);
-            self.tracks[l.c as usize][l.vi as usize].observe(inc, entry_counters(&e));
+            buf.push(l.tl.entry(&l.view, now, node.skew));
+            let e = buf.last().expect("just pushed");
+            self.tracks[l.c as usize][l.vi as usize].observe(inc, entry_counters(e));
         }
         // Destroyed entries are skipped, and pruned once they are a quarter of the list (entries
         // are large; pruning at every dump would move the whole list every time).
         if dead * 4 > node.live.len() {
             node.live.retain(|l| !gone[l.c as usize]);
         }
-        self.summary.conn_events += node.buf.len() as u64;
+        self.summary.conn_events += buf.len() as u64;
         if self.cfg.trace_conn.is_some()
             && let Ok(p) = std::env::var("SIM_TRACE_PORT")
         {
-            let lines: Vec<String> = node
-                .buf
+            let lines: Vec<String> = buf
                 .iter()
                 .filter(|e| e.orig.src_port.to_string() == p || e.orig.dst_port.to_string() == p)
                 .map(|e| format!("dump node {n} entry: {}", crate::trace::entry_text(e)))
@@ -1177,15 +1183,14 @@ impl Sim {
         }
         let node = &mut self.nodes[n];
         let tn = node.now(now);
-        node.exporter.handle_dump(tn, &node.buf);
+        node.exporter.handle_dump(tn, &buf);
         if let Some(tc) = self.cfg.trace_conn
             && let Some((mn, w, done)) = &mut self.min_trace
             && *mn == n
             && !*done
         {
             let view = &self.conns[tc as usize].views[0];
-            let e: Vec<_> = node
-                .buf
+            let e: Vec<_> = buf
                 .iter()
                 .filter(|e| e.orig == view.orig && e.id == view.ct_id)
                 .copied()
@@ -1196,8 +1201,9 @@ impl Sim {
         if let Some((rn, w)) = &mut self.recorder
             && *rn == n
         {
-            w.dump(tn, &node.buf);
+            w.dump(tn, &buf);
         }
+        self.buf = buf;
         if let Some(tc) = self.cfg.trace_conn
             && let Some(vi) = self.nodes[n]
                 .live
