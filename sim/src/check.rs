@@ -306,8 +306,9 @@ impl Sim {
                         .any(|&k| k > c && self.tracks[k as usize].iter().any(|t| t.out.is_some()))
                 });
             // The aggregator evicted flows (its store is full): it forgets flows and tombstones.
-            let agg_bounded =
-                self.agg_stats().evicted > 0 || self.summary.faults.aggregator_evicted > 0;
+            let agg_bounded = self.agg_stats().evicted > 0
+                || self.agg_stats().tombstones_evicted > 0
+                || self.summary.faults.aggregator_evicted > 0;
             let Some(vi) = self.conns[c as usize].view_for_side(side) else {
                 self.fail(
                     Some(c),
@@ -357,8 +358,12 @@ impl Sim {
                     // carries deltas = totals, and an aggregator that baselines an unknown flow
                     // at totals − deltas counts it all again unless it still remembers the flow.
                     // After an aggregator restart in between, nothing remembers the first export.
+                    // A full aggregator store evicts flows and tombstones (counted) before
+                    // conntrack forgets the connection: the re-export finds nothing.
                     if t.out.is_some_and(|o| o.0 != inc) {
                         Some(9)
+                    } else if t.agg_evicted || agg_bounded {
+                        Some(3)
                     } else {
                         Some(1)
                     }
