@@ -26,7 +26,7 @@ enum Cmd {
     /// Receive aggregated IPFIX, store it, and serve the HTTP API and dashboards.
     Collector(collector_cmd::CollectorArgs),
     /// Query or follow flow records stored by a collector, as a table or JSON lines.
-    Observe(observe::ObserveArgs),
+    Observe(Box<observe::ObserveArgs>),
     /// Print the information-element registry (Logstash definitions, JSON or CSV).
     Registry(registry_cmd::RegistryArgs),
     /// Deterministic simulated cluster runs with fault injection and invariant checks.
@@ -43,7 +43,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Conntrack(c) => c.run(),
         Cmd::Registry(a) => registry_cmd::run(a),
         Cmd::Collector(a) => collector_cmd::run(a),
-        Cmd::Observe(a) => observe::run(a),
+        Cmd::Observe(a) => observe::run(*a),
         Cmd::Sim(a) => sim_cmd::run(a),
         Cmd::Replay(a) => sim_cmd::replay(a),
     };
