@@ -39,6 +39,8 @@ impl Sym {
         self.0.get() as usize - 1
     }
 
+    /// Saturates rather than panics: four billion distinct names is not a real workload, and a
+    /// wrong name is better than a crashed agent.
     pub(crate) fn from_index(i: usize) -> Sym {
         let n = u32::try_from(i + 1).unwrap_or(u32::MAX);
         Sym(NonZeroU32::new(n).unwrap_or(NonZeroU32::MAX))
@@ -137,10 +139,7 @@ impl Interner {
     }
 
     fn insert_new(&mut self, s: &str) -> Sym {
-        // Saturate rather than panic: four billion distinct names is not a real workload, and a
-        // wrong name is better than a crashed agent.
-        let n = u32::try_from(self.strings.len() + 1).unwrap_or(u32::MAX);
-        let sym = Sym(NonZeroU32::new(n).unwrap_or(NonZeroU32::MAX));
+        let sym = Sym::from_index(self.strings.len());
         self.strings.push(Arc::from(s));
         let (strings, hasher) = (&self.strings, &self.hasher);
         self.index
