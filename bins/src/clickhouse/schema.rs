@@ -294,90 +294,58 @@ pub fn statements(database: &str, table: &str, ttl_days: Option<u64>) -> Vec<Str
     }
     out.push(s);
     for r in ROLLUPS {
-        let t = format!("{database}.{table}{}", r.suffix);
-        let mut s = format!("CREATE TABLE IF NOT EXISTS {t}\n(\n    minute DateTime");
-        for (k, ty) in r.keys {
-            s.push_str(&format!(",\n    {k} {ty}"));
-        }
-        for m in ROLLUP_METRICS {
-            s.push_str(&format!(",\n    {m} UInt64"));
-        }
         let keys: Vec<&str> = r.keys.iter().map(|(k, _)| *k).collect();
-        s.push_str(&format!(
-            "\n)\nENGINE = SummingMergeTree\nPARTITION BY toYYYYMMDD(minute)\n\
-             ORDER BY (minute, {})",
-            keys.join(", ")
-        ));
-        if let Some(d) = ttl_days {
-            s.push_str(&format!("\nTTL minute + INTERVAL {d} DAY"));
-        }
-        out.push(s);
-        // One level, no subquery: 18.16 prunes a subquery's columns wrongly inside a view
-        // ("Unknown identifier"). Metric columns are named apart from the record columns, so
-        // `sum(if(.., octetDeltaCount, ..)) AS octets` never refers to its own alias.
-        let mut v = format!(
-            "CREATE MATERIALIZED VIEW IF NOT EXISTS {t}_mv TO {t} AS\nSELECT\n    \
-             toStartOfMinute(flowEndSeconds) AS minute"
-        );
-        for ((k, _), e) in r.keys.iter().zip(r.key_exprs) {
-            if e == k {
-                v.push_str(&format!(",\n    {k}"));
-            } else {
-                v.push_str(&format!(",\n    {e} AS {k}"));
+        // The minute table and its hourly twin differ only in name, time column and bucket
+        // function. 18.16 does not run the views of a view's target table, so the hourly view
+        // reads the record table too rather than cascading from the minute table.
+        let minute = format!("{database}.{table}{}", r.suffix);
+        let hour = format!("{database}.{table}{}", hourly(r.suffix));
+        for (t, time, bucket) in [
+            (minute, "minute", "toStartOfMinute"),
+            (hour, "hour", "toStartOfHour"),
+        ] {
+            let mut s = format!("CREATE TABLE IF NOT EXISTS {t}\n(\n    {time} DateTime");
+            for (k, ty) in r.keys {
+                s.push_str(&format!(",\n    {k} {ty}"));
             }
-        }
-        for (m, e) in ROLLUP_METRICS.iter().zip(r.metric_exprs) {
-            v.push_str(&format!(",\n    sum({e}) AS {m}"));
-        }
-        v.push_str(&format!(
-            ",\n    count() AS records\nFROM {database}.{table}"
-        ));
-        if let Some(f) = r.filter {
-            v.push_str(&format!("\nWHERE {f}"));
-        }
-        v.push_str(&format!("\nGROUP BY minute, {}", keys.join(", ")));
-        out.push(v);
-        let h = format!("{database}.{table}{}", hourly(r.suffix));
-        let mut s = format!("CREATE TABLE IF NOT EXISTS {h}\n(\n    hour DateTime");
-        for (k, ty) in r.keys {
-            s.push_str(&format!(",\n    {k} {ty}"));
-        }
-        for m in ROLLUP_METRICS {
-            s.push_str(&format!(",\n    {m} UInt64"));
-        }
-        s.push_str(&format!(
-            "\n)\nENGINE = SummingMergeTree\nPARTITION BY toYYYYMMDD(hour)\n\
-             ORDER BY (hour, {})",
-            keys.join(", ")
-        ));
-        if let Some(d) = ttl_days {
-            s.push_str(&format!("\nTTL hour + INTERVAL {d} DAY"));
-        }
-        out.push(s);
-        // 18.16 does not run the views of a view's target table, so the hourly view reads
-        // the record table too rather than cascading from the minute table.
-        let mut v = format!(
-            "CREATE MATERIALIZED VIEW IF NOT EXISTS {h}_mv TO {h} AS\nSELECT\n    \
-             toStartOfHour(flowEndSeconds) AS hour"
-        );
-        for ((k, _), e) in r.keys.iter().zip(r.key_exprs) {
-            if e == k {
-                v.push_str(&format!(",\n    {k}"));
-            } else {
-                v.push_str(&format!(",\n    {e} AS {k}"));
+            for m in ROLLUP_METRICS {
+                s.push_str(&format!(",\n    {m} UInt64"));
             }
+            s.push_str(&format!(
+                "\n)\nENGINE = SummingMergeTree\nPARTITION BY toYYYYMMDD({time})\n\
+                 ORDER BY ({time}, {})",
+                keys.join(", ")
+            ));
+            if let Some(d) = ttl_days {
+                s.push_str(&format!("\nTTL {time} + INTERVAL {d} DAY"));
+            }
+            out.push(s);
+            // One level, no subquery: 18.16 prunes a subquery's columns wrongly inside a view
+            // ("Unknown identifier"). Metric columns are named apart from the record columns, so
+            // `sum(if(.., octetDeltaCount, ..)) AS octets` never refers to its own alias.
+            let mut v = format!(
+                "CREATE MATERIALIZED VIEW IF NOT EXISTS {t}_mv TO {t} AS\nSELECT\n    \
+                 {bucket}(flowEndSeconds) AS {time}"
+            );
+            for ((k, _), e) in r.keys.iter().zip(r.key_exprs) {
+                if e == k {
+                    v.push_str(&format!(",\n    {k}"));
+                } else {
+                    v.push_str(&format!(",\n    {e} AS {k}"));
+                }
+            }
+            for (m, e) in ROLLUP_METRICS.iter().zip(r.metric_exprs) {
+                v.push_str(&format!(",\n    sum({e}) AS {m}"));
+            }
+            v.push_str(&format!(
+                ",\n    count() AS records\nFROM {database}.{table}"
+            ));
+            if let Some(f) = r.filter {
+                v.push_str(&format!("\nWHERE {f}"));
+            }
+            v.push_str(&format!("\nGROUP BY {time}, {}", keys.join(", ")));
+            out.push(v);
         }
-        for (m, e) in ROLLUP_METRICS.iter().zip(r.metric_exprs) {
-            v.push_str(&format!(",\n    sum({e}) AS {m}"));
-        }
-        v.push_str(&format!(
-            ",\n    count() AS records\nFROM {database}.{table}"
-        ));
-        if let Some(f) = r.filter {
-            v.push_str(&format!("\nWHERE {f}"));
-        }
-        v.push_str(&format!("\nGROUP BY hour, {}", keys.join(", ")));
-        out.push(v);
     }
     out
 }
