@@ -10,31 +10,16 @@
 //!   `FLOWLENS_BENCH_RECORDS=0`)
 //! - `FLOWLENS_BENCH_RUNS` (20): runs per query; `FLOWLENS_BENCH_QUERIES=0` skips the queries
 
+#[path = "../examples/bench_support/mod.rs"]
+mod bench_support;
+
 use std::time::{Duration, Instant};
 
 use flowlens_bins::collector::query::*;
 use flowlens_bins::collector::synth::Synth;
 use flowlens_bins::collector::{SqliteConfig, SqliteStore, Store};
 
-/// 2026-01-01T00:00:00Z.
-const T0: u64 = 1_767_225_600;
-
-/// Nanoseconds this thread has run on a CPU (Linux `schedstat`; 0 elsewhere). The store
-/// inserts on the calling thread, so this is its CPU cost, unaffected by other processes
-/// competing for the machine, which the wall-clock rate is not.
-fn thread_cpu_ns() -> u64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use bench_support::{T0, app, bench, env, thread_cpu_ns};
 
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing we need either.
@@ -64,6 +49,7 @@ fn main() {
 
     let mut synth = Synth::new(1, nodes, pods);
     let mut insert_time = Duration::ZERO;
+    // The store inserts on this thread, so this thread's CPU time is the insert's cost.
     let mut insert_cpu_ns = 0u64;
     let wall = Instant::now();
     let mut done = 0u64;
@@ -129,10 +115,8 @@ fn main() {
         namespace: None,
         name: format!("{}-{i}", app(i)),
     };
-    println!(
-        "{:<34} {:>9} {:>9} {:>9} {:>9}",
-        "query (ms)", "p50", "p95", "max", "cpu p95"
-    );
+    // SQLite queries on the caller's thread, so its CPU time is the query's.
+    bench_support::print_header(true);
     for (label, range) in [("last 1 h", hour), ("last 24 h", day)] {
         println!("-- dashboards, {label}");
         let f = DashFilter::range(range);
@@ -145,7 +129,7 @@ fn main() {
             ("top external", TopBy::External),
         ];
         for (name, by) in tops {
-            bench(name, runs, |_| {
+            bench(name, runs, true, |_| {
                 store
                     .top(&TopQuery {
                         filter: f.clone(),
@@ -162,7 +146,7 @@ fn main() {
             ("timeseries service", SeriesBy::Service),
             ("timeseries nodePair", SeriesBy::NodePair),
         ] {
-            bench(name, runs, |_| {
+            bench(name, runs, true, |_| {
                 store
                     .timeseries(&SeriesQuery {
                         filter: f.clone(),
@@ -180,7 +164,7 @@ fn main() {
             ("sankey podService", SankeyBy::PodService),
             ("sankey podExternal", SankeyBy::PodExternal),
         ] {
-            bench(name, runs, |_| {
+            bench(name, runs, true, |_| {
                 store
                     .sankey(&SankeyQuery {
                         filter: f.clone(),
@@ -192,10 +176,10 @@ fn main() {
                     .len()
             });
         }
-        bench("node matrix", runs, |_| {
+        bench("node matrix", runs, true, |_| {
             store.node_matrix(&f).unwrap().cells.len()
         });
-        bench("policies", runs, |_| {
+        bench("policies", runs, true, |_| {
             let q = PolicyQuery {
                 filter: f.clone(),
                 ingress: None,
@@ -204,7 +188,7 @@ fn main() {
             };
             store.policy_flows(&q).unwrap().len()
         });
-        bench("timeseries srcPod, pod filter", runs, |i| {
+        bench("timeseries srcPod, pod filter", runs, true, |i| {
             let f = DashFilter {
                 pod: Some(pod(i * 7 % pods)),
                 ..f.clone()
@@ -226,10 +210,10 @@ fn main() {
         limit: 100,
         offset: 0,
     };
-    bench("flows, no filter", runs, |_| {
+    bench("flows, no filter", runs, true, |_| {
         store.flows(&fq(FlowFilter::default())).unwrap().len()
     });
-    bench("flows, last 1 h", runs, |_| {
+    bench("flows, last 1 h", runs, true, |_| {
         store
             .flows(&fq(FlowFilter {
                 range: Some(hour),
@@ -238,7 +222,7 @@ fn main() {
             .unwrap()
             .len()
     });
-    bench("flows, namespace", runs, |_| {
+    bench("flows, namespace", runs, true, |_| {
         store
             .flows(&fq(FlowFilter {
                 namespace: Some("payments".into()),
@@ -247,7 +231,7 @@ fn main() {
             .unwrap()
             .len()
     });
-    bench("flows, pod", runs, |i| {
+    bench("flows, pod", runs, true, |i| {
         store
             .flows(&fq(FlowFilter {
                 pod: Some(pod(i * 13 % pods)),
@@ -256,7 +240,7 @@ fn main() {
             .unwrap()
             .len()
     });
-    bench("flows, srcIp", runs, |i| {
+    bench("flows, srcIp", runs, true, |i| {
         let ip = format!(
             "10.{}.0.{}",
             (i * 13 % pods) % nodes,
@@ -272,7 +256,7 @@ fn main() {
             .unwrap()
             .len()
     });
-    bench("flows, dstPort + 1 h", runs, |_| {
+    bench("flows, dstPort + 1 h", runs, true, |_| {
         store
             .flows(&fq(FlowFilter {
                 dst_port: Some(5432),
@@ -282,7 +266,7 @@ fn main() {
             .unwrap()
             .len()
     });
-    bench("flows, rare (flowType 4 + node)", runs, |_| {
+    bench("flows, rare (flowType 4 + node)", runs, true, |_| {
         let f = FlowFilter {
             flow_type: Some(4),
             node: Some("node-3".into()),
@@ -290,7 +274,7 @@ fn main() {
         };
         store.flows(&fq(f)).unwrap().len()
     });
-    bench("flows, page 50 (offset 5000)", runs, |_| {
+    bench("flows, page 50 (offset 5000)", runs, true, |_| {
         store
             .flows(&FlowQuery {
                 filter: FlowFilter::default(),
@@ -300,37 +284,4 @@ fn main() {
             .unwrap()
             .len()
     });
-}
-
-/// The synthetic cluster's app name for Pod `i` (see `Synth`).
-fn app(i: usize) -> &'static str {
-    [
-        "frontend", "cart", "checkout", "db", "cache", "api", "worker", "metrics",
-    ][(i / 4) % 8]
-}
-
-/// Runs `f` `runs` times; prints wall-clock p50/p95/max and the p95 of the CPU time the query
-/// took on this thread (SQLite runs on the caller's thread), which other processes competing
-/// for the machine do not inflate.
-fn bench(name: &str, runs: usize, mut f: impl FnMut(usize) -> usize) {
-    let mut times: Vec<Duration> = Vec::with_capacity(runs);
-    let mut cpu: Vec<u64> = Vec::with_capacity(runs);
-    let mut rows = 0;
-    for i in 0..runs {
-        let (t, c) = (Instant::now(), thread_cpu_ns());
-        rows = f(i);
-        times.push(t.elapsed());
-        cpu.push(thread_cpu_ns().saturating_sub(c));
-    }
-    times.sort();
-    cpu.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let idx = |q: f64| ((runs as f64 * q).ceil() as usize).clamp(1, runs) - 1;
-    println!(
-        "{name:<34} {:>9.1} {:>9.1} {:>9.1} {:>9.1}   ({rows} rows)",
-        ms(times[idx(0.5)]),
-        ms(times[idx(0.95)]),
-        ms(times[runs - 1]),
-        cpu[idx(0.95)] as f64 / 1e6,
-    );
 }

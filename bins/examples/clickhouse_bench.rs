@@ -13,6 +13,8 @@
 //! Records are generated on their own thread ahead of the inserts; the figures say how much
 //! CPU went to the server, to this process, and to generating.
 
+#[path = "bench_support/mod.rs"]
+mod bench_support;
 #[path = "../tests/clickhouse_fixture/mod.rs"]
 mod clickhouse_fixture;
 
@@ -25,15 +27,7 @@ use flowlens_bins::collector::clickhouse::ClickHouseStore;
 use flowlens_bins::collector::query::*;
 use flowlens_bins::collector::synth::Synth;
 
-/// 2026-01-01T00:00:00Z.
-const T0: u64 = 1_767_225_600;
-
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use bench_support::{T0, app, bench, env, thread_cpu_ns};
 
 /// CPU seconds (user + system) of a process, from /proc/PID/stat.
 fn proc_cpu(pid: &str) -> f64 {
@@ -43,15 +37,6 @@ fn proc_cpu(pid: &str) -> f64 {
     let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     // Fields 14 and 15 (utime, stime) are at 11 and 12 after the comm field.
     (tick(11) + tick(12)) / 100.0
-}
-
-/// CPU seconds of the calling thread.
-fn thread_cpu() -> f64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1e9
 }
 
 fn main() {
@@ -119,7 +104,7 @@ fn main() {
     let gen_thread = std::thread::spawn(move || {
         let mut synth = Synth::new(1, nodes, pods);
         let mut done = 0u64;
-        let cpu0 = thread_cpu();
+        let cpu0 = thread_cpu_ns();
         while done < records {
             let n = batch.min((records - done) as usize);
             let start = T0 + done * span / records;
@@ -130,7 +115,7 @@ fn main() {
             }
             done += n as u64;
         }
-        thread_cpu() - cpu0
+        thread_cpu_ns().saturating_sub(cpu0) as f64 / 1e9
     });
     let (srv0, me0) = (
         server_pid.as_deref().map_or(0.0, proc_cpu),
@@ -200,10 +185,7 @@ fn main() {
         namespace: None,
         name: format!("{}-{i}", app(i)),
     };
-    println!(
-        "{:<34} {:>9} {:>9} {:>9}",
-        "query (ms)", "p50", "p95", "max"
-    );
+    bench_support::print_header(false);
     for (label, range) in [("last 1 h", hour), ("last 24 h", day)] {
         println!("-- {label}");
         let f = DashFilter::range(range);
@@ -215,7 +197,7 @@ fn main() {
             ("top service", TopBy::Service),
             ("top external", TopBy::External),
         ] {
-            bench(name, runs, |_| {
+            bench(name, runs, false, |_| {
                 store
                     .top(&TopQuery {
                         filter: f.clone(),
@@ -232,7 +214,7 @@ fn main() {
             ("timeseries service", SeriesBy::Service),
             ("timeseries nodePair", SeriesBy::NodePair),
         ] {
-            bench(name, runs, |_| {
+            bench(name, runs, false, |_| {
                 store
                     .timeseries(&SeriesQuery {
                         filter: f.clone(),
@@ -250,7 +232,7 @@ fn main() {
             ("sankey podService", SankeyBy::PodService),
             ("sankey podExternal", SankeyBy::PodExternal),
         ] {
-            bench(name, runs, |_| {
+            bench(name, runs, false, |_| {
                 store
                     .sankey(&SankeyQuery {
                         filter: f.clone(),
@@ -262,10 +244,10 @@ fn main() {
                     .len()
             });
         }
-        bench("node matrix", runs, |_| {
+        bench("node matrix", runs, false, |_| {
             store.node_matrix(&f).unwrap().cells.len()
         });
-        bench("policies", runs, |_| {
+        bench("policies", runs, false, |_| {
             store
                 .policy_flows(&PolicyQuery {
                     filter: f.clone(),
@@ -276,7 +258,7 @@ fn main() {
                 .unwrap()
                 .len()
         });
-        bench("timeseries srcPod, pod filter", runs, |i| {
+        bench("timeseries srcPod, pod filter", runs, false, |i| {
             store
                 .timeseries(&SeriesQuery {
                     filter: DashFilter {
@@ -290,7 +272,7 @@ fn main() {
                 .series
                 .len()
         });
-        bench("top nodePair, namespace filter", runs, |_| {
+        bench("top nodePair, namespace filter", runs, false, |_| {
             store
                 .top(&TopQuery {
                     filter: DashFilter {
@@ -358,9 +340,11 @@ fn main() {
         ),
     ];
     for (name, f) in cases {
-        bench(name, runs, |_| store.flows(&fq(f.clone())).unwrap().len());
+        bench(name, runs, false, |_| {
+            store.flows(&fq(f.clone())).unwrap().len()
+        });
     }
-    bench("flows, page 50 (offset 5000)", runs, |_| {
+    bench("flows, page 50 (offset 5000)", runs, false, |_| {
         store
             .flows(&FlowQuery {
                 filter: FlowFilter::default(),
@@ -372,30 +356,4 @@ fn main() {
     });
     drop(store);
     drop(server);
-}
-
-/// The synthetic cluster's app name for Pod `i` (see `Synth`).
-fn app(i: usize) -> &'static str {
-    [
-        "frontend", "cart", "checkout", "db", "cache", "api", "worker", "metrics",
-    ][(i / 4) % 8]
-}
-
-fn bench(name: &str, runs: usize, mut f: impl FnMut(usize) -> usize) {
-    let mut times: Vec<Duration> = Vec::with_capacity(runs);
-    let mut rows = 0;
-    for i in 0..runs {
-        let t = Instant::now();
-        rows = f(i);
-        times.push(t.elapsed());
-    }
-    times.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let p = |q: f64| times[((times.len() as f64 * q).ceil() as usize).clamp(1, times.len()) - 1];
-    println!(
-        "{name:<34} {:>9.1} {:>9.1} {:>9.1}   ({rows} rows)",
-        ms(p(0.5)),
-        ms(p(0.95)),
-        ms(times[times.len() - 1])
-    );
 }
