@@ -27,6 +27,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use flowcore::aggregator::AggregatedRecord;
 
+use super::fold::{self, *};
 use super::query::*;
 use super::store::{Store, StoreError};
 use crate::clickhouse::rowbinary::{DecodeError, Reader};
@@ -90,39 +91,6 @@ const METRICS: &str = "packets, octets, rev_packets, rev_octets, records";
 const SWAP: &str = "rev_packets AS s_packets, rev_octets AS s_octets, packets AS s_rev_packets, \
                     octets AS s_rev_octets, records";
 
-/// Which columns of a rollup the dashboard filters apply to (as in `sqlite/read.rs`).
-struct Dims {
-    ns: &'static [&'static str],
-    pods: &'static [(&'static str, &'static str)],
-    nodes: &'static [&'static str],
-}
-
-const POD_PAIR: Dims = Dims {
-    ns: &["src_ns", "dst_ns"],
-    pods: &[("src_ns", "src_pod"), ("dst_ns", "dst_pod")],
-    nodes: &["src_node", "dst_node"],
-};
-const POD_SERVICE: Dims = Dims {
-    ns: &["src_ns"],
-    pods: &[("src_ns", "src_pod")],
-    nodes: &["src_node"],
-};
-const POD_EXTERNAL: Dims = Dims {
-    ns: &["ns"],
-    pods: &[("ns", "pod")],
-    nodes: &["node"],
-};
-const NODE_PAIR: Dims = Dims {
-    ns: &[],
-    pods: &[],
-    nodes: &["src_node", "dst_node"],
-};
-const POLICY: Dims = Dims {
-    ns: &["src_ns", "dst_ns"],
-    pods: &[("src_ns", "src_pod"), ("dst_ns", "dst_pod")],
-    nodes: &[],
-};
-
 /// AND of clauses; `1` when empty.
 #[derive(Default)]
 struct Where(Vec<String>);
@@ -174,18 +142,6 @@ fn dash_where(f: &DashFilter, d: &Dims) -> Where {
         any_of(&mut w, d.nodes, node);
     }
     w
-}
-
-fn pod_name(ns: &str, pod: &str) -> String {
-    if ns.is_empty() {
-        pod.to_owned()
-    } else {
-        format!("{ns}/{pod}")
-    }
-}
-
-fn node_or_external(n: &str) -> &str {
-    if n.is_empty() { "external" } else { n }
 }
 
 /// Reads the five sums `group` selects.
@@ -808,12 +764,8 @@ impl Store for ClickHouseStore {
         let mut last = None;
         for (key, t, o, ro) in rows {
             if last.as_ref() != Some(&key) {
-                let name = match q.by {
-                    SeriesBy::NodePair => format!("{} → {}", key.0, node_or_external(&key.1)),
-                    _ => pod_name(&key.0, &key.1),
-                };
                 series.push(Series {
-                    name,
+                    name: series_name(q.by, &key.0, &key.1),
                     flow_type: ft.map(|_| key.2),
                     points: Vec::new(),
                 });
@@ -824,8 +776,7 @@ impl Store for ClickHouseStore {
                     .push([t, o.saturating_mul(8) / step, ro.saturating_mul(8) / step]);
             }
         }
-        let total = |s: &Series| s.points.iter().map(|p| p[1] + p[2]).sum::<u64>();
-        series.sort_by(|x, y| total(y).cmp(&total(x)).then_with(|| x.name.cmp(&y.name)));
+        sort_series(&mut series);
         Ok(TimeSeries { step, series })
     }
 
@@ -856,36 +807,15 @@ impl Store for ClickHouseStore {
         let w = dash_where(&q.filter, dims);
         let rows = self.src(idx, &q.filter.range);
         let policy = q.by == SankeyBy::Policy;
-        let label = |ns: &str, n: &str| {
-            if policy && n.is_empty() {
-                "(no policy)".to_owned()
-            } else {
-                pod_name(ns, n)
-            }
-        };
-        let mut links = Vec::new();
-        for ([a, b, c, d], traffic) in self.group4(OP, keys, &rows, &w, q.limit)? {
-            links.push(SankeyLink {
-                source: format!("s:{}", label(&a, &b)),
-                target: format!("d:{}", label(&c, &d)),
-                bytes: traffic.bytes(),
-                traffic,
-            });
-        }
-        let mut nodes: Vec<SankeyNode> = Vec::new();
-        let mut seen = HashSet::new();
-        for l in &links {
-            for (id, side) in [(&l.source, "source"), (&l.target, "destination")] {
-                if seen.insert(id.clone()) {
-                    nodes.push(SankeyNode {
-                        id: id.clone(),
-                        name: id[2..].to_owned(),
-                        side,
-                    });
-                }
-            }
-        }
-        Ok(Sankey { nodes, links })
+        let links = self
+            .group4(OP, keys, &rows, &w, q.limit)?
+            .into_iter()
+            .map(|([a, b, c, d], traffic)| {
+                let (src, dst) = (sankey_label(policy, &a, &b), sankey_label(policy, &c, &d));
+                sankey_link(&src, &dst, traffic)
+            })
+            .collect();
+        Ok(fold::sankey(links))
     }
 
     fn node_matrix(&self, f: &DashFilter) -> Result<NodeMatrix, StoreError> {

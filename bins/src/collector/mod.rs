@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod clickhouse;
+mod fold;
 pub mod ingest;
 pub mod query;
 pub mod sqlite;

@@ -11,6 +11,7 @@ use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, Row};
 
 use super::codec;
+use crate::collector::fold::{self, *};
 use crate::collector::query::*;
 
 /// The id of the bound name.
@@ -99,39 +100,6 @@ fn pod_match(w: &mut Vec<String>, p: &mut Vec<Value>, ns_col: &str, pod_col: &st
     }
     p.push(text(&r.name));
 }
-
-/// Which columns of a rollup the dashboard filters apply to.
-struct Dims {
-    ns: &'static [&'static str],
-    pods: &'static [(&'static str, &'static str)],
-    nodes: &'static [&'static str],
-}
-
-const POD_PAIR: Dims = Dims {
-    ns: &["src_ns", "dst_ns"],
-    pods: &[("src_ns", "src_pod"), ("dst_ns", "dst_pod")],
-    nodes: &["src_node", "dst_node"],
-};
-const POD_SERVICE: Dims = Dims {
-    ns: &["src_ns"],
-    pods: &[("src_ns", "src_pod")],
-    nodes: &["src_node"],
-};
-const POD_EXTERNAL: Dims = Dims {
-    ns: &["ns"],
-    pods: &[("ns", "pod")],
-    nodes: &["node"],
-};
-const NODE_PAIR: Dims = Dims {
-    ns: &[],
-    pods: &[],
-    nodes: &["src_node", "dst_node"],
-};
-const POLICY: Dims = Dims {
-    ns: &["src_ns", "dst_ns"],
-    pods: &[("src_ns", "src_pod"), ("dst_ns", "dst_pod")],
-    nodes: &[],
-};
 
 fn any_of(w: &mut Where, cols: &[&str], v: &str) {
     if cols.is_empty() {
@@ -273,14 +241,6 @@ fn group<const N: usize>(
     out.sort_unstable_by(by_bytes);
     out.truncate(limit);
     Ok(out)
-}
-
-fn pod_name(ns: &str, pod: &str) -> String {
-    if ns.is_empty() {
-        pod.to_owned()
-    } else {
-        format!("{ns}/{pod}")
-    }
 }
 
 /// The Node-pair rows a dashboard reads, as a subquery with the `r_node_pair` columns, and
@@ -527,10 +487,7 @@ pub fn timeseries(c: &Connection, q: &SeriesQuery) -> rusqlite::Result<TimeSerie
     let mut series: Vec<Series> = Vec::with_capacity(top.len());
     for (key, (_, points)) in top {
         let (x, y) = (names.get(key.0)?, names.get(key.1)?);
-        let name = match q.by {
-            SeriesBy::NodePair => format!("{x} → {}", node_or_external(&y)),
-            _ => pod_name(&x, &y),
-        };
+        let name = series_name(q.by, &x, &y);
         let mut points: Vec<[u64; 3]> = points
             .into_iter()
             .map(|(m, (o, ro))| {
@@ -548,14 +505,8 @@ pub fn timeseries(c: &Connection, q: &SeriesQuery) -> rusqlite::Result<TimeSerie
             points,
         });
     }
-    // Largest first, as the UI's legend lists them.
-    let total = |s: &Series| s.points.iter().map(|p| p[1] + p[2]).sum::<u64>();
-    series.sort_by(|x, y| total(y).cmp(&total(x)).then_with(|| x.name.cmp(&y.name)));
+    sort_series(&mut series);
     Ok(TimeSeries { step, series })
-}
-
-fn node_or_external(n: &str) -> &str {
-    if n.is_empty() { "external" } else { n }
 }
 
 pub fn sankey(c: &Connection, q: &SankeyQuery) -> rusqlite::Result<Sankey> {
@@ -582,39 +533,14 @@ pub fn sankey(c: &Connection, q: &SankeyQuery) -> rusqlite::Result<Sankey> {
         w.sql()
     );
     let policy = q.by == SankeyBy::Policy;
-    let label = |ns: String, n: String| {
-        if policy && n.is_empty() {
-            "(no policy)".to_owned()
-        } else {
-            pod_name(&ns, &n)
-        }
-    };
     let mut names = Names::new(c);
     let mut links = Vec::new();
     for ([a, b, c2, d], traffic) in group::<4>(c, &sql, w.params, q.limit)? {
-        let src = label(a.text(&mut names)?, b.text(&mut names)?);
-        let dst = label(c2.text(&mut names)?, d.text(&mut names)?);
-        links.push(SankeyLink {
-            source: format!("s:{src}"),
-            target: format!("d:{dst}"),
-            bytes: traffic.bytes(),
-            traffic,
-        });
+        let src = sankey_label(policy, &a.text(&mut names)?, &b.text(&mut names)?);
+        let dst = sankey_label(policy, &c2.text(&mut names)?, &d.text(&mut names)?);
+        links.push(sankey_link(&src, &dst, traffic));
     }
-    let mut nodes: Vec<SankeyNode> = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for l in &links {
-        for (id, side) in [(&l.source, "source"), (&l.target, "destination")] {
-            if seen.insert(id.clone()) {
-                nodes.push(SankeyNode {
-                    id: id.clone(),
-                    name: id[2..].to_owned(),
-                    side,
-                });
-            }
-        }
-    }
-    Ok(Sankey { nodes, links })
+    Ok(fold::sankey(links))
 }
 
 pub fn node_matrix(c: &Connection, f: &DashFilter) -> rusqlite::Result<NodeMatrix> {
