@@ -122,12 +122,7 @@ async fn password_user_and_error_messages() {
         "{e}"
     );
     // Nothing listening.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("http://127.0.0.1:{port}");
+    let url = format!("http://127.0.0.1:{}", clickhouse_fixture::free_port());
     let e = ClickHouseClient::connect(ClickHouseConfig {
         url: url.clone(),
         ..ok.clone()

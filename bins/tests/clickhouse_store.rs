@@ -521,12 +521,7 @@ async fn works_inside_an_async_task_and_drops_cleanly() {
 
 #[test]
 fn open_errors_name_the_server() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("http://127.0.0.1:{port}");
+    let url = format!("http://127.0.0.1:{}", clickhouse_fixture::free_port());
     let e = ClickHouseStore::open(ClickHouseConfig {
         url: url.clone(),
         ..Default::default()

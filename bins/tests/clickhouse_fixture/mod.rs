@@ -23,7 +23,8 @@ pub struct ClickHouse {
     child: Child,
 }
 
-fn free_port() -> u16 {
+/// A loopback TCP port nothing listens on (bound, then released).
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
