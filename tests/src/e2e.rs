@@ -368,6 +368,65 @@ pub fn start_agent(ns: &Netns, dir: &TempDir, name: &str, yaml: &str) -> Proc {
     )
 }
 
+/// An aggregator config: listening on `listen` over `transport` (`tcp`, `udp`, `tls`), with
+/// `[activeFlowRecordTimeout, correlationTimeout, inactiveFlowRecordTimeout]`, metrics on
+/// `metrics`, static metadata from `meta` and JSON lines to `jsonl`. TLS settings (`tlsDir`, …)
+/// are appended by the caller.
+pub fn aggregator_yaml(
+    listen: &str,
+    transport: &str,
+    [active, correlation, inactive]: [&str; 3],
+    metrics: &str,
+    meta: &Path,
+    jsonl: &Path,
+) -> String {
+    format!(
+        "listenAddr: \"{listen}\"\naggregatorTransportProtocol: {transport}\n\
+         activeFlowRecordTimeout: {active}\ncorrelationTimeout: {correlation}\n\
+         inactiveFlowRecordTimeout: {inactive}\n\
+         metricsAddr: \"{metrics}\"\nmetadataFile: {}\njsonLines: {{path: {}}}\n",
+        meta.display(),
+        jsonl.display()
+    )
+}
+
+/// An agent config for Node `node`: exporting to `collector` (`ADDR:PORT:TRANSPORT`), polling
+/// every second, with `[activeFlowExportTimeout, idleFlowExportTimeout]`, metrics on `metrics`,
+/// static metadata from `meta`; with `tls` (`[caCert, cert, key]`) TLS to the aggregator is on.
+pub fn agent_yaml(
+    collector: &str,
+    [active, idle]: [&str; 2],
+    node: &str,
+    metrics: &str,
+    meta: &Path,
+    tls: Option<[&str; 3]>,
+) -> String {
+    let mut y = format!(
+        "flowCollectorAddr: \"{collector}\"\nenableTLSToFlowAggregator: {}\n\
+         flowPollInterval: 1s\nactiveFlowExportTimeout: {active}\nidleFlowExportTimeout: {idle}\n\
+         nodeName: {node}\nmetricsAddr: \"{metrics}\"\nmetadataFile: {}\n",
+        tls.is_some(),
+        meta.display()
+    );
+    if let Some([ca, cert, key]) = tls {
+        y += &format!("tls: {{caCert: {ca}, cert: {cert}, key: {key}}}\n");
+    }
+    y
+}
+
+/// Waits (20 s at most) until the agent whose metrics are at `metrics` in `ns` has its IPFIX
+/// export session up, checking on every poll that it still runs.
+pub fn wait_session_up(ns: &Netns, metrics: &str, agent: &mut Proc) {
+    wait_metric(
+        ns,
+        metrics,
+        "flowlens_agent_ipfix_export_session_up",
+        1.0,
+        Duration::from_secs(20),
+        || agent.assert_running(),
+    );
+}
+
 /// The sum of the samples of Prometheus metric `name` (any labels) in `text`; `None` if absent.
 pub fn metric(text: &str, name: &str) -> Option<f64> {
     let mut found = None;

@@ -48,12 +48,13 @@ fn agent_end_to_end(transport: &str) {
         &client,
         &dir,
         "aggregator",
-        &format!(
-            "listenAddr: \"127.0.0.1:14739\"\naggregatorTransportProtocol: {transport}\n\
-             activeFlowRecordTimeout: 2s\ncorrelationTimeout: 2s\ninactiveFlowRecordTimeout: 10s\n\
-             metricsAddr: \"127.0.0.1:19391\"\nmetadataFile: {}\njsonLines: {{path: {}}}\n",
-            meta.display(),
-            jsonl.display()
+        &aggregator_yaml(
+            "127.0.0.1:14739",
+            transport,
+            ["2s", "2s", "10s"],
+            "127.0.0.1:19391",
+            &meta,
+            &jsonl,
         ),
         "127.0.0.1:19391",
     );
@@ -62,22 +63,17 @@ fn agent_end_to_end(transport: &str) {
         &client,
         &dir,
         "agent",
-        &format!(
-            "flowCollectorAddr: \"127.0.0.1:14739:{transport}\"\nenableTLSToFlowAggregator: false\n\
-             flowPollInterval: 1s\nactiveFlowExportTimeout: 2s\nidleFlowExportTimeout: 2s\n\
-             nodeName: node-a\nmetricsAddr: \"127.0.0.1:19390\"\nmetadataFile: {}\n",
-            meta.display()
+        &agent_yaml(
+            &format!("127.0.0.1:14739:{transport}"),
+            ["2s", "2s"],
+            "node-a",
+            "127.0.0.1:19390",
+            &meta,
+            None,
         ),
     );
     // The agent is connected before the traffic starts, so it sees the connections live.
-    wait_metric(
-        &client,
-        "127.0.0.1:19390",
-        "flowlens_agent_ipfix_export_session_up",
-        1.0,
-        Duration::from_secs(20),
-        || agent.assert_running(),
-    );
+    wait_session_up(&client, "127.0.0.1:19390", &mut agent);
 
     curl_n(
         &client,

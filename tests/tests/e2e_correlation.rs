@@ -87,38 +87,34 @@ fn two_agents_halves_are_correlated_with_both_nodes_counters() {
         &aggns,
         &dir,
         "aggregator",
-        &format!(
-            "listenAddr: \"0.0.0.0:4739\"\naggregatorTransportProtocol: tls\n\
-             tlsDir: {}\nflowAggregatorAddress: \"{AGG_IP}\"\n\
-             activeFlowRecordTimeout: 2s\ncorrelationTimeout: 10s\ninactiveFlowRecordTimeout: 20s\n\
-             metricsAddr: \"{AGG_METRICS}\"\nmetadataFile: {}\njsonLines: {{path: {}}}\n",
-            tls.display(),
-            meta.display(),
-            jsonl.display()
-        ),
+        &(aggregator_yaml(
+            "0.0.0.0:4739",
+            "tls",
+            ["2s", "10s", "20s"],
+            AGG_METRICS,
+            &meta,
+            &jsonl,
+        ) + &format!(
+            "tlsDir: {}\nflowAggregatorAddress: \"{AGG_IP}\"\n",
+            tls.display()
+        )),
         AGG_METRICS,
     );
+    let [ca, cert, key] = ["ca.crt", "client.crt", "client.key"].map(|f| tls.join(f));
     let agent_yaml = |node: &str| {
-        format!(
-            "flowCollectorAddr: \"{AGG_IP}:4739:tls\"\nenableTLSToFlowAggregator: true\n\
-             flowPollInterval: 1s\nactiveFlowExportTimeout: 2s\nidleFlowExportTimeout: 2s\n\
-             nodeName: {node}\nmetricsAddr: \"{AGENT_METRICS}\"\nmetadataFile: {}\n\
-             tls: {{caCert: {t}/ca.crt, cert: {t}/client.crt, key: {t}/client.key}}\n",
-            meta.display(),
-            t = tls.display()
+        agent_yaml(
+            &format!("{AGG_IP}:4739:tls"),
+            ["2s", "2s"],
+            node,
+            AGENT_METRICS,
+            &meta,
+            Some([&ca, &cert, &key].map(|p| p.to_str().expect("utf-8 path"))),
         )
     };
     let mut agent_a = start_agent(&node_a, &dir, "agent-a", &agent_yaml("node-a"));
     let mut agent_b = start_agent(&node_b, &dir, "agent-b", &agent_yaml("node-b"));
     for (ns, agent) in [(&node_a, &mut agent_a), (&node_b, &mut agent_b)] {
-        wait_metric(
-            ns,
-            AGENT_METRICS,
-            "flowlens_agent_ipfix_export_session_up",
-            1.0,
-            Duration::from_secs(20),
-            || agent.assert_running(),
-        );
+        wait_session_up(ns, AGENT_METRICS, agent);
     }
 
     let _http = http_server(&node_b, &dir, SERVER, HTTP_PORT);

@@ -82,30 +82,26 @@ fn restart(stop: Stop) {
         CLIENT,
         SERVER,
     );
-    let agg_yaml = format!(
-        "listenAddr: \"127.0.0.1:14741\"\naggregatorTransportProtocol: tcp\n\
-         activeFlowRecordTimeout: 1s\ncorrelationTimeout: 1s\ninactiveFlowRecordTimeout: 10s\n\
-         metricsAddr: \"{AGG_METRICS}\"\nmetadataFile: {}\njsonLines: {{path: {}}}\n",
-        meta.display(),
-        jsonl.display()
+    let agg_yaml = aggregator_yaml(
+        "127.0.0.1:14741",
+        "tcp",
+        ["1s", "1s", "10s"],
+        AGG_METRICS,
+        &meta,
+        &jsonl,
     );
     let mut agg = start_aggregator(&client, &dir, "aggregator-1", &agg_yaml, AGG_METRICS);
     let _echo = echo_server(&server, &dir, SERVER, ECHO_PORT);
-    let agent_yaml = format!(
-        "flowCollectorAddr: \"127.0.0.1:14741:tcp\"\nenableTLSToFlowAggregator: false\n\
-             flowPollInterval: 1s\nactiveFlowExportTimeout: 1s\nidleFlowExportTimeout: 5s\n\
-             nodeName: node-a\nmetricsAddr: \"{AGENT_METRICS}\"\nmetadataFile: {}\n",
-        meta.display()
+    let agent_yaml = agent_yaml(
+        "127.0.0.1:14741:tcp",
+        ["1s", "5s"],
+        "node-a",
+        AGENT_METRICS,
+        &meta,
+        None,
     );
     let mut agent = start_agent(&client, &dir, "agent-1", &agent_yaml);
-    wait_metric(
-        &client,
-        AGENT_METRICS,
-        "flowlens_agent_ipfix_export_session_up",
-        1.0,
-        Duration::from_secs(20),
-        || agent.assert_running(),
-    );
+    wait_session_up(&client, AGENT_METRICS, &mut agent);
 
     let conn = EchoClient::connect(&client, SERVER, ECHO_PORT);
     let tuple = Tuple5 {
@@ -305,12 +301,13 @@ fn aggregator_forgetting_an_idle_flow_never_double_counts() {
         &client,
         &dir,
         "aggregator",
-        &format!(
-            "listenAddr: \"127.0.0.1:14741\"\naggregatorTransportProtocol: tcp\n\
-             activeFlowRecordTimeout: 1s\ncorrelationTimeout: 1s\ninactiveFlowRecordTimeout: 2s\n\
-             metricsAddr: \"{AGG_METRICS}\"\nmetadataFile: {}\njsonLines: {{path: {}}}\n",
-            meta.display(),
-            jsonl.display()
+        &aggregator_yaml(
+            "127.0.0.1:14741",
+            "tcp",
+            ["1s", "1s", "2s"],
+            AGG_METRICS,
+            &meta,
+            &jsonl,
         ),
         AGG_METRICS,
     );
@@ -319,21 +316,16 @@ fn aggregator_forgetting_an_idle_flow_never_double_counts() {
         &client,
         &dir,
         "agent",
-        &format!(
-            "flowCollectorAddr: \"127.0.0.1:14741:tcp\"\nenableTLSToFlowAggregator: false\n\
-             flowPollInterval: 1s\nactiveFlowExportTimeout: 1s\nidleFlowExportTimeout: 1s\n\
-             nodeName: node-a\nmetricsAddr: \"{AGENT_METRICS}\"\nmetadataFile: {}\n",
-            meta.display()
+        &agent_yaml(
+            "127.0.0.1:14741:tcp",
+            ["1s", "1s"],
+            "node-a",
+            AGENT_METRICS,
+            &meta,
+            None,
         ),
     );
-    wait_metric(
-        &client,
-        AGENT_METRICS,
-        "flowlens_agent_ipfix_export_session_up",
-        1.0,
-        Duration::from_secs(20),
-        || agent.assert_running(),
-    );
+    wait_session_up(&client, AGENT_METRICS, &mut agent);
     let mut conn = EchoClient::connect(&client, SERVER, ECHO_PORT);
     let tuple = Tuple5 {
         src: CLIENT.into(),

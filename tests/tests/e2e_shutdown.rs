@@ -34,12 +34,13 @@ fn agent_shutdown_flushes_live_connections() {
         &client,
         &dir,
         "aggregator",
-        &format!(
-            "listenAddr: \"127.0.0.1:14742\"\naggregatorTransportProtocol: tcp\n\
-             activeFlowRecordTimeout: 60s\ncorrelationTimeout: 1s\ninactiveFlowRecordTimeout: 60s\n\
-             metricsAddr: \"{AGG_METRICS}\"\nmetadataFile: {}\njsonLines: {{path: {}}}\n",
-            meta.display(),
-            jsonl.display()
+        &aggregator_yaml(
+            "127.0.0.1:14742",
+            "tcp",
+            ["60s", "1s", "60s"],
+            AGG_METRICS,
+            &meta,
+            &jsonl,
         ),
         AGG_METRICS,
     );
@@ -48,21 +49,16 @@ fn agent_shutdown_flushes_live_connections() {
         &client,
         &dir,
         "agent",
-        &format!(
-            "flowCollectorAddr: \"127.0.0.1:14742:tcp\"\nenableTLSToFlowAggregator: false\n\
-             flowPollInterval: 1s\nactiveFlowExportTimeout: 60s\nidleFlowExportTimeout: 60s\n\
-             nodeName: node-a\nmetricsAddr: \"{AGENT_METRICS}\"\nmetadataFile: {}\n",
-            meta.display()
+        &agent_yaml(
+            "127.0.0.1:14742:tcp",
+            ["60s", "60s"],
+            "node-a",
+            AGENT_METRICS,
+            &meta,
+            None,
         ),
     );
-    wait_metric(
-        &client,
-        AGENT_METRICS,
-        "flowlens_agent_ipfix_export_session_up",
-        1.0,
-        Duration::from_secs(20),
-        || agent.assert_running(),
-    );
+    wait_session_up(&client, AGENT_METRICS, &mut agent);
 
     let mut conn = EchoClient::connect(&client, SERVER, ECHO_PORT);
     let tuple = Tuple5 {

@@ -24,13 +24,14 @@ const AGG_METRICS: &str = "127.0.0.1:19393";
 const AGENT_METRICS: &str = "127.0.0.1:19392";
 const HANDSHAKE_FAILURES: &str = "flowlens_aggregator_ipfix_collect_tls_handshake_failures_total";
 
-fn agent_yaml(meta: &std::path::Path, ca: &str, cert: &str, key: &str) -> String {
-    format!(
-        "flowCollectorAddr: \"{AGG}:tls\"\nenableTLSToFlowAggregator: true\n\
-         flowPollInterval: 1s\nactiveFlowExportTimeout: 2s\nidleFlowExportTimeout: 2s\n\
-         nodeName: node-a\nmetricsAddr: \"{AGENT_METRICS}\"\nmetadataFile: {}\n\
-         tls: {{caCert: {ca}, cert: {cert}, key: {key}}}\n",
-        meta.display()
+fn tls_agent_yaml(meta: &std::path::Path, ca: &str, cert: &str, key: &str) -> String {
+    agent_yaml(
+        &format!("{AGG}:tls"),
+        ["2s", "2s"],
+        "node-a",
+        AGENT_METRICS,
+        meta,
+        Some([ca, cert, key]),
     )
 }
 
@@ -51,15 +52,11 @@ fn mutual_tls_admits_the_generated_client_and_refuses_others() {
         &client,
         &dir,
         "aggregator",
-        &format!(
-            "listenAddr: \"{AGG}\"\naggregatorTransportProtocol: tls\ntlsDir: {}\n\
-             flowAggregatorAddress: localhost\n\
-             activeFlowRecordTimeout: 2s\ncorrelationTimeout: 2s\ninactiveFlowRecordTimeout: 10s\n\
-             metricsAddr: \"{AGG_METRICS}\"\nmetadataFile: {}\njsonLines: {{path: {}}}\n",
-            tls_dir.display(),
-            meta.display(),
-            jsonl.display()
-        ),
+        &(aggregator_yaml(AGG, "tls", ["2s", "2s", "10s"], AGG_METRICS, &meta, &jsonl)
+            + &format!(
+                "tlsDir: {}\nflowAggregatorAddress: localhost\n",
+                tls_dir.display()
+            )),
         AGG_METRICS,
     );
     for f in [
@@ -90,7 +87,7 @@ fn mutual_tls_admits_the_generated_client_and_refuses_others() {
         &client,
         &dir,
         "agent-other-ca",
-        &agent_yaml(
+        &tls_agent_yaml(
             &meta,
             ca,
             other_cert.to_str().unwrap(),
@@ -187,7 +184,7 @@ fn mutual_tls_admits_the_generated_client_and_refuses_others() {
         &client,
         &dir,
         "agent",
-        &agent_yaml(&meta, ca, cert.to_str().unwrap(), key.to_str().unwrap()),
+        &tls_agent_yaml(&meta, ca, cert.to_str().unwrap(), key.to_str().unwrap()),
     );
     let tuples: Vec<Tuple5> = ct.iter().map(|e| e.tuple.clone()).collect();
     let by = wait_end_of_flow(&jsonl, &tuples, Duration::from_secs(30), || {
