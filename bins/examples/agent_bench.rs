@@ -46,6 +46,7 @@ use flowcore::metadata::{MetadataUpdate, NodeInfo, PodInfo, PodPhase};
 use flowcore::model::{ConntrackEntry, ConntrackStatus, Counters, TcpState, Timestamp, Tuple};
 use flowcore::policy::Labels;
 use flowlens_bins::agent::pipeline::Pipeline;
+use flowlens_bins::clock;
 use io_linux::netns::NetNs;
 use io_linux::{ConntrackSocket, DumpFilter, set_accounting, set_timestamps};
 
@@ -371,7 +372,7 @@ fn child(n: u32, polls: u64, bounded: bool) {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
 
-    let t0 = wall_now();
+    let t0 = clock::now();
     let mut core = exporter(t0);
     let domain = node_observation_domain("n1");
     let mut pipe =
@@ -537,12 +538,4 @@ fn main() {
         let st = c.status().unwrap();
         assert!(st.success(), "child for {n} failed: {st}");
     }
-}
-
-/// The wall clock as a flowcore timestamp.
-fn wall_now() -> Timestamp {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    Timestamp::from_nanos(d.as_nanos() as u64)
 }

@@ -43,6 +43,7 @@ use flowcore::model::{
     BiCounters, FlowEndReason, FlowKey, FlowRecord, FlowType, Interner, PolicyFields, TcpState,
     Timestamp,
 };
+use flowlens_bins::clock;
 use flowlens_bins::config::aggregator::AggregatorFile;
 use flowlens_bins::ops::Ops;
 use tokio_util::sync::CancellationToken;
@@ -122,7 +123,7 @@ fn encode_exporter(e: usize, records: u32) -> (Vec<u8>, u64) {
     let server: Vec<_> = (0..50)
         .map(|p| names.intern(&format!("server-5d8f9c7b6-{p:05}")))
         .collect();
-    let now = wall_now();
+    let now = clock::now();
     let mut enc = Encoder::new(EncoderConfig::stream(node_observation_domain(&me))).unwrap();
     for l in [Layout::AgentV4, Layout::AgentV6] {
         enc.add_template(l.template_id(), l.fields()).unwrap();
@@ -541,12 +542,4 @@ fn main() {
     let _ = child.wait();
     shutdown.cancel();
     let _ = agg.join();
-}
-
-/// The wall clock as a flowcore timestamp.
-fn wall_now() -> Timestamp {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    Timestamp::from_nanos(d.as_nanos() as u64)
 }
