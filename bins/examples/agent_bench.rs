@@ -35,10 +35,14 @@
 //! cost is measured with `dump_bare` (the same request, a receive loop that only walks message
 //! headers), median of 3.
 
+#[path = "bench_support/mod.rs"]
+mod bench_support;
+
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use bench_support::{status_kb, thread_cpu_ns};
 use flowcore::exporter::{ExportId, ExporterConfig, FlowExporter};
 use flowcore::ipfix::flow_record::write_flow_record;
 use flowcore::ipfix::{Encoder, EncoderConfig, Layout, node_observation_domain};
@@ -74,10 +78,7 @@ struct Cpu {
 
 impl Cpu {
     fn now() -> Cpu {
-        let ns = std::fs::read_to_string("/proc/thread-self/schedstat")
-            .ok()
-            .and_then(|s| s.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0);
+        let ns = thread_cpu_ns();
         let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
         let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
         let f: Vec<&str> = rest.split_whitespace().collect();
@@ -106,21 +107,6 @@ struct Spent {
     cpu: Duration,
     user: Duration,
     sys: Duration,
-}
-
-fn status_kb(key: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(key)?
-                .trim_start_matches(':')
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
 }
 
 fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {

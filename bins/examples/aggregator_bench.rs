@@ -29,6 +29,9 @@
 //! aggregated per second; loss = records sent − records_in; CPU of both processes (utime+stime
 //! of /proc/<pid>/stat) over the same interval.
 
+#[path = "bench_support/mod.rs"]
+mod bench_support;
+
 use std::alloc::{GlobalAlloc, Layout as AllocLayout, System};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, TcpStream};
@@ -37,6 +40,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
+use bench_support::{free_port, status_kb};
 use flowcore::ipfix::flow_record::write_flow_record;
 use flowcore::ipfix::{Encoder, EncoderConfig, Layout, node_observation_domain};
 use flowcore::model::{
@@ -78,21 +82,6 @@ fn cpu_of(pid: &str) -> (f64, f64) {
     let f: Vec<&str> = rest.split_whitespace().collect();
     let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / 100.0;
     (t(11), t(12))
-}
-
-fn status_kb(key: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(key)?
-                .trim_start_matches(':')
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
 }
 
 fn loadavg() -> String {
@@ -330,21 +319,10 @@ fn main() {
         return;
     }
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let total = exporters as u64 * u64::from(records);
-    let collector_addr = format!(
-        "127.0.0.1:{}",
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    );
+    let collector_addr = format!("127.0.0.1:{}", free_port());
     let cfg = AggregatorFile {
         listen_addr: addr.clone(),
         external_flow_collector_addr: ipfix.then(|| format!("{collector_addr}:tcp")),

@@ -1,6 +1,7 @@
-//! Pieces the store benchmarks share (`benches/store.rs` for SQLite, `examples/clickhouse_bench.rs`
-//! for ClickHouse): the synthetic fill's start time and Pod names, `FLOWLENS_BENCH_*` settings,
-//! and the per-query p50/p95 timing and its table. Included by `#[path]`; each user takes a part.
+//! Pieces the bins benchmarks share, included by `#[path]`; each user takes a part. The store
+//! benchmarks (`benches/store.rs` for SQLite, `examples/clickhouse_bench.rs` for ClickHouse): the
+//! synthetic fill's start time and Pod names, `FLOWLENS_BENCH_*` settings, and the per-query
+//! p50/p95 timing and its table. All: this thread's CPU time, this process's memory, a free port.
 #![allow(dead_code)]
 
 use std::time::{Duration, Instant};
@@ -23,6 +24,31 @@ pub fn thread_cpu_ns() -> u64 {
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
+}
+
+/// A `/proc/self/status` figure in kB (`VmRSS`, `VmHWM`, …); 0 if absent.
+pub fn status_kb(key: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(key)?
+                .trim_start_matches(':')
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+/// A loopback TCP port nothing listens on (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The synthetic cluster's app name for Pod `i` (see `Synth`).
