@@ -427,6 +427,21 @@ pub fn wait_session_up(ns: &Netns, metrics: &str, agent: &mut Proc) {
     );
 }
 
+/// Waits (20 s at most) until the agent whose metrics are at `metrics` in `ns` has polled
+/// conntrack `n` more times than now, checking on every poll that it still runs.
+pub fn wait_more_polls(ns: &Netns, metrics: &str, n: u32, agent: &mut Proc) {
+    const POLLS: &str = "flowlens_agent_conntrack_polls_total";
+    let polls = scrape(ns, metrics, POLLS);
+    wait_metric(
+        ns,
+        metrics,
+        POLLS,
+        polls + f64::from(n),
+        Duration::from_secs(20),
+        || agent.assert_running(),
+    );
+}
+
 /// The sum of the samples of Prometheus metric `name` (any labels) in `text`; `None` if absent.
 pub fn metric(text: &str, name: &str) -> Option<f64> {
     let mut found = None;
@@ -494,6 +509,25 @@ pub struct Tuple5 {
 }
 
 impl Tuple5 {
+    /// The TCP connection `src:sport` → `dst:dport`.
+    pub fn tcp(src: &str, dst: &str, sport: u16, dport: u16) -> Tuple5 {
+        Tuple5 {
+            src: src.into(),
+            dst: dst.into(),
+            sport,
+            dport,
+            proto: 6,
+        }
+    }
+
+    /// This flow's records in the JSON lines at `path`, in file order.
+    pub fn records_in(&self, path: &Path) -> Vec<Value> {
+        read_jsonl(path)
+            .into_iter()
+            .filter(|r| self.matches(r))
+            .collect()
+    }
+
     /// Whether an aggregated JSON record is this flow's.
     pub fn matches(&self, r: &Value) -> bool {
         r["sourceIPv4Address"] == self.src.as_str()

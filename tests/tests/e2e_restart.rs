@@ -104,20 +104,9 @@ fn restart(stop: Stop) {
     wait_session_up(&client, AGENT_METRICS, &mut agent);
 
     let conn = EchoClient::connect(&client, SERVER, ECHO_PORT);
-    let tuple = Tuple5 {
-        src: CLIENT.into(),
-        dst: SERVER.into(),
-        sport: conn.port,
-        dport: ECHO_PORT,
-        proto: 6,
-    };
+    let tuple = Tuple5::tcp(CLIENT, SERVER, conn.port, ECHO_PORT);
     let traffic = traffic(conn, 500, Duration::from_millis(50));
-    let of_conn = || -> Vec<serde_json::Value> {
-        read_jsonl(&jsonl)
-            .into_iter()
-            .filter(|r| tuple.matches(r))
-            .collect()
-    };
+    let of_conn = || tuple.records_in(&jsonl);
 
     // Records of the connection come out of the first aggregator.
     tests::wait_for(
@@ -327,13 +316,7 @@ fn aggregator_forgetting_an_idle_flow_never_double_counts() {
     );
     wait_session_up(&client, AGENT_METRICS, &mut agent);
     let mut conn = EchoClient::connect(&client, SERVER, ECHO_PORT);
-    let tuple = Tuple5 {
-        src: CLIENT.into(),
-        dst: SERVER.into(),
-        sport: conn.port,
-        dport: ECHO_PORT,
-        proto: 6,
-    };
+    let tuple = Tuple5::tcp(CLIENT, SERVER, conn.port, ECHO_PORT);
     for _ in 0..10 {
         conn.send(500);
     }
@@ -343,30 +326,15 @@ fn aggregator_forgetting_an_idle_flow_never_double_counts() {
         || {
             agent.assert_running();
             agg.assert_running();
-            let seen = read_jsonl(&jsonl).iter().any(|r| tuple.matches(r));
+            let seen = !tuple.records_in(&jsonl).is_empty();
             let live = scrape(&client, AGG_METRICS, "flowlens_aggregator_flows_in_flight");
             (seen && live == 0.0).then_some(())
         },
     );
     // Four more agent polls (≥ 3 s, more than the 2 s a finished flow is remembered), still
     // idle; then the connection carries traffic again and closes.
-    let polls = scrape(
-        &client,
-        AGENT_METRICS,
-        "flowlens_agent_conntrack_polls_total",
-    );
-    wait_metric(
-        &client,
-        AGENT_METRICS,
-        "flowlens_agent_conntrack_polls_total",
-        polls + 4.0,
-        Duration::from_secs(20),
-        || agent.assert_running(),
-    );
-    let before = read_jsonl(&jsonl)
-        .iter()
-        .filter(|r| tuple.matches(r))
-        .count();
+    wait_more_polls(&client, AGENT_METRICS, 4, &mut agent);
+    let before = tuple.records_in(&jsonl).len();
     for _ in 0..10 {
         conn.send(700);
     }

@@ -61,30 +61,12 @@ fn agent_shutdown_flushes_live_connections() {
     wait_session_up(&client, AGENT_METRICS, &mut agent);
 
     let mut conn = EchoClient::connect(&client, SERVER, ECHO_PORT);
-    let tuple = Tuple5 {
-        src: CLIENT.into(),
-        dst: SERVER.into(),
-        sport: conn.port,
-        dport: ECHO_PORT,
-        proto: 6,
-    };
+    let tuple = Tuple5::tcp(CLIENT, SERVER, conn.port, ECHO_PORT);
     for _ in 0..5 {
         conn.send(1000);
     }
     // The connection is idle from here on; two more polls and the agent has its final counters.
-    let polls = scrape(
-        &client,
-        AGENT_METRICS,
-        "flowlens_agent_conntrack_polls_total",
-    );
-    wait_metric(
-        &client,
-        AGENT_METRICS,
-        "flowlens_agent_conntrack_polls_total",
-        polls + 2.0,
-        Duration::from_secs(20),
-        || agent.assert_running(),
-    );
+    wait_more_polls(&client, AGENT_METRICS, 2, &mut agent);
     let ct = client
         .conntrack(ECHO_PORT)
         .into_iter()
@@ -92,7 +74,7 @@ fn agent_shutdown_flushes_live_connections() {
         .expect("the connection in conntrack");
     assert_eq!(ct.state, "ESTABLISHED", "{ct:?}");
     assert!(
-        read_jsonl(&jsonl).iter().all(|r| !tuple.matches(r)),
+        tuple.records_in(&jsonl).is_empty(),
         "the connection was exported before the shutdown; the test's timeouts are too short"
     );
 
@@ -107,10 +89,7 @@ fn agent_shutdown_flushes_live_connections() {
         "the flushed record of the live connection",
         || {
             agg.assert_running();
-            let r: Vec<_> = read_jsonl(&jsonl)
-                .into_iter()
-                .filter(|r| tuple.matches(r))
-                .collect();
+            let r = tuple.records_in(&jsonl);
             (!r.is_empty()).then_some(r)
         },
     );
