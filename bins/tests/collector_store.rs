@@ -27,6 +27,16 @@ fn seeded(name: &str, n: usize, span: u32) -> (SqliteStore, Vec<AggregatedRecord
     (store, recs)
 }
 
+/// The bytes of every Node pair (up to 1000) under `f`.
+fn node_pair_bytes(store: &SqliteStore, f: &DashFilter) -> u64 {
+    let q = TopQuery {
+        filter: f.clone(),
+        by: TopBy::NodePair,
+        limit: 1000,
+    };
+    store.top(&q).unwrap().iter().map(|t| t.bytes).sum()
+}
+
 fn all(filter: FlowFilter) -> FlowQuery {
     FlowQuery {
         filter,
@@ -260,14 +270,7 @@ fn rollups_equal_sums_over_flows() {
         .map(|r| r.deltas[1] + r.deltas[3])
         .sum();
     let f = DashFilter::range(TimeRange::new(a, b));
-    let got = store
-        .top(&TopQuery {
-            filter: f.clone(),
-            by: TopBy::NodePair,
-            limit: 1000,
-        })
-        .unwrap();
-    assert_eq!(got.iter().map(|t| t.bytes).sum::<u64>(), want);
+    assert_eq!(node_pair_bytes(&store, &f), want);
     let m = store.node_matrix(&f).unwrap();
     assert_eq!(m.range_secs, b - a);
     let pods = store
@@ -357,35 +360,24 @@ fn rollups_equal_sums_over_flows() {
         cols.into_iter().chain(["hex(cluster_ip)".into()]).collect(),
         w,
     ));
-    let mut w = Want::new();
-    for r in &recs {
-        match r.flow_type {
-            3 => add(
-                &mut w,
-                r,
-                vec![
-                    "3".into(),
-                    s(&r.src_namespace),
-                    s(&r.src_pod),
-                    s(&r.src_node),
-                    hex(&r.key.dst),
-                ],
-                false,
-            ),
-            4 => add(
-                &mut w,
-                r,
-                vec![
-                    "4".into(),
-                    s(&r.dst_namespace),
-                    s(&r.dst_pod),
-                    s(&r.dst_node),
-                    hex(&r.key.src),
-                ],
-                true,
-            ),
-            _ => {}
+    // A record's Pod end (namespace, Pod, Node): the source, or with `dst` the destination,
+    // whose rows have the directions swapped.
+    let end = |r: &AggregatedRecord, dst: bool| {
+        if dst {
+            [s(&r.dst_namespace), s(&r.dst_pod), s(&r.dst_node)]
+        } else {
+            [s(&r.src_namespace), s(&r.src_pod), s(&r.src_node)]
         }
+    };
+    let mut w = Want::new();
+    for r in recs.iter().filter(|r| matches!(r.flow_type, 3 | 4)) {
+        let dst = r.flow_type == 4;
+        let ext = if dst { &r.key.src } else { &r.key.dst };
+        let k = std::iter::once(r.flow_type.to_string())
+            .chain(end(r, dst))
+            .chain([hex(ext)])
+            .collect();
+        add(&mut w, r, k, dst);
     }
     let cols = ["ns", "pod", "node"].map(name);
     checks.push((
@@ -446,18 +438,14 @@ fn rollups_equal_sums_over_flows() {
     // One row per Pod end: both ends of Pod pairs, the Pod end of external flows.
     let mut w = Want::new();
     for r in &recs {
-        let (src, dst) = (
-            vec![s(&r.src_namespace), s(&r.src_pod)],
-            vec![s(&r.dst_namespace), s(&r.dst_pod)],
-        );
-        match r.flow_type {
-            1 | 2 => {
-                add(&mut w, r, src, false);
-                add(&mut w, r, dst, true);
-            }
-            3 => add(&mut w, r, src, false),
-            4 => add(&mut w, r, dst, true),
-            _ => {}
+        let ends: &[bool] = match r.flow_type {
+            1 | 2 => &[false, true],
+            3 => &[false],
+            4 => &[true],
+            _ => &[],
+        };
+        for &dst in ends {
+            add(&mut w, r, end(r, dst)[..2].to_vec(), dst);
         }
     }
     checks.push(("r_pod", vec![name("ns"), name("pod")], w));
@@ -636,25 +624,11 @@ fn pending_rollups_survive_a_crash() {
     let store = SqliteStore::open(SqliteConfig::new(&dir)).unwrap();
     let f = DashFilter::range(TimeRange::new(T0 as u64, T0 as u64 + 3 * 3600));
     let want: u64 = recs.iter().map(|r| r.deltas[1] + r.deltas[3]).sum();
-    let got = store
-        .top(&TopQuery {
-            filter: f.clone(),
-            by: TopBy::NodePair,
-            limit: 1000,
-        })
-        .unwrap();
-    assert_eq!(got.iter().map(|t| t.bytes).sum::<u64>(), want);
+    assert_eq!(node_pair_bytes(&store, &f), want);
     // Closed normally: reopening recovers nothing more, and nothing counts twice.
     drop(store);
     let store = SqliteStore::open(SqliteConfig::new(&dir)).unwrap();
-    let got = store
-        .top(&TopQuery {
-            filter: f,
-            by: TopBy::NodePair,
-            limit: 1000,
-        })
-        .unwrap();
-    assert_eq!(got.iter().map(|t| t.bytes).sum::<u64>(), want);
+    assert_eq!(node_pair_bytes(&store, &f), want);
 }
 
 /// `r_node_pair` has no namespace or Pod; under those filters the Node views are summed from
@@ -710,14 +684,7 @@ fn node_views_honour_namespace_and_pod_filters() {
         let want: u64 = recs.iter().filter(matching).map(bytes).sum();
         let all: u64 = recs.iter().map(bytes).sum();
         assert!(want > 0 && want < all, "{f:?}");
-        let pairs = store
-            .top(&TopQuery {
-                filter: f.clone(),
-                by: TopBy::NodePair,
-                limit: 1000,
-            })
-            .unwrap();
-        assert_eq!(pairs.iter().map(|t| t.bytes).sum::<u64>(), want, "{f:?}");
+        assert_eq!(node_pair_bytes(&store, &f), want, "{f:?}");
         let want_internal: u64 = recs
             .iter()
             .filter(matching)
