@@ -3,9 +3,11 @@
 //! IPv4 and IPv6, with fixed timestamps. softflowd and pmacct's nfprobe read it offline.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::pcap::{ACK, FIN, Frame, PSH, SYN, tcp_frame, udp_frame};
+use crate::TempDir;
+use crate::pcap::{ACK, FIN, Frame, PSH, SYN, tcp_frame, udp_frame, write_pcap};
 
 /// Capture time of the first packet (2025-11-24T16:00:00Z).
 pub const START: Duration = Duration::from_secs(1_764_000_000);
@@ -122,6 +124,15 @@ impl Builder {
         }
         self.flows.push(f);
     }
+}
+
+/// The capture written to `DIR/traffic.pcap` for an exporter to read: its path and the flows
+/// in it.
+pub fn capture_file(dir: &TempDir) -> (PathBuf, Vec<Flow>) {
+    let (frames, flows) = capture();
+    let path = dir.join("traffic.pcap");
+    write_pcap(&path, &frames);
+    (path, flows)
 }
 
 /// The capture's frames and the flows in it.

@@ -23,9 +23,7 @@ fn pmacct_nfprobe_exports_decode_alike_in_flowlens_and_tshark() {
     let pmacctd = require_tool("pmacctd", "pmacct");
     require_tool("tshark", "tshark");
     let dir = TempDir::new("nfprobe");
-    let (frames, flows) = traffic::capture();
-    let traffic_pcap = dir.join("traffic.pcap");
-    pcap::write_pcap(&traffic_pcap, &frames);
+    let (traffic_pcap, flows) = traffic::capture_file(&dir);
     let sock = udp_listener();
     let port = sock.local_addr().unwrap().port();
     let log = dir.join("pmacctd.log");

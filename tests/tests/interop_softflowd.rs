@@ -32,9 +32,7 @@ fn softflowd_exports_decode_alike_in_flowlens_and_tshark() {
     let softflowd = require_tool("softflowd", "softflowd");
     require_tool("tshark", "tshark");
     let dir = TempDir::new("softflowd");
-    let (frames, flows) = traffic::capture();
-    let traffic_pcap = dir.join("traffic.pcap");
-    pcap::write_pcap(&traffic_pcap, &frames);
+    let (traffic_pcap, flows) = traffic::capture_file(&dir);
     let write_fixtures = std::env::var_os("FLOWLENS_WRITE_FIXTURES").is_some();
     let mut errs = Vec::new();
     for (name, extra) in MODES {
@@ -82,9 +80,7 @@ fn softflowd_tcp_stream_decodes_alike_in_flowlens_and_tshark() {
     let softflowd = require_tool("softflowd", "softflowd");
     require_tool("tshark", "tshark");
     let dir = TempDir::new("softflowd-tcp");
-    let (frames, flows) = traffic::capture();
-    let traffic_pcap = dir.join("traffic.pcap");
-    pcap::write_pcap(&traffic_pcap, &frames);
+    let (traffic_pcap, flows) = traffic::capture_file(&dir);
     let tp = traffic_pcap.to_str().unwrap();
     let args = [
         "-d",
