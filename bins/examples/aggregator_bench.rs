@@ -40,7 +40,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use bench_support::{free_port, status_kb};
+use bench_support::{free_port, proc_cpu, status_kb};
 use flowcore::ipfix::flow_record::write_flow_record;
 use flowcore::ipfix::{Encoder, EncoderConfig, Layout, node_observation_domain};
 use flowcore::model::{
@@ -74,15 +74,6 @@ unsafe impl GlobalAlloc for Counting {
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
-
-/// (user, sys) seconds of a process, from /proc/<pid>/stat (100 Hz ticks).
-fn cpu_of(pid: &str) -> (f64, f64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / 100.0;
-    (t(11), t(12))
-}
 
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
@@ -239,7 +230,7 @@ fn sender(addr: &str, exporters: usize, records: u32, collect_on: Option<String>
     stdin.read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "go");
     let me = std::process::id().to_string();
-    let c0 = cpu_of(&me);
+    let c0 = proc_cpu(&me);
     let t = Instant::now();
     let barrier = Arc::new(std::sync::Barrier::new(exporters));
     let walls: Vec<f64> = std::thread::scope(|s| {
@@ -260,7 +251,7 @@ fn sender(addr: &str, exporters: usize, records: u32, collect_on: Option<String>
             .collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    let c1 = cpu_of(&me);
+    let c1 = proc_cpu(&me);
     let last = walls.iter().cloned().fold(0.0, f64::max);
     let first = walls.iter().cloned().fold(f64::MAX, f64::min);
     println!(
@@ -394,7 +385,7 @@ fn main() {
     let me = std::process::id().to_string();
     let base_in = metric(&ops.render(), "flowlens_aggregator_records_in_total");
 
-    let (ca, cc) = (cpu_of(&me), cpu_of(&child_pid));
+    let (ca, cc) = (proc_cpu(&me), proc_cpu(&child_pid));
     let t0 = Instant::now();
     writeln!(cin, "go").unwrap();
     cin.flush().unwrap();
@@ -411,8 +402,8 @@ fn main() {
             last = n;
             last_change = Instant::now();
             t_end = el;
-            ca_end = cpu_of(&me);
-            cc_end = cpu_of(&child_pid);
+            ca_end = proc_cpu(&me);
+            cc_end = proc_cpu(&child_pid);
         }
         if n >= total || last_change.elapsed() > Duration::from_secs(5) {
             break;
@@ -437,7 +428,7 @@ fn main() {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let (wall, ca_out) = (t0.elapsed().as_secs_f64(), cpu_of(&me));
+        let (wall, ca_out) = (t0.elapsed().as_secs_f64(), proc_cpu(&me));
         let mut collected = 0;
         for _ in 0..3000 {
             writeln!(cin, "count").unwrap();

@@ -27,16 +27,12 @@ use flowlens_bins::collector::clickhouse::ClickHouseStore;
 use flowlens_bins::collector::query::*;
 use flowlens_bins::collector::synth::Synth;
 
-use bench_support::{T0, app, bench, env, thread_cpu_ns};
+use bench_support::{T0, app, bench, env, proc_cpu, thread_cpu_ns};
 
-/// CPU seconds (user + system) of a process, from /proc/PID/stat.
-fn proc_cpu(pid: &str) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = s.rsplit_once(')').map_or("", |x| x.1);
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // Fields 14 and 15 (utime, stime) are at 11 and 12 after the comm field.
-    (tick(11) + tick(12)) / 100.0
+/// CPU seconds (user + system) of a process.
+fn cpu_secs(pid: &str) -> f64 {
+    let (user, sys) = proc_cpu(pid);
+    user + sys
 }
 
 fn main() {
@@ -118,8 +114,8 @@ fn main() {
         thread_cpu_ns().saturating_sub(cpu0) as f64 / 1e9
     });
     let (srv0, me0) = (
-        server_pid.as_deref().map_or(0.0, proc_cpu),
-        proc_cpu("self"),
+        server_pid.as_deref().map_or(0.0, cpu_secs),
+        cpu_secs("self"),
     );
     let wall = Instant::now();
     let inserted = rt.block_on(async {
@@ -146,8 +142,8 @@ fn main() {
     let secs = wall.elapsed().as_secs_f64();
     let gen_cpu = gen_thread.join().unwrap();
     let (srv1, me1) = (
-        server_pid.as_deref().map_or(0.0, proc_cpu),
-        proc_cpu("self"),
+        server_pid.as_deref().map_or(0.0, cpu_secs),
+        cpu_secs("self"),
     );
     if records > 0 {
         println!(

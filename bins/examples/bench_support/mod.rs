@@ -1,7 +1,7 @@
 //! Pieces the bins benchmarks share, included by `#[path]`; each user takes a part. The store
 //! benchmarks (`benches/store.rs` for SQLite, `examples/clickhouse_bench.rs` for ClickHouse): the
 //! synthetic fill's start time and Pod names, `FLOWLENS_BENCH_*` settings, and the per-query
-//! p50/p95 timing and its table. All: this thread's CPU time, this process's memory, a free port.
+//! p50/p95 timing and its table. All: this thread's and a process's CPU time, this process's memory, a free port.
 #![allow(dead_code)]
 
 use std::time::{Duration, Instant};
@@ -24,6 +24,16 @@ pub fn thread_cpu_ns() -> u64 {
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
+}
+
+/// (user, sys) CPU seconds of process `pid` (or `self`), from /proc/<pid>/stat (100 Hz ticks).
+pub fn proc_cpu(pid: &str) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 (utime, stime) are at 11 and 12 after the comm field.
+    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / 100.0;
+    (t(11), t(12))
 }
 
 /// A `/proc/self/status` figure in kB (`VmRSS`, `VmHWM`, …); 0 if absent.
