@@ -831,25 +831,9 @@ impl Store for ClickHouseStore {
         let secs = f.range.secs();
         let b = self.select(OP, sql)?;
         let cells = self.decode(OP, &b, |r| {
-            let (src, dst, bytes) = (r.string()?, r.string()?, r.u64()?);
-            Ok(NodeCell {
-                src,
-                dst,
-                mbps: ((bytes as f64 * 8.0 / secs as f64 / 1e6) * 1000.0).round() / 1000.0,
-                bytes,
-            })
+            Ok(node_cell(r.string()?, r.string()?, r.u64()?, secs))
         })?;
-        let mut nodes: Vec<String> = cells
-            .iter()
-            .flat_map(|c| [c.src.clone(), c.dst.clone()])
-            .collect();
-        nodes.sort();
-        nodes.dedup();
-        Ok(NodeMatrix {
-            nodes,
-            cells,
-            range_secs: secs,
-        })
+        Ok(fold::node_matrix(cells, secs))
     }
 
     fn policy_flows(&self, q: &PolicyQuery) -> Result<Vec<PolicyFlow>, StoreError> {

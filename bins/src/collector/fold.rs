@@ -5,7 +5,9 @@
 
 use std::collections::HashSet;
 
-use super::query::{Sankey, SankeyLink, SankeyNode, Series, SeriesBy, Traffic};
+use super::query::{
+    NodeCell, NodeMatrix, Sankey, SankeyLink, SankeyNode, Series, SeriesBy, Traffic,
+};
 
 /// Which columns of a rollup the dashboard filters apply to.
 pub(crate) struct Dims {
@@ -103,4 +105,30 @@ pub(crate) fn sankey(links: Vec<SankeyLink>) -> Sankey {
         }
     }
     Sankey { nodes, links }
+}
+
+/// A Node-matrix cell of `bytes` over `secs`.
+pub(crate) fn node_cell(src: String, dst: String, bytes: u64, secs: u64) -> NodeCell {
+    NodeCell {
+        src,
+        dst,
+        // Rounded to 1 kbps so responses are stable to compare.
+        mbps: ((bytes as f64 * 8.0 / secs as f64 / 1e6) * 1000.0).round() / 1000.0,
+        bytes,
+    }
+}
+
+/// The matrix of `cells` (sorted by name) over `secs`: every Node named in a cell, once, sorted.
+pub(crate) fn node_matrix(cells: Vec<NodeCell>, secs: u64) -> NodeMatrix {
+    let mut nodes: Vec<String> = cells
+        .iter()
+        .flat_map(|c| [c.src.clone(), c.dst.clone()])
+        .collect();
+    nodes.sort();
+    nodes.dedup();
+    NodeMatrix {
+        nodes,
+        cells,
+        range_secs: secs,
+    }
 }

@@ -559,28 +559,12 @@ pub fn node_matrix(c: &Connection, f: &DashFilter) -> rusqlite::Result<NodeMatri
     let mut rows = st.query(rusqlite::params_from_iter(params))?;
     let mut cells = Vec::new();
     while let Some(row) = rows.next()? {
-        let bytes = loose_u64(row, 2)?;
-        cells.push(NodeCell {
-            src: names.label(row, 0)?,
-            dst: names.label(row, 1)?,
-            // Rounded to 1 kbps so responses are stable to compare.
-            mbps: ((bytes as f64 * 8.0 / secs as f64 / 1e6) * 1000.0).round() / 1000.0,
-            bytes,
-        });
+        let (src, dst) = (names.label(row, 0)?, names.label(row, 1)?);
+        cells.push(node_cell(src, dst, loose_u64(row, 2)?, secs));
     }
     // By name, as before ids: ids follow first sight, not the alphabet.
     cells.sort_by(|a, b| (&a.src, &a.dst).cmp(&(&b.src, &b.dst)));
-    let mut nodes: Vec<String> = cells
-        .iter()
-        .flat_map(|c| [c.src.clone(), c.dst.clone()])
-        .collect();
-    nodes.sort();
-    nodes.dedup();
-    Ok(NodeMatrix {
-        nodes,
-        cells,
-        range_secs: secs,
-    })
+    Ok(fold::node_matrix(cells, secs))
 }
 
 pub fn policy_flows(c: &Connection, q: &PolicyQuery) -> rusqlite::Result<Vec<PolicyFlow>> {
