@@ -1,7 +1,8 @@
 //! The backend-independent half of the dashboard queries, shared by the SQLite store
 //! (`sqlite/read.rs`) and the ClickHouse store (`clickhouse.rs`): which rollup columns the
-//! dashboard filters apply to, how group keys are named, and how summed groups become top
-//! lists, series and Sankey diagrams. Each backend keeps its own SQL.
+//! dashboard filters apply to, how group keys are named (`ns/pod`, Node pairs, policies), and
+//! how summed groups become series, Sankey diagrams and the Node matrix. Each backend keeps its
+//! own SQL and its own summing.
 
 use std::collections::HashSet;
 
