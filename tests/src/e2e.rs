@@ -851,6 +851,20 @@ pub fn sum_deltas(recs: &[Value]) -> HashMap<&'static str, u64> {
         .collect()
 }
 
+/// For each counter where `last`'s total or the sum of the deltas of `recs` (all of the flow's
+/// records) differs from conntrack's `ct`: a line saying so.
+pub fn counter_mismatches(recs: &[Value], last: &Value, ct: &CtEntry) -> Vec<String> {
+    let sums = sum_deltas(recs);
+    COUNTERS
+        .iter()
+        .filter_map(|(total, _)| {
+            let (got, sum, want) = (num(last, total), sums[total], ct_counter(ct, total));
+            (got != want || sum != want)
+                .then(|| format!("{total}: total {got}, sum of deltas {sum}, conntrack {want}"))
+        })
+        .collect()
+}
+
 /// A CA and a client certificate signed by it, made by `openssl` in `dir` (unrelated to the
 /// aggregator's CA): `other-ca.crt`, `other-client.crt`, `other-client.key`.
 pub fn openssl_other_ca(dir: &TempDir) -> (PathBuf, PathBuf, PathBuf) {

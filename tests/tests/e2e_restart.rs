@@ -350,19 +350,8 @@ fn aggregator_forgetting_an_idle_flow_never_double_counts() {
         },
     );
     let recs = &by[&tuple];
-    let sums = sum_deltas(recs);
     let last = recs.iter().rfind(|r| r["flowEndReason"] == 3).unwrap();
-    let mut errs = Vec::new();
-    for (total, _) in COUNTERS {
-        let c = ct_counter(&ct[0], total);
-        if num(last, total) != c || sums[total] != c {
-            errs.push(format!(
-                "{total}: end-of-flow total {}, sum of deltas {}, conntrack {c}",
-                num(last, total),
-                sums[total]
-            ));
-        }
-    }
+    let errs = counter_mismatches(recs, last, &ct[0]);
     assert!(
         errs.is_empty(),
         "{}\n{} records ({before} before the idle period): {recs:#?}",

@@ -94,18 +94,7 @@ fn agent_shutdown_flushes_live_connections() {
         },
     );
     let last = recs.last().unwrap();
-    let sums = sum_deltas(&recs);
-    let mut errs = Vec::new();
-    for (total, _) in COUNTERS {
-        let want = ct_counter(&ct, total);
-        if num(last, total) != want || sums[total] != want {
-            errs.push(format!(
-                "{total}: total {}, sum of deltas {}, conntrack {want}",
-                num(last, total),
-                sums[total]
-            ));
-        }
-    }
+    let mut errs = counter_mismatches(&recs, last, &ct);
     for (key, want) in [
         ("sourcePodName", "client"),
         ("destinationPodName", "server"),
