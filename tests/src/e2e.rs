@@ -842,8 +842,8 @@ pub fn traffic(mut client: EchoClient, bytes: usize, every: Duration) -> Traffic
     }
 }
 
-/// The records of `recs` for each tuple, summarised: the final record and the per-counter sum
-/// of deltas.
+/// The per-counter sum of the deltas of `recs`, keyed by the counter's total IE (see
+/// [`COUNTERS`]).
 pub fn sum_deltas(recs: &[Value]) -> HashMap<&'static str, u64> {
     COUNTERS
         .iter()
