@@ -28,6 +28,9 @@ use crate::transport::collector::{Collector, CollectorConfig as ListenConfig};
 use crate::transport::metrics::CollectorMetrics;
 use crate::transport::{Transport, tls};
 
+/// Bytes of names the ingest loop keeps to share between records (text and overhead).
+const NAME_CACHE_BYTES: usize = 16 << 20;
+
 /// Arguments of `flowlens collector`.
 #[derive(Debug, clap::Args)]
 #[command(
@@ -179,6 +182,11 @@ pub async fn start_with(
                     .records()
                     .filter_map(|rec| AggregatedRecord::from_ipfix(&rec, &mut names).ok())
                     .collect();
+                // The names are only a cache that lets a batch's records share their text; a
+                // flood of distinct names starts it over instead of growing it.
+                if names.bytes() > NAME_CACHE_BYTES {
+                    names = Interner::default();
+                }
                 if ingest.send(batch).await.is_err() {
                     tracing::error!("the store writer stopped; records are no longer stored");
                     break;

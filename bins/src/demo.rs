@@ -306,27 +306,21 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
 
     // Aggregator, exporting to the collector.
     let agg_port = free_port()?;
-    let agg_cfg = crate::config::aggregator::AggregatorConfig {
-        listen_addr: SocketAddr::from(([127, 0, 0, 1], agg_port)),
-        transport: Transport::Tcp,
-        server_name: "localhost".into(),
-        external: Some(CollectorAddr::new(
-            Host::Ip(collector.ipfix_addr.ip()),
-            collector.ipfix_addr.port(),
-            Some(Transport::Tcp),
-        )),
-        active_timeout: Duration::from_secs(10),
-        inactive_timeout: Duration::from_secs(60),
-        correlation_timeout: Duration::from_secs(5),
-        max_flows: 1_000_000,
+    // Built from the config file's defaults, so the demo runs with every bound the daemon has.
+    let agg_cfg = crate::config::aggregator::AggregatorFile {
+        listen_addr: SocketAddr::from(([127, 0, 0, 1], agg_port)).to_string(),
+        aggregator_transport_protocol: "tcp".into(),
+        flow_aggregator_address: "localhost".into(),
+        external_flow_collector_addr: Some(format!("{}:tcp", collector.ipfix_addr)),
+        active_flow_record_timeout: Some(Duration::from_secs(10).into()),
+        inactive_flow_record_timeout: Duration::from_secs(60).into(),
+        correlation_timeout: Duration::from_secs(5).into(),
         cluster_id: "demo".into(),
-        tls: Default::default(),
-        tls_dir: None,
-        json_lines: None,
-        metadata_file: None,
-        metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        log: Default::default(),
-    };
+        metrics_addr: "127.0.0.1:0".into(),
+        ..Default::default()
+    }
+    .validate()
+    .context("the demo's aggregator configuration")?;
     let agg_shutdown = CancellationToken::new();
     let aggregator = tokio::spawn(crate::aggregator::run::run(
         agg_cfg,

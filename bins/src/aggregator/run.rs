@@ -74,6 +74,12 @@ struct AggMetrics {
     uncorrelated: Counter,
     dropped: prometheus_client::metrics::family::Family<Vec<(String, String)>, Counter>,
     in_flight: Gauge,
+    names: Gauge,
+    name_bytes: Gauge,
+    names_refused: prometheus_client::metrics::family::Family<Vec<(String, String)>, Counter>,
+    /// Per exporter (`address/domain`): names refused and flows evicted — who a flood came from.
+    exporter_refused: prometheus_client::metrics::family::Family<Vec<(String, String)>, Counter>,
+    exporter_evicted: prometheus_client::metrics::family::Family<Vec<(String, String)>, Counter>,
 }
 
 /// Runs until `shutdown`, then exports every flow in flight (reason 4) and flushes the sinks.
@@ -90,6 +96,11 @@ pub async fn run(
         uncorrelated: Counter::default(),
         dropped: Default::default(),
         in_flight: Gauge::default(),
+        names: Gauge::default(),
+        name_bytes: Gauge::default(),
+        names_refused: Default::default(),
+        exporter_refused: Default::default(),
+        exporter_evicted: Default::default(),
     };
     let cmetrics = CollectorMetrics::default();
     let emetrics = ExporterMetrics::default();
@@ -102,6 +113,11 @@ pub async fn run(
         r.register("uncorrelated", "Inter-Node flows exported without their partner after the correlation timeout", m.uncorrelated.clone());
         r.register("records_dropped", "Records not aggregated, by reason (stale, duplicate, invalid) and flows evicted (store full)", m.dropped.clone());
         r.register("flows_in_flight", "Flows held in memory", m.in_flight.clone());
+        r.register("names", "Interned names (Pods, Namespaces, Nodes, Services, policies, labels) held", m.names.clone());
+        r.register("name_bytes", "Heap bytes of the interned names (bounded by maxNameBytes)", m.name_bytes.clone());
+        r.register("names_refused", "Names refused in agent records (the field left empty), by reason: too_long (over Kubernetes' limit or maxLabelBytes), over_budget (maxNameBytes reached, exporter over its share), tcp_state (not a kernel state name)", m.names_refused.clone());
+        r.register("exporter_names_refused", "Names refused, by exporter (address/observation domain)", m.exporter_refused.clone());
+        r.register("exporter_flows_evicted", "Flows evicted (exported early, reason 5) because the flow table or the name table was full, by exporter", m.exporter_evicted.clone());
         smetrics.register(r);
         r.register("ipfix_replay_bytes", "IPFIX bytes held for the external collector until written (replayed after a reconnect)", replay_gauges.bytes.clone());
         r.register("ipfix_replay_records", "Aggregated records held for the external collector until written", replay_gauges.records.clone());
@@ -197,6 +213,8 @@ pub async fn run(
         inactive_timeout: cfg.inactive_timeout,
         correlation_timeout: cfg.correlation_timeout,
         max_flows: cfg.max_flows.div_ceil(shards),
+        max_name_bytes: cfg.max_name_bytes.div_ceil(shards),
+        max_label_bytes: cfg.max_label_bytes,
         cluster_id: cfg.cluster_id.clone(),
         hash_seed: crate::transport::backoff::Backoff::random_seed(),
     };
@@ -395,7 +413,7 @@ async fn shard_loop(
     m: AggMetrics,
     shard: Shard,
 ) {
-    let mut seen = flowcore::aggregator::AggregatorStats::default();
+    let mut seen = Seen::default();
     loop {
         let sleep = crate::clock::sleep_until(core.poll_timeout());
         tokio::select! {
@@ -462,12 +480,48 @@ fn emit(core: &mut Aggregator, sinks: &[SinkSender]) {
     }
 }
 
-fn update_metrics(
-    core: &Aggregator,
-    seen: &mut flowcore::aggregator::AggregatorStats,
-    m: &AggMetrics,
-) {
+/// What a core thread last reported to the metrics (each adds its own changes).
+#[derive(Default)]
+struct Seen {
+    stats: flowcore::aggregator::AggregatorStats,
+    exporters: std::collections::HashMap<
+        flowcore::aggregator::ExporterId,
+        flowcore::aggregator::ExporterCounters,
+    >,
+}
+
+fn update_metrics(core: &Aggregator, seen: &mut Seen, m: &AggMetrics) {
     let s = core.stats();
+    // Per exporter only when something was refused or evicted (walking every exporter each turn
+    // would cost as much as the turn).
+    if s.names_too_long
+        + s.names_over_budget
+        + s.tcp_states_invalid
+        + s.evicted
+        + s.evicted_for_names
+        != seen.stats.names_too_long
+            + seen.stats.names_over_budget
+            + seen.stats.tcp_states_invalid
+            + seen.stats.evicted
+            + seen.stats.evicted_for_names
+    {
+        for (id, c) in core.exporters() {
+            let was = seen.exporters.entry(id).or_default();
+            let label = || vec![("exporter".to_string(), format!("{}/{}", id.addr, id.domain))];
+            if c.names_refused > was.names_refused {
+                m.exporter_refused
+                    .get_or_create(&label())
+                    .inc_by(c.names_refused - was.names_refused);
+            }
+            if c.flows_evicted > was.flows_evicted {
+                m.exporter_evicted
+                    .get_or_create(&label())
+                    .inc_by(c.flows_evicted - was.flows_evicted);
+            }
+            *was = *c;
+        }
+    }
+    let seen = &mut seen.stats;
     let d = |a: u64, b: u64| a.saturating_sub(b);
     m.records_in.inc_by(d(s.records_in, seen.records_in));
     m.records_out.inc_by(d(s.records_out, seen.records_out));
@@ -478,6 +532,7 @@ fn update_metrics(
         ("duplicate", s.records_duplicate, seen.records_duplicate),
         ("invalid", s.records_invalid, seen.records_invalid),
         ("evicted", s.evicted, seen.evicted),
+        ("evicted_names", s.evicted_for_names, seen.evicted_for_names),
     ] {
         if now_v > was {
             m.dropped
@@ -485,9 +540,23 @@ fn update_metrics(
                 .inc_by(now_v - was);
         }
     }
-    // Each shard adds its own change (several shards share the gauge).
+    for (reason, now_v, was) in [
+        ("too_long", s.names_too_long, seen.names_too_long),
+        ("over_budget", s.names_over_budget, seen.names_over_budget),
+        ("tcp_state", s.tcp_states_invalid, seen.tcp_states_invalid),
+    ] {
+        if now_v > was {
+            m.names_refused
+                .get_or_create(&vec![("reason".into(), reason.into())])
+                .inc_by(now_v - was);
+        }
+    }
+    // Each shard adds its own change (several shards share the gauges).
     m.in_flight
         .inc_by(s.flows_in_flight as i64 - seen.flows_in_flight as i64);
+    m.names.inc_by(s.names as i64 - seen.names as i64);
+    m.name_bytes
+        .inc_by(s.name_bytes as i64 - seen.name_bytes as i64);
     *seen = s.clone();
 }
 

@@ -33,8 +33,16 @@ pub struct AggregatorFile {
     pub inactive_flow_record_timeout: GoDuration,
     /// How long an inter-Node record waits for the other Node's before it goes out uncorrelated.
     pub correlation_timeout: GoDuration,
-    /// In-flight flows at most (memory bound; ~270 bytes each).
+    /// In-flight flows at most, and as many finished flows remembered (tombstones). When full,
+    /// a new flow evicts (exports with reason 5) a flow of the exporter holding the most.
     pub max_flows: usize,
+    /// Bytes of interned names (Pods, Namespaces, Nodes, Services, policies, labels; text plus
+    /// 64 bytes each) at most, charged to the exporter that sent each name; over it, names of
+    /// the exporter over its share are refused (counted) and its flows evicted.
+    pub max_name_bytes: u64,
+    /// Longest `sourcePodLabels`/`destinationPodLabels` JSON accepted; longer is refused
+    /// (counted, the field left empty).
+    pub max_label_bytes: usize,
     pub cluster_id: String,
     /// Server certificate, key and the CA that client certificates must chain to. With
     /// `tlsDir`, missing files are generated there on first start (and rotated before expiry).
@@ -89,6 +97,8 @@ impl Default for AggregatorFile {
             inactive_flow_record_timeout: Duration::from_secs(90).into(),
             correlation_timeout: Duration::from_secs(15).into(),
             max_flows: 1_000_000,
+            max_name_bytes: 64 << 20,
+            max_label_bytes: flowcore::aggregator::DEFAULT_MAX_LABEL_BYTES,
             cluster_id: String::new(),
             tls: TlsFiles::default(),
             tls_dir: None,
@@ -114,6 +124,8 @@ pub struct AggregatorConfig {
     pub inactive_timeout: Duration,
     pub correlation_timeout: Duration,
     pub max_flows: usize,
+    pub max_name_bytes: usize,
+    pub max_label_bytes: usize,
     pub cluster_id: String,
     pub tls: TlsFiles,
     pub tls_dir: Option<PathBuf>,
@@ -237,6 +249,18 @@ impl AggregatorFile {
         if self.max_flows == 0 {
             bail!("maxFlows must be at least 1");
         }
+        if self.max_name_bytes < 1 << 20 {
+            bail!(
+                "maxNameBytes must be at least 1048576 (1 MiB); it is {}",
+                self.max_name_bytes
+            );
+        }
+        if !(256..=1 << 20).contains(&self.max_label_bytes) {
+            bail!(
+                "maxLabelBytes must be 256 to 1048576; it is {}",
+                self.max_label_bytes
+            );
+        }
         let metrics_addr = self.metrics_addr.parse().with_context(|| {
             format!(
                 "metricsAddr {:?} is not an IP:port such as 0.0.0.0:9391",
@@ -269,6 +293,8 @@ impl AggregatorFile {
             inactive_timeout: inactive,
             correlation_timeout: correlation,
             max_flows: self.max_flows,
+            max_name_bytes: usize::try_from(self.max_name_bytes).unwrap_or(usize::MAX),
+            max_label_bytes: self.max_label_bytes,
             cluster_id: self.cluster_id,
             tls: self.tls,
             tls_dir: self.tls_dir,
@@ -323,6 +349,14 @@ mod tests {
             (
                 "aggregatorTransportProtocol: tcp\nsinkQueueRecords: 0\n",
                 "sinkQueueRecords",
+            ),
+            (
+                "aggregatorTransportProtocol: tcp\nmaxNameBytes: 1000\n",
+                "maxNameBytes",
+            ),
+            (
+                "aggregatorTransportProtocol: tcp\nmaxLabelBytes: 10\n",
+                "maxLabelBytes",
             ),
             (
                 "aggregatorTransportProtocol: tcp\nclickhouse:\n  url: https://ch:8123\n",

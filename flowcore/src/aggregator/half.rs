@@ -8,8 +8,38 @@ use std::net::IpAddr;
 
 use crate::ie::{IeId, PEN_ANTREA, PEN_IANA, PEN_REVERSE};
 use crate::ipfix::{DataRecord, FieldValue};
+use crate::model::TcpState;
 
-use super::intern::{Interner, Sym};
+use super::intern::{Interner, NO_OWNER, NameRefusal, Sym};
+
+/// Longest names Kubernetes allows: a DNS subdomain (Pod, Node, NetworkPolicy names) and a DNS
+/// label (Namespace). A longer name cannot be real; it is refused, never interned.
+pub const MAX_SUBDOMAIN: usize = 253;
+pub const MAX_LABEL: usize = 63;
+/// `namespace/service:port`: a DNS label, `/`, a DNS label, `:`, an IANA service name (15).
+pub const MAX_SERVICE_PORT_NAME: usize = MAX_LABEL + 1 + MAX_LABEL + 1 + 15;
+/// Pod labels as JSON: Kubernetes bounds a label's key (317 bytes) and value (63), not their
+/// number; the aggregator bounds the whole text (`AggregatorConfig::max_label_bytes`).
+pub const DEFAULT_MAX_LABEL_BYTES: usize = 8 << 10;
+
+/// What parsing a record refused (each field so refused is treated as absent; the record's
+/// counters still count).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Refusals {
+    /// Names longer than Kubernetes allows for their field.
+    pub too_long: u32,
+    /// New names refused because the name table is over its bound and the exporter over its
+    /// share.
+    pub over_budget: u32,
+    /// A `tcpState` that is not one of the kernel's names.
+    pub bad_tcp_state: u32,
+}
+
+impl Refusals {
+    pub fn any(&self) -> bool {
+        *self != Refusals::default()
+    }
+}
 
 /// The 5-tuple both Nodes of a flow report alike (destination after DNAT), which correlation
 /// joins on.
@@ -66,7 +96,7 @@ pub struct FlowHalf {
     /// Totals as exported (packets, octets, reverse packets, reverse octets), when present.
     pub totals: Option<[u64; 4]>,
     pub deltas: [u64; 4],
-    pub tcp_state: Sym,
+    pub tcp_state: Option<TcpState>,
     pub meta: FlowMeta,
 }
 
@@ -175,10 +205,31 @@ fn slot(ie: IeId) -> Option<Slot> {
 }
 
 impl FlowHalf {
-    /// Parses an agent's data record. Unknown elements are ignored; the 5-tuple is required.
+    /// Parses an agent's data record (names uncharged, label text up to the default bound;
+    /// refusals are not reported). Unknown elements are ignored; the 5-tuple is required.
     pub fn from_record(
         rec: &DataRecord<'_>,
         strings: &mut Interner,
+    ) -> Result<FlowHalf, HalfError> {
+        let mut refused = Refusals::default();
+        Self::parse(
+            rec,
+            strings,
+            NO_OWNER,
+            DEFAULT_MAX_LABEL_BYTES,
+            &mut refused,
+        )
+    }
+
+    /// Parses an agent's data record from exporter `owner` (an index the names are charged to),
+    /// refusing names longer than Kubernetes allows (label text longer than `max_label_bytes`)
+    /// or over the name budget, and counting what it refused in `refused`.
+    pub fn parse(
+        rec: &DataRecord<'_>,
+        strings: &mut Interner,
+        owner: u16,
+        max_label_bytes: usize,
+        refused: &mut Refusals,
     ) -> Result<FlowHalf, HalfError> {
         let mut src = None;
         let mut dst = None;
@@ -196,7 +247,7 @@ impl FlowHalf {
             end_reason: 0,
             totals: None,
             deltas: [0; 4],
-            tcp_state: Sym::EMPTY,
+            tcp_state: None,
             meta: FlowMeta::default(),
         };
         for f in rec.fields() {
@@ -208,8 +259,20 @@ impl FlowHalf {
                 FieldValue::Ipv6(a) => Some(IpAddr::V6(a)),
                 _ => None,
             };
-            let text = |strings: &mut Interner| match v {
-                FieldValue::String(b) | FieldValue::Octets(b) => strings.intern_bytes(b),
+            let mut text = |strings: &mut Interner, max_len: usize| match v {
+                FieldValue::String(b) | FieldValue::Octets(b) => {
+                    match strings.intern_wire(b, owner, max_len) {
+                        Ok(s) => s,
+                        Err(NameRefusal::TooLong) => {
+                            refused.too_long += 1;
+                            Sym::EMPTY
+                        }
+                        Err(NameRefusal::OverBudget) => {
+                            refused.over_budget += 1;
+                            Sym::EMPTY
+                        }
+                    }
+                }
                 _ => Sym::EMPTY,
             };
             use Slot::*;
@@ -231,22 +294,35 @@ impl FlowHalf {
                 EgKind => h.meta.egress.kind = uint() as u8,
                 EgAction => h.meta.egress.action = uint() as u8,
                 FlowType => h.meta.flow_type = uint() as u8,
-                SrcPod => h.meta.src_pod = text(strings),
-                SrcNs => h.meta.src_namespace = text(strings),
-                SrcNode => h.meta.src_node = text(strings),
-                DstPod => h.meta.dst_pod = text(strings),
-                DstNs => h.meta.dst_namespace = text(strings),
-                DstNode => h.meta.dst_node = text(strings),
-                SvcPortName => h.meta.service_port_name = text(strings),
-                InName => h.meta.ingress.name = text(strings),
-                InNs => h.meta.ingress.namespace = text(strings),
-                InRule => h.meta.ingress.rule = text(strings),
-                EgName => h.meta.egress.name = text(strings),
-                EgNs => h.meta.egress.namespace = text(strings),
-                EgRule => h.meta.egress.rule = text(strings),
-                TcpState => h.tcp_state = text(strings),
-                SrcLabels => h.meta.src_labels = text(strings),
-                DstLabels => h.meta.dst_labels = text(strings),
+                SrcPod => h.meta.src_pod = text(strings, MAX_SUBDOMAIN),
+                SrcNs => h.meta.src_namespace = text(strings, MAX_LABEL),
+                SrcNode => h.meta.src_node = text(strings, MAX_SUBDOMAIN),
+                DstPod => h.meta.dst_pod = text(strings, MAX_SUBDOMAIN),
+                DstNs => h.meta.dst_namespace = text(strings, MAX_LABEL),
+                DstNode => h.meta.dst_node = text(strings, MAX_SUBDOMAIN),
+                SvcPortName => h.meta.service_port_name = text(strings, MAX_SERVICE_PORT_NAME),
+                InName => h.meta.ingress.name = text(strings, MAX_SUBDOMAIN),
+                InNs => h.meta.ingress.namespace = text(strings, MAX_LABEL),
+                InRule => h.meta.ingress.rule = text(strings, MAX_SUBDOMAIN),
+                EgName => h.meta.egress.name = text(strings, MAX_SUBDOMAIN),
+                EgNs => h.meta.egress.namespace = text(strings, MAX_LABEL),
+                EgRule => h.meta.egress.rule = text(strings, MAX_SUBDOMAIN),
+                TcpState => {
+                    h.tcp_state = match v {
+                        FieldValue::String(b) | FieldValue::Octets(b) if !b.is_empty() => {
+                            let t = std::str::from_utf8(b)
+                                .ok()
+                                .and_then(crate::model::TcpState::from_name);
+                            if t.is_none() {
+                                refused.bad_tcp_state += 1;
+                            }
+                            t
+                        }
+                        _ => None,
+                    }
+                }
+                SrcLabels => h.meta.src_labels = text(strings, max_label_bytes),
+                DstLabels => h.meta.dst_labels = text(strings, max_label_bytes),
             }
         }
         let missing = |what| HalfError::MissingKey {
@@ -272,6 +348,28 @@ impl FlowHalf {
 }
 
 impl FlowMeta {
+    /// Every name this metadata refers to (references are counted per entry of the
+    /// aggregator's metadata table).
+    pub(crate) fn syms(&self) -> [Sym; 15] {
+        [
+            self.src_pod,
+            self.src_namespace,
+            self.src_node,
+            self.dst_pod,
+            self.dst_namespace,
+            self.dst_node,
+            self.service_port_name,
+            self.ingress.name,
+            self.ingress.namespace,
+            self.ingress.rule,
+            self.egress.name,
+            self.egress.namespace,
+            self.egress.rule,
+            self.src_labels,
+            self.dst_labels,
+        ]
+    }
+
     /// Copies into `self` the Kubernetes fields `other` knows and `self` does not.
     pub(crate) fn merge(&mut self, other: &FlowMeta) {
         fn fill(a: &mut Sym, b: Sym) {

@@ -22,7 +22,11 @@
 //!   the same connection: the same start as its Node's side, or a start within
 //!   [`CLOCK_TOLERANCE_SECS`] of the other Node's. An older connection's late half on a reused
 //!   5-tuple goes to its tombstone (or out on its own), never into the newer connection's record.
-//! - Memory is bounded by `max_flows`; strings are interned.
+//! - Memory is bounded: `max_flows` flows in flight and as many tombstones; names by
+//!   `max_name_bytes` (interned, reference-counted, freed with their last flow; see
+//!   [`intern`]). When the flow table is full, a new flow evicts the flow nearest its deadline if
+//!   that flow's exporter holds at least its fair share of the table, else a flow of the exporter
+//!   holding the most: one exporter's burst evicts its own flows, not everyone's.
 
 mod half;
 mod intern;
@@ -39,10 +43,11 @@ use crate::ipfix::DataRecord;
 use crate::model::Timestamp;
 
 pub use half::{
-    CorrelationKey, FlowHalf, FlowMeta, HalfError, OCTETS, PACKETS, PolicyRef, REV_OCTETS,
-    REV_PACKETS,
+    CorrelationKey, DEFAULT_MAX_LABEL_BYTES, FlowHalf, FlowMeta, HalfError, MAX_LABEL,
+    MAX_SERVICE_PORT_NAME, MAX_SUBDOMAIN, OCTETS, PACKETS, PolicyRef, REV_OCTETS, REV_PACKETS,
+    Refusals,
 };
-pub use intern::{Interner, Sym};
+pub use intern::{Interner, NameRefusal, Sym};
 use intern::{MetaId, MetaTable};
 pub use record::{AggregatedRecord, NodeCounters, PolicyInfo};
 
@@ -66,8 +71,14 @@ pub struct AggregatorConfig {
     pub inactive_timeout: Duration,
     /// How long an inter-Node half waits for its partner before it is exported uncorrelated.
     pub correlation_timeout: Duration,
-    /// In-flight flows at most; beyond it the stalest is exported (reason 5) and evicted.
+    /// In-flight flows at most (and as many tombstones); beyond it a flow is exported (reason
+    /// 5) and evicted, chosen fairly among exporters (module docs).
     pub max_flows: usize,
+    /// Text bytes of the interned names (Pods, Namespaces, Nodes, Services, policies, labels)
+    /// at most; charged per exporter (see [`intern`]).
+    pub max_name_bytes: usize,
+    /// Longest Pod-labels JSON accepted; a longer one is refused (the field treated as absent).
+    pub max_label_bytes: usize,
     /// `clusterId` put in every record.
     pub cluster_id: String,
     /// Seed of the flow-table hash. Random per process in production (flow keys come from the
@@ -83,6 +94,8 @@ impl Default for AggregatorConfig {
             inactive_timeout: Duration::from_secs(90),
             correlation_timeout: Duration::from_secs(10),
             max_flows: 1_000_000,
+            max_name_bytes: 64 << 20,
+            max_label_bytes: DEFAULT_MAX_LABEL_BYTES,
             cluster_id: String::new(),
             hash_seed: 0,
         }
@@ -125,6 +138,40 @@ pub struct AggregatorStats {
     /// `max_flows`: a late half or an agent's re-export of one of them counts from the agent's
     /// baseline (totals − deltas), which double counts a re-export from a restarted agent.
     pub tombstones_evicted: u64,
+    /// Names in the table, and their text bytes.
+    pub names: u64,
+    pub name_bytes: u64,
+    /// Names refused (the field treated as absent): longer than Kubernetes allows, or new while
+    /// the table was over `max_name_bytes` and their exporter over its share.
+    pub names_too_long: u64,
+    pub names_over_budget: u64,
+    /// `tcpState` values that are not kernel state names (treated as absent).
+    pub tcp_states_invalid: u64,
+    /// Flows and tombstones of the exporter charged the most name bytes, evicted to bring the
+    /// name table back under `max_name_bytes` (flows exported first, reason 5).
+    pub evicted_for_names: u64,
+    /// Exporters (address, observation domain) the aggregator has heard from.
+    pub exporters: u64,
+}
+
+/// Counters of one exporter, for per-exporter drop metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ExporterCounters {
+    pub records_in: u64,
+    /// Names of its records refused (too long, or over its share of the name budget), and
+    /// `tcpState` values refused.
+    pub names_refused: u64,
+    /// Its flows evicted because the flow table was full or for name bytes.
+    pub flows_evicted: u64,
+    /// Flows it holds in flight now.
+    pub flows: u64,
+}
+
+/// The exporters table: who sent halves, and what each holds (the fair shares).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ExporterState {
+    pub(crate) id: ExporterId,
+    counters: ExporterCounters,
 }
 
 /// One Node's view of a flow, and what of it was already exported.
@@ -252,7 +299,9 @@ enum Target {
 struct Flow {
     key: CorrelationKey,
     start_secs: u32,
-    tcp_state: Sym,
+    tcp_state: Option<crate::model::TcpState>,
+    /// The exporter whose half created the flow; its share of the table counts the flow.
+    owner: u16,
     /// Merged Kubernetes fields, shared with flows that have the same.
     meta: MetaId,
     flow_type: u8,
@@ -315,8 +364,16 @@ pub struct Aggregator {
     /// Flow ids by key; the key itself lives only in the flow (a 4-byte slot per flow).
     index: hashbrown::HashTable<u32>,
     hasher: foldhash::fast::FixedState,
-    exporters: Vec<ExporterId>,
+    /// At most 65,536 (a `u16` index; past that the last index is shared, which only affects
+    /// `originalExporter*` fields and that exporter's counters). Exporters holding a flow.
+    exporters: Vec<ExporterState>,
     exporter_ids: HashMap<ExporterId, u16, foldhash::fast::FixedState>,
+    active_exporters: usize,
+    /// Where the search for an evictable flow of one exporter resumes (a clock hand over the
+    /// flow slots).
+    hand: usize,
+    /// The kernel's TCP state names, pinned in `strings`, by `TcpState as usize`.
+    tcp_names: [Sym; 10],
     /// Per interned Node name, its observation domain (`side_of` runs per record).
     node_domains: Vec<u32>,
     /// (deadline, flow id, sequence), earliest first. Lazy deletion: rescheduling pushes a new
@@ -336,10 +393,17 @@ pub struct Aggregator {
 
 impl Aggregator {
     pub fn new(cfg: AggregatorConfig) -> Aggregator {
-        let mut strings = Interner::default();
+        let mut strings = Interner::with_max_bytes(cfg.max_name_bytes);
         let cluster_id = strings.intern(&cfg.cluster_id);
+        strings.pin(cluster_id);
+        let tcp_names = std::array::from_fn(|i| {
+            let name = crate::model::TcpState::from_kernel(i as u8).map_or("", |t| t.name());
+            let sym = strings.intern(name);
+            strings.pin(sym);
+            sym
+        });
         let cfg_seed = cfg.hash_seed;
-        Aggregator {
+        let mut agg = Aggregator {
             hasher: foldhash::fast::FixedState::with_seed(cfg.hash_seed),
             metas: MetaTable::new(cfg.hash_seed),
             metadata: None,
@@ -350,7 +414,12 @@ impl Aggregator {
             free: Vec::new(),
             index: hashbrown::HashTable::new(),
             exporters: Vec::new(),
-            exporter_ids: HashMap::default(),
+            exporter_ids: HashMap::with_hasher(foldhash::fast::FixedState::with_seed(
+                cfg_seed ^ 0x5eed,
+            )),
+            active_exporters: 0,
+            hand: 0,
+            tcp_names,
             node_domains: Vec::new(),
             timers: BinaryHeap::new(),
             timer_seq: 0,
@@ -358,7 +427,10 @@ impl Aggregator {
             tombstones: HashMap::with_hasher(foldhash::fast::FixedState::with_seed(cfg_seed)),
             tombstone_order: VecDeque::new(),
             stats: AggregatorStats::default(),
-        }
+        };
+        agg.stats.names = agg.strings.len() as u64;
+        agg.stats.name_bytes = agg.strings.bytes() as u64;
+        agg
     }
 
     pub fn stats(&self) -> &AggregatorStats {
@@ -385,17 +457,10 @@ impl Aggregator {
     /// Every flow in flight as it would be exported now (nothing is marked exported), for queries
     /// of live flows. Deltas are since the last export.
     pub fn in_flight(&self, now: Timestamp) -> impl Iterator<Item = AggregatedRecord> + '_ {
-        self.flows.iter().flatten().map(move |f| {
-            record::build(
-                f,
-                self.metas.get(f.meta),
-                now,
-                END_ACTIVE,
-                &self.strings,
-                self.cluster_id,
-                &self.exporters,
-            )
-        })
+        self.flows
+            .iter()
+            .flatten()
+            .map(move |f| record::build(f, self.metas.get(f.meta), now, END_ACTIVE, &self.names()))
     }
 
     /// Flows in flight.
@@ -407,35 +472,71 @@ impl Aggregator {
         self.index.is_empty()
     }
 
-    /// An agent's data record, as the collecting process decoded it.
+    /// What record building needs to resolve a flow's names.
+    fn names(&self) -> record::Names<'_> {
+        record::Names {
+            strings: &self.strings,
+            cluster_id: self.cluster_id,
+            tcp: &self.tcp_names,
+            exporters: &self.exporters,
+        }
+    }
+
+    /// An agent's data record, as the collecting process decoded it. Names are charged to
+    /// `exporter`; what is refused is counted, globally and for the exporter.
     pub fn handle_record(
         &mut self,
         now: Timestamp,
         exporter: ExporterId,
         rec: &DataRecord<'_>,
     ) -> Result<(), HalfError> {
-        match FlowHalf::from_record(rec, &mut self.strings) {
+        let owner = self.exporter_index(exporter);
+        let mut refused = Refusals::default();
+        let parsed = FlowHalf::parse(
+            rec,
+            &mut self.strings,
+            owner,
+            self.cfg.max_label_bytes,
+            &mut refused,
+        );
+        if refused.any() {
+            self.stats.names_too_long += refused.too_long as u64;
+            self.stats.names_over_budget += refused.over_budget as u64;
+            self.stats.tcp_states_invalid += refused.bad_tcp_state as u64;
+            self.exporters[owner as usize].counters.names_refused +=
+                (refused.too_long + refused.over_budget + refused.bad_tcp_state) as u64;
+        }
+        match parsed {
             Ok(h) => {
-                self.handle_half(now, exporter, h);
+                self.handle_half_of(now, exporter, owner, h);
                 Ok(())
             }
             Err(e) => {
                 self.stats.records_in += 1;
                 self.stats.records_invalid += 1;
+                self.exporters[owner as usize].counters.records_in += 1;
+                self.strings.sweep();
                 Err(e)
             }
         }
     }
 
-    /// An agent's record, already parsed.
+    /// An agent's record, already parsed, its names interned in [`Aggregator::strings`]. Names
+    /// nothing references are freed after each record is handled: hand each half over before
+    /// building the next.
     pub fn handle_half(&mut self, now: Timestamp, exporter: ExporterId, half: FlowHalf) {
+        let owner = self.exporter_index(exporter);
+        self.handle_half_of(now, exporter, owner, half);
+    }
+
+    fn handle_half_of(&mut self, now: Timestamp, id: ExporterId, exporter: u16, half: FlowHalf) {
         self.stats.records_in += 1;
-        let side_idx = self.side_of(exporter, &half);
-        let exporter = self.exporter_index(exporter);
+        let side_idx = self.side_of(id, &half);
+        self.exporters[exporter as usize].counters.records_in += 1;
         self.expire_tombstones(now);
         let fid = match self.target(now, side_idx, &half) {
             Target::Flow(fid) => fid,
-            Target::New => self.create(now, &half),
+            Target::New => self.create(now, exporter, &half),
             other => {
                 match other {
                     Target::Late => self.late(now, side_idx, exporter, &half),
@@ -444,13 +545,22 @@ impl Aggregator {
                 }
                 // Resolving may have finished the flow in flight (reuse).
                 self.prune_timers();
+                self.settle(now);
                 return;
             }
         };
         let flow = self.flows[fid as usize]
             .as_mut()
             .expect("indexed flows exist");
-        apply(flow, &mut self.metas, side_idx, exporter, &half, now);
+        apply(
+            flow,
+            &mut self.metas,
+            &mut self.strings,
+            side_idx,
+            exporter,
+            &half,
+            now,
+        );
         if flow.awaiting_partner && flow.correlated() {
             flow.stop_awaiting();
             self.stats.correlated += 1;
@@ -458,6 +568,88 @@ impl Aggregator {
         self.reschedule(fid, now);
         // Whatever is due now (a correlated pair, an ended flow) goes out without waiting.
         self.handle_timeout(now);
+    }
+
+    /// After a record: names nobody holds any more are freed, and a name table over its bound
+    /// sheds the heaviest exporter's flows.
+    fn settle(&mut self, now: Timestamp) {
+        self.strings.sweep();
+        if self.strings.needs_relief() {
+            self.relieve_names(now);
+        }
+        self.stats.names = self.strings.len() as u64;
+        self.stats.name_bytes = self.strings.bytes() as u64;
+        self.stats.metadata_entries = self.metas.len() as u64;
+    }
+
+    /// Evicts tombstones, then flows, of the exporter charged the most name bytes, a bounded
+    /// number per call, until the name table is back under its bound. The flows are exported
+    /// first (reason 5) and leave no tombstone: what they held must go now.
+    fn relieve_names(&mut self, now: Timestamp) {
+        const PER_CALL: usize = 64;
+        let Some(heavy) = self.strings.heaviest() else {
+            return;
+        };
+        const SCAN: usize = 4096;
+        let mut evicted = 0;
+        // Tombstones of that exporter, oldest first (their queue entries go stale and are
+        // skipped when they come up), looking at a bounded stretch of the queue.
+        let mut i = 0;
+        let scan = self.tombstone_order.len().min(SCAN);
+        while evicted < PER_CALL && i < scan && !self.strings.relieved() {
+            let (t, k) = self.tombstone_order[i];
+            i += 1;
+            if self
+                .tombstones
+                .get(&k)
+                .is_some_and(|x| x.expires == t && x.flow.owner == heavy)
+                && let Some(old) = self.tombstones.remove(&k)
+            {
+                self.metas.release(old.flow.meta, &mut self.strings);
+                self.stats.tombstones_evicted += 1;
+                self.stats.evicted_for_names += 1;
+                evicted += 1;
+                self.strings.sweep();
+            }
+        }
+        while evicted < PER_CALL && !self.strings.relieved() {
+            let Some(fid) = self.find_flow_of(heavy) else {
+                break;
+            };
+            self.stats.evicted_for_names += 1;
+            self.count_eviction(fid);
+            self.finish_as(fid, now, END_LACK_OF_RESOURCES, false);
+            evicted += 1;
+            self.strings.sweep();
+        }
+        if evicted == 0 {
+            self.strings.give_up_relief();
+        }
+        self.prune_timers();
+        self.purge_tombstone_order();
+    }
+
+    /// A flow of exporter `owner` (the clock hand's next one), if it holds any.
+    fn find_flow_of(&mut self, owner: u16) -> Option<u32> {
+        if self.exporters.get(owner as usize)?.counters.flows == 0 || self.flows.is_empty() {
+            return None;
+        }
+        let n = self.flows.len();
+        for step in 0..n {
+            let i = (self.hand + step) % n;
+            if self.flows[i].as_ref().is_some_and(|f| f.owner == owner) {
+                self.hand = (i + 1) % n;
+                return Some(i as u32);
+            }
+        }
+        None
+    }
+
+    /// Counts an eviction against the evicted flow's exporter.
+    fn count_eviction(&mut self, fid: u32) {
+        if let Some(f) = self.flows[fid as usize].as_ref() {
+            self.exporters[f.owner as usize].counters.flows_evicted += 1;
+        }
     }
 
     /// Which connection `half` (from side `side_idx`) belongs to: the flow in flight on its
@@ -557,7 +749,15 @@ impl Aggregator {
         let Some(mut t) = self.tombstones.remove(&half.key) else {
             return;
         };
-        apply(&mut t.flow, &mut self.metas, side_idx, exporter, half, now);
+        apply(
+            &mut t.flow,
+            &mut self.metas,
+            &mut self.strings,
+            side_idx,
+            exporter,
+            half,
+            now,
+        );
         let reason = end_reason(&t.flow).unwrap_or(END_ACTIVE);
         self.export_flow(&mut t.flow, now, reason);
         // Its Node still talks about it: remembered for another inactive timeout.
@@ -569,15 +769,23 @@ impl Aggregator {
     /// A half of an older connection than the one in flight on its 5-tuple, of which nothing is
     /// remembered: exported on its own (uncorrelated), counting from the agent's own baseline.
     fn alone(&mut self, now: Timestamp, side_idx: usize, exporter: u16, half: &FlowHalf) {
-        let mut flow = self.new_flow(now, half);
+        let mut flow = self.new_flow(now, exporter, half);
         flow.stop_awaiting();
-        apply(&mut flow, &mut self.metas, side_idx, exporter, half, now);
+        apply(
+            &mut flow,
+            &mut self.metas,
+            &mut self.strings,
+            side_idx,
+            exporter,
+            half,
+            now,
+        );
         if flow.needs_partner() {
             self.stats.uncorrelated += 1;
         }
         let reason = end_reason(&flow).unwrap_or(END_ACTIVE);
         self.export_flow(&mut flow, now, reason);
-        self.metas.release(flow.meta);
+        self.metas.release(flow.meta, &mut self.strings);
     }
 
     /// Which Node of the flow sent `half`. A flowlens agent's observation domain is derived from
@@ -615,18 +823,31 @@ impl Aggregator {
         Some(self.node_domains[i])
     }
 
-    /// A small index for an exporter (Nodes are few; past 65535 the last index is shared, which
-    /// only affects `originalExporter*` fields).
+    /// A small index for an exporter (Nodes are few; past 65,535 the last index is shared, which
+    /// only affects `originalExporter*` fields and that index's counters). `u16::MAX` itself is
+    /// never handed out: it marks names the aggregator brings itself.
     fn exporter_index(&mut self, e: ExporterId) -> u16 {
         if let Some(&i) = self.exporter_ids.get(&e) {
             return i;
         }
-        let i = self.exporters.len().min(u16::MAX as usize) as u16;
-        if self.exporters.len() <= u16::MAX as usize {
-            self.exporters.push(e);
+        const LAST: usize = u16::MAX as usize - 1;
+        let i = self.exporters.len().min(LAST) as u16;
+        if self.exporters.len() <= LAST {
+            self.exporters.push(ExporterState {
+                id: e,
+                counters: ExporterCounters::default(),
+            });
+            // Only new entries are remembered by id: past the last index, a flood of new ids
+            // must not grow this map.
+            self.exporter_ids.insert(e, i);
         }
-        self.exporter_ids.insert(e, i);
+        self.stats.exporters = self.exporters.len() as u64;
         i
+    }
+
+    /// Every exporter heard from, with its counters.
+    pub fn exporters(&self) -> impl Iterator<Item = (ExporterId, &ExporterCounters)> + '_ {
+        self.exporters.iter().map(|e| (e.id, &e.counters))
     }
 
     fn find(&self, key: &CorrelationKey) -> Option<u32> {
@@ -639,14 +860,15 @@ impl Aggregator {
             .copied()
     }
 
-    fn new_flow(&mut self, now: Timestamp, half: &FlowHalf) -> Flow {
+    fn new_flow(&mut self, now: Timestamp, owner: u16, half: &FlowHalf) -> Flow {
         self.stats.flows_created += 1;
         let awaiting = half.meta.flow_type == FLOW_TYPE_INTER_NODE;
         Flow {
             key: half.key,
             start_secs: half.start_secs,
             tcp_state: half.tcp_state,
-            meta: self.metas.acquire(half.meta),
+            owner,
+            meta: self.metas.acquire(half.meta, &mut self.strings),
             flow_type: half.meta.flow_type,
             sides: Sides::default(),
             // Creation time while awaiting the partner, else "never exported".
@@ -659,11 +881,12 @@ impl Aggregator {
         }
     }
 
-    fn create(&mut self, now: Timestamp, half: &FlowHalf) -> u32 {
+    fn create(&mut self, now: Timestamp, owner: u16, half: &FlowHalf) -> u32 {
         if self.index.len() >= self.cfg.max_flows {
-            self.evict(now);
+            self.evict(now, owner);
         }
-        let flow = self.new_flow(now, half);
+        let flow = self.new_flow(now, owner, half);
+        self.hold(owner, 1);
         let fid = match self.free.pop() {
             Some(i) => {
                 self.flows[i as usize] = Some(flow);
@@ -686,14 +909,46 @@ impl Aggregator {
         fid
     }
 
-    /// Evicts the flow whose deadline is nearest (the one that would be exported next anyway).
-    fn evict(&mut self, now: Timestamp) {
-        while let Some(Reverse((_, fid, generation))) = self.timers.pop() {
-            if self.live_timer(fid, generation) {
-                self.stats.evicted += 1;
-                self.finish(fid, now, END_LACK_OF_RESOURCES);
-                return;
-            }
+    /// Makes room for a flow of exporter `owner`: evicts the flow whose deadline is nearest (the
+    /// one that would be exported next anyway) when its exporter holds at least its fair share of
+    /// the table; otherwise a flow of the exporter holding the most, so that a burst from one
+    /// exporter evicts its own flows rather than everyone's.
+    fn evict(&mut self, now: Timestamp, owner: u16) {
+        self.prune_timers();
+        let Some(&Reverse((_, top, _))) = self.timers.peek() else {
+            return;
+        };
+        let holders =
+            self.active_exporters + usize::from(self.exporters[owner as usize].counters.flows == 0);
+        let fair = (self.cfg.max_flows / holders.max(1)) as u64;
+        let top_owner = self.flows[top as usize].as_ref().map_or(owner, |f| f.owner);
+        let victim = if self.exporters[top_owner as usize].counters.flows >= fair {
+            Some(top)
+        } else {
+            let heaviest = self
+                .exporters
+                .iter()
+                .enumerate()
+                .max_by_key(|(_, e)| e.counters.flows)
+                .map(|(i, _)| i as u16);
+            heaviest.and_then(|h| self.find_flow_of(h)).or(Some(top))
+        };
+        if let Some(fid) = victim {
+            self.stats.evicted += 1;
+            self.count_eviction(fid);
+            self.finish(fid, now, END_LACK_OF_RESOURCES);
+        }
+    }
+
+    /// Flows exporter `owner` holds went up (`+1`) or down (`-1`).
+    fn hold(&mut self, owner: u16, change: i64) {
+        let e = &mut self.exporters[owner as usize].counters;
+        let before = e.flows;
+        e.flows = (e.flows as i64 + change).max(0) as u64;
+        match (before, e.flows) {
+            (0, n) if n > 0 => self.active_exporters += 1,
+            (b, 0) if b > 0 => self.active_exporters -= 1,
+            _ => {}
         }
     }
 
@@ -750,13 +1005,18 @@ impl Aggregator {
         }
     }
 
-    /// When `handle_timeout` is next due.
+    /// When `handle_timeout` is next due: a flow's export or a tombstone's expiry.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
-        self.timers.peek().map(|&Reverse((t, ..))| t)
+        let flow = self.timers.peek().map(|&Reverse((t, ..))| t);
+        let tomb = self.tombstone_order.front().map(|&(t, _)| t);
+        flow.into_iter().chain(tomb).min()
     }
 
-    /// Exports what is due at `now`.
+    /// Exports what is due at `now`, forgets expired tombstones, and gives back the memory a
+    /// flood took once it is gone.
     pub fn handle_timeout(&mut self, now: Timestamp) {
+        self.expire_tombstones(now);
+        self.compact();
         while let Some(&Reverse((t, fid, generation))) = self.timers.peek() {
             if t > now {
                 break;
@@ -792,6 +1052,7 @@ impl Aggregator {
             self.reschedule(fid, now);
         }
         self.prune_timers();
+        self.settle(now);
     }
 
     /// Exports every flow in flight with `END_FORCED` and forgets them (shutdown).
@@ -804,11 +1065,17 @@ impl Aggregator {
             self.finish(fid, now, END_FORCED);
         }
         self.prune_timers();
+        self.settle(now);
     }
 
     /// Last export of a flow (if it has anything not yet exported, or was never exported), then
-    /// forget it.
+    /// forget it, remembering it as a tombstone.
     fn finish(&mut self, fid: u32, now: Timestamp, reason: u8) {
+        self.finish_as(fid, now, reason, true);
+    }
+
+    /// [`Self::finish`], with or without the tombstone.
+    fn finish_as(&mut self, fid: u32, now: Timestamp, reason: u8, tombstone: bool) {
         let Some(flow) = self.flows[fid as usize].as_mut() else {
             return;
         };
@@ -828,18 +1095,85 @@ impl Aggregator {
             e.remove();
         }
         self.free.push(fid);
+        self.hold(flow.owner, -1);
         self.stats.flows_in_flight = self.index.len() as u64;
+        if !tombstone {
+            self.metas.release(flow.meta, &mut self.strings);
+            return;
+        }
         let expires = now + self.tombstone_life();
         let key = flow.key;
         // The tombstone keeps the flow's metadata reference until it expires.
         if let Some(old) = self.tombstones.insert(key, Tombstone { flow, expires }) {
-            self.metas.release(old.flow.meta);
+            self.metas.release(old.flow.meta, &mut self.strings);
         }
         self.tombstone_order.push_back((expires, key));
         if self.tombstones.len() > self.cfg.max_flows {
             self.expire_tombstones(now);
         }
         self.stats.metadata_entries = self.metas.len() as u64;
+    }
+
+    /// Gives back what a flood left: when the flow slots, the metadata table or the tombstones
+    /// hold four times what is live, they are renumbered densely (flows, their index and timers)
+    /// or shrunk. Rare (after the table emptied), O(live) when it runs.
+    fn compact(&mut self) {
+        let live = self.index.len();
+        if self.flows.len() > 4 * live + 4096 {
+            let mut flows = Vec::with_capacity(live + live / 4);
+            for f in self.flows.drain(..).flatten() {
+                flows.push(Some(f));
+            }
+            self.flows = flows;
+            self.free = Vec::new();
+            self.hand = 0;
+            let (flows, hasher) = (&self.flows, &self.hasher);
+            let hash = |f: &Flow| std::hash::BuildHasher::hash_one(hasher, f.key);
+            self.index = hashbrown::HashTable::with_capacity(live);
+            for (fid, f) in flows.iter().enumerate() {
+                let f = f.as_ref().expect("dense");
+                self.index.insert_unique(hash(f), fid as u32, |&id| {
+                    hash(flows[id as usize].as_ref().expect("dense"))
+                });
+            }
+            self.timers = flows
+                .iter()
+                .enumerate()
+                .filter_map(|(fid, f)| {
+                    let f = f.as_ref()?;
+                    (f.generation != 0).then_some(Reverse((f.deadline, fid as u32, f.generation)))
+                })
+                .collect();
+        }
+        if let Some(remap) = self.metas.compact(self.flows.len() + self.tombstones.len()) {
+            for f in self.flows.iter_mut().flatten() {
+                f.meta = remap(f.meta);
+            }
+            for t in self.tombstones.values_mut() {
+                t.flow.meta = remap(t.flow.meta);
+            }
+        }
+        if self.tombstones.capacity() > 4 * self.tombstones.len() + 4096 {
+            self.tombstones.shrink_to_fit();
+        }
+        if self.tombstone_order.capacity() > 4 * self.tombstone_order.len() + 4096 {
+            self.purge_tombstone_order();
+            self.tombstone_order.shrink_to_fit();
+        }
+        if self.out.capacity() > 4 * self.out.len() + 4096 {
+            self.out.shrink_to_fit();
+        }
+        self.strings.shrink();
+    }
+
+    /// Drops queue entries of tombstones that were evicted out of order, once they are the
+    /// majority (they are otherwise skipped when they reach the front).
+    fn purge_tombstone_order(&mut self) {
+        if self.tombstone_order.len() > 2 * self.tombstones.len() + 1024 {
+            let tombs = &self.tombstones;
+            self.tombstone_order
+                .retain(|(t, k)| tombs.get(k).is_some_and(|x| x.expires == *t));
+        }
     }
 
     /// How long a finished flow is remembered: an inactive timeout, and at least as long as a
@@ -863,7 +1197,7 @@ impl Aggregator {
                 if t > now {
                     self.stats.tombstones_evicted += 1;
                 }
-                self.metas.release(old.flow.meta);
+                self.metas.release(old.flow.meta, &mut self.strings);
                 self.stats.metadata_entries = self.metas.len() as u64;
             }
         }
@@ -887,18 +1221,10 @@ impl Aggregator {
             let mut m = *self.metas.get(flow.meta);
             if fill_from_metadata(&mut m, flow.key, flow.start_secs, md, &mut self.strings) {
                 self.stats.filled_from_metadata += 1;
-                self.metas.update(&mut flow.meta, m);
+                self.metas.update(&mut flow.meta, m, &mut self.strings);
             }
         }
-        let rec = record::build(
-            flow,
-            self.metas.get(flow.meta),
-            now,
-            reason,
-            &self.strings,
-            self.cluster_id,
-            &self.exporters,
-        );
+        let rec = record::build(flow, self.metas.get(flow.meta), now, reason, &self.names());
         for s in flow.sides.iter_mut() {
             s.exported = s.totals;
             s.exported_end_secs = s.end_secs;
@@ -999,6 +1325,7 @@ fn may_be_one(half: &FlowHalf, side: &Side) -> bool {
 fn apply(
     flow: &mut Flow,
     metas: &mut MetaTable,
+    strings: &mut Interner,
     side_idx: usize,
     exporter: u16,
     half: &FlowHalf,
@@ -1021,7 +1348,7 @@ fn apply(
             which: Which::of(side_idx),
         },
     );
-    if !half.tcp_state.is_empty() {
+    if half.tcp_state.is_some() {
         flow.tcp_state = half.tcp_state;
     }
     let current = *metas.get(flow.meta);
@@ -1035,7 +1362,7 @@ fn apply(
         m.merge(&half.meta);
         m
     };
-    metas.update(&mut flow.meta, merged);
+    metas.update(&mut flow.meta, merged, strings);
     flow.start_secs = flow
         .sides
         .iter()

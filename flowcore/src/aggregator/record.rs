@@ -7,9 +7,9 @@ use std::sync::Arc;
 use crate::ipfix::{EncodeError, Encoder, Layout};
 use crate::model::Timestamp;
 
-use super::half::{CorrelationKey, OCTETS, PolicyRef, REV_OCTETS};
-use super::intern::{Interner, Sym};
-use super::{DESTINATION, Flow, SOURCE, Side};
+use super::half::{CorrelationKey, MAX_SUBDOMAIN, OCTETS, PolicyRef, REV_OCTETS};
+use super::intern::{Interner, NO_OWNER, Sym};
+use super::{DESTINATION, ExporterState, Flow, SOURCE, Side};
 
 /// One Node's counters in an aggregated record.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -86,15 +86,23 @@ fn counters(s: &Side, now_interval_secs: u64) -> NodeCounters {
     }
 }
 
+/// What resolving a flow's names takes.
+pub(super) struct Names<'a> {
+    pub strings: &'a Interner,
+    pub cluster_id: Sym,
+    /// The kernel's TCP state names by `TcpState as usize`.
+    pub tcp: &'a [Sym; 10],
+    pub exporters: &'a [ExporterState],
+}
+
 pub(super) fn build(
     flow: &Flow,
     m: &super::FlowMeta,
     now: Timestamp,
     reason: u8,
-    strings: &Interner,
-    cluster_id: Sym,
-    exporters: &[super::ExporterId],
+    names: &Names<'_>,
 ) -> AggregatedRecord {
+    let (strings, cluster_id, exporters) = (names.strings, names.cluster_id, names.exporters);
     let interval = flow
         .last_export()
         .map_or(1, |t| now.saturating_since(t).as_secs());
@@ -105,7 +113,8 @@ pub(super) fn build(
         .sides
         .get(SOURCE)
         .or(flow.sides.get(DESTINATION))
-        .and_then(|l| exporters.get(l.exporter as usize));
+        .and_then(|l| exporters.get(l.exporter as usize))
+        .map(|e| e.id);
     let s = |sym: Sym| strings.get(sym).clone();
     let p = |r: &PolicyRef| PolicyInfo {
         name: s(r.name),
@@ -142,7 +151,7 @@ pub(super) fn build(
         service_port_name: s(m.service_port_name),
         ingress: p(&m.ingress),
         egress: p(&m.egress),
-        tcp_state: s(flow.tcp_state),
+        tcp_state: s(flow.tcp_state.map_or(Sym::EMPTY, |t| names.tcp[t as usize])),
         src_labels: s(m.src_labels),
         dst_labels: s(m.dst_labels),
         correlated: !flow.needs_partner() || flow.correlated(),
@@ -284,7 +293,9 @@ impl AggregatedRecord {
                 (PEN_ANTREA, 152) => dst.end_secs = n as u32,
                 (PEN_ANTREA, 158) => {
                     if let FieldValue::String(b) = v {
-                        cluster_id = strings.intern_bytes(b);
+                        cluster_id = strings
+                            .intern_wire(b, NO_OWNER, MAX_SUBDOMAIN)
+                            .unwrap_or(Sym::EMPTY);
                     }
                 }
                 (PEN_IANA, 405) => domain = n as u32,
@@ -298,6 +309,7 @@ impl AggregatedRecord {
                 _ => {}
             }
         }
+        let tcp_state = h.tcp_state.map_or(Sym::EMPTY, |t| strings.intern(t.name()));
         let s = |sym: Sym| strings.get(sym).clone();
         let p = |r: &PolicyRef| PolicyInfo {
             name: s(r.name),
@@ -330,7 +342,7 @@ impl AggregatedRecord {
             service_port_name: s(h.meta.service_port_name),
             ingress: p(&h.meta.ingress),
             egress: p(&h.meta.egress),
-            tcp_state: s(h.tcp_state),
+            tcp_state: s(tcp_state),
             src_labels: s(h.meta.src_labels),
             dst_labels: s(h.meta.dst_labels),
             correlated: !inter || (has_src && has_dst),

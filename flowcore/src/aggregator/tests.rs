@@ -59,7 +59,7 @@ fn half(
         totals: Some(totals),
         // As an agent's first record of the connection: everything is new.
         deltas: totals,
-        tcp_state: s.intern("ESTABLISHED"),
+        tcp_state: Some(crate::model::TcpState::Established),
         meta: FlowMeta {
             flow_type: FLOW_TYPE_INTER_NODE,
             ..FlowMeta::default()
@@ -452,6 +452,10 @@ proptest! {
         agg.flush_all(end);
         out.extend(drain(&mut agg));
         prop_assert!(agg.is_empty());
+        // Once the tombstones expire, every name and metadata entry is gone with its flows.
+        agg.handle_timeout(end + Duration::from_secs(86_400));
+        prop_assert_eq!(agg.stats().names, Aggregator::new(AggregatorConfig::default()).stats().names);
+        prop_assert_eq!(agg.stats().metadata_entries, 0);
 
         let mut got: HashMap<(u16, bool), u64> = HashMap::new();
         let mut exported: HashMap<u16, bool> = HashMap::new();
@@ -891,4 +895,249 @@ fn a_restarted_agents_re_export_of_a_time_wait_entry_is_not_counted_again() {
     let recs: Vec<_> = first.into_iter().chain(drain(&mut agg)).collect();
     assert_eq!(delta_sum(&recs, true), full);
     assert_eq!(delta_sum(&recs, false), full);
+}
+
+// ---- bounds and fair shares (one exporter's flood costs the others nothing) ----
+
+const FLOODER: ExporterId = ExporterId {
+    addr: IpAddr::V4(Ipv4Addr::new(192, 168, 0, 66)),
+    domain: 66,
+};
+
+/// An intra-Node half (no partner awaited) on 5-tuple `i` with source Pod `pod`.
+fn lone_half(agg: &mut Aggregator, i: u32, pod: &str) -> FlowHalf {
+    let k = CorrelationKey {
+        src: Ipv4Addr::from(0x0a00_0000 + i).into(),
+        dst: Ipv4Addr::new(10, 1, 0, 1).into(),
+        src_port: 40000,
+        dst_port: 80,
+        proto: 6,
+    };
+    let mut h = half(agg, k, true, [1, 100, 1, 100], 1_764_000_001, END_ACTIVE);
+    h.meta.flow_type = FLOW_TYPE_INTRA_NODE;
+    h.meta.src_pod = agg.strings().intern(pod);
+    h
+}
+
+fn counters_of(agg: &Aggregator, e: ExporterId) -> ExporterCounters {
+    agg.exporters()
+        .find(|(id, _)| *id == e)
+        .map(|(_, c)| *c)
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_flooding_exporter_evicts_its_own_flows_and_not_the_others() {
+    let mut agg = Aggregator::new(AggregatorConfig {
+        max_flows: 100,
+        ..Default::default()
+    });
+    for i in 0..10 {
+        let h = lone_half(&mut agg, i, "frontend-1");
+        agg.handle_half(T0, SRC_NODE, h);
+    }
+    for i in 1000..2000 {
+        let h = lone_half(&mut agg, i, "flood");
+        agg.handle_half(T0 + Duration::from_secs(1), FLOODER, h);
+    }
+    assert_eq!(agg.len(), 100);
+    assert_eq!(agg.stats().evicted, 910);
+    assert_eq!(counters_of(&agg, FLOODER).flows_evicted, 910);
+    assert_eq!(counters_of(&agg, SRC_NODE).flows_evicted, 0);
+    assert_eq!(counters_of(&agg, SRC_NODE).flows, 10);
+    let live: Vec<_> = agg
+        .in_flight(T0)
+        .filter(|r| &*r.src_pod == "frontend-1")
+        .collect();
+    assert_eq!(
+        live.len(),
+        10,
+        "the well-behaved exporter's flows are all still in flight"
+    );
+}
+
+#[test]
+fn names_and_metadata_go_with_their_last_flow_and_memory_is_given_back() {
+    let mut agg = Aggregator::new(AggregatorConfig::default());
+    let baseline = agg.stats().clone();
+    for i in 0..20_000 {
+        let h = lone_half(&mut agg, i, &format!("pod-{i:06}"));
+        agg.handle_half(T0, SRC_NODE, h);
+    }
+    drain(&mut agg);
+    assert!(agg.stats().names > 20_000, "{}", agg.stats().names);
+    agg.flush_all(T0 + Duration::from_secs(1));
+    drain(&mut agg);
+    // The tombstones keep the names until they expire.
+    assert!(agg.stats().names > 20_000);
+    let later = T0 + Duration::from_secs(3600);
+    assert!(
+        agg.poll_timeout().is_some_and(|t| t < later),
+        "tombstone expiry is a timer"
+    );
+    agg.handle_timeout(later);
+    let s = agg.stats();
+    assert_eq!(
+        (s.names, s.name_bytes),
+        (baseline.names, baseline.name_bytes)
+    );
+    assert_eq!(s.metadata_entries, 0);
+    assert!(
+        agg.flows.capacity() < 20_000,
+        "flow slots compacted: {}",
+        agg.flows.capacity()
+    );
+    assert!(agg.tombstones.capacity() < 20_000);
+}
+
+/// One record as an agent sends it over the wire: an intra-Node flow on 5-tuple `i` with source
+/// Pod `pod`, through the decoder into `handle_record`.
+fn send(agg: &mut Aggregator, now: Timestamp, ex: ExporterId, i: u32, pod: &str) {
+    use crate::ipfix::FieldSpec;
+    let fields: Vec<FieldSpec> = [
+        "sourceIPv4Address",
+        "destinationIPv4Address",
+        "sourceTransportPort",
+        "destinationTransportPort",
+        "protocolIdentifier",
+        "flowStartSeconds",
+        "packetTotalCount",
+        "packetDeltaCount",
+        "flowType",
+        "sourcePodName",
+    ]
+    .iter()
+    .map(|n| FieldSpec::named(n).unwrap())
+    .collect();
+    let mut enc = Encoder::new(EncoderConfig::stream(ex.domain)).unwrap();
+    enc.add_template(300, &fields).unwrap();
+    enc.record(now, 300)
+        .unwrap()
+        .ip(Ipv4Addr::from(0x0a00_0000 + i).into())
+        .ip(Ipv4Addr::new(10, 1, 0, 1).into())
+        .uint(40000)
+        .uint(80)
+        .uint(6)
+        .time(Timestamp::from_secs(1_764_000_000))
+        .uint(1)
+        .uint(1)
+        .uint(FLOW_TYPE_INTRA_NODE as u64)
+        .string(pod)
+        .finish()
+        .unwrap();
+    enc.flush(now);
+    let mut dec = Decoder::new(DecoderConfig::default());
+    while let Some(msg) = enc.poll_transmit() {
+        dec.decode(now, &msg, |rec| agg.handle_record(now, ex, &rec).unwrap())
+            .unwrap();
+    }
+}
+
+#[test]
+fn a_name_flood_is_refused_and_evicted_for_the_flooder_only() {
+    let max = 256 << 10;
+    let mut agg = Aggregator::new(AggregatorConfig {
+        max_name_bytes: max,
+        ..Default::default()
+    });
+    for round in 0..20u32 {
+        let now = T0 + Duration::from_secs(round as u64);
+        // The flooder: unique 250-byte Pod names.
+        for j in 0..200u32 {
+            let name = format!("{:0>250}", round * 1000 + j);
+            send(&mut agg, now, FLOODER, 100_000 + round * 1000 + j, &name);
+            assert!(
+                agg.stats().name_bytes <= 2 * max as u64,
+                "{:?}",
+                agg.stats()
+            );
+        }
+        // The well-behaved exporter: its own few Pods, every round.
+        for k in 0..50 {
+            send(&mut agg, now, SRC_NODE, k, &format!("frontend-{k}"));
+        }
+    }
+    let recs = drain(&mut agg);
+    let (good, bad) = (counters_of(&agg, SRC_NODE), counters_of(&agg, FLOODER));
+    assert_eq!((good.names_refused, good.flows_evicted), (0, 0), "{good:?}");
+    assert!(agg.stats().evicted_for_names > 0, "{:?}", agg.stats());
+    assert!(bad.names_refused + bad.flows_evicted > 0, "{bad:?}");
+    let first: Vec<_> = recs
+        .iter()
+        .filter(|r| r.src_pod.starts_with("frontend-"))
+        .collect();
+    assert_eq!(
+        first.len(),
+        50,
+        "every well-behaved flow exported once, with its Pod name"
+    );
+    let live: Vec<_> = agg
+        .in_flight(T0)
+        .filter(|r| r.src_pod.starts_with("frontend-"))
+        .collect();
+    assert_eq!(live.len(), 50, "and all still in flight with their names");
+}
+
+#[test]
+fn over_long_names_and_unknown_tcp_states_are_refused_and_counted() {
+    use crate::ipfix::FieldSpec;
+    let fields: Vec<FieldSpec> = [
+        "sourceIPv4Address",
+        "destinationIPv4Address",
+        "sourceTransportPort",
+        "destinationTransportPort",
+        "protocolIdentifier",
+        "sourcePodName",
+        "sourcePodNamespace",
+        "tcpState",
+        "sourcePodLabels",
+    ]
+    .iter()
+    .map(|n| FieldSpec::named(n).unwrap())
+    .collect();
+    let mut enc = Encoder::new(EncoderConfig::stream(1)).unwrap();
+    enc.add_template(300, &fields).unwrap();
+    let long_ns = "n".repeat(MAX_LABEL + 1);
+    let labels = format!("{{\"a\":\"{}\"}}", "x".repeat(DEFAULT_MAX_LABEL_BYTES));
+    enc.record(T0, 300)
+        .unwrap()
+        .ip(Ipv4Addr::new(10, 0, 1, 1).into())
+        .ip(Ipv4Addr::new(10, 0, 2, 1).into())
+        .uint(40000)
+        .uint(80)
+        .uint(6)
+        .string(&"p".repeat(MAX_SUBDOMAIN))
+        .string(&long_ns)
+        .string("LISTENING")
+        .string(&labels)
+        .finish()
+        .unwrap();
+    enc.flush(T0);
+    let mut agg = Aggregator::new(AggregatorConfig::default());
+    let before = agg.stats().name_bytes;
+    let mut dec = Decoder::new(DecoderConfig::default());
+    while let Some(msg) = enc.poll_transmit() {
+        dec.decode(T0, &msg, |rec| {
+            agg.handle_record(T0, SRC_NODE, &rec).unwrap()
+        })
+        .unwrap();
+    }
+    let s = agg.stats().clone();
+    assert_eq!(s.names_too_long, 2, "namespace and labels");
+    assert_eq!(s.tcp_states_invalid, 1);
+    assert_eq!(counters_of(&agg, SRC_NODE).names_refused, 3);
+    assert_eq!(
+        s.name_bytes - before,
+        (MAX_SUBDOMAIN + intern::NAME_OVERHEAD) as u64
+    );
+    let rec = agg.in_flight(T0).next().unwrap();
+    assert_eq!(
+        rec.src_pod.len(),
+        MAX_SUBDOMAIN,
+        "a name at the limit is kept"
+    );
+    assert_eq!(
+        (&*rec.src_namespace, &*rec.tcp_state, &*rec.src_labels),
+        ("", "", "")
+    );
 }

@@ -788,7 +788,7 @@ fn flow_record_round_trips_through_the_agent_layout() {
     assert_eq!(&**strings.get(h.meta.ingress.rule), "ingress-0");
     assert_eq!(h.meta.ingress.action, 1);
     assert_eq!(h.meta.egress.action, 0);
-    assert_eq!(&**strings.get(h.tcp_state), "ESTABLISHED");
+    assert_eq!(h.tcp_state, Some(TcpState::Established));
     assert_eq!(h.meta.flow_type, 2);
     assert_eq!(h.end_secs, 1_764_000_060);
 }

@@ -47,20 +47,25 @@ impl Sym {
     }
 }
 
-/// Interned strings. Append-only: a handle stays valid for the interner's lifetime, which is what
-/// lets records outlive metadata deletions. It grows with the number of *distinct* names ever
-/// seen (Pod names churn, so a long-lived agent grows slowly; compaction is future work).
+/// Interned strings. A handle stays valid until it is [`remove`](Interner::remove)d; the agent's
+/// metadata index never removes (its records may outlive metadata deletions), the aggregator's
+/// reference-counting view ([`crate::aggregator::Interner`]) removes a name with its last user,
+/// and a removed slot is reused by the next new name.
 ///
-/// The one string table of flowcore: the agent's metadata index and the aggregator
-/// (`aggregator::Interner` is a thin view of this one) both use it. The text is stored once, as
-/// `Arc<str>` so records can carry it without copying; the index holds 4-byte handles found by
-/// the hash of the bytes (foldhash), so a name arriving off the wire is found without UTF-8
-/// validation or allocation — only a new name is validated and stored.
+/// The one string table of flowcore: the agent's metadata index and the aggregator both use it.
+/// The text is stored once, as `Arc<str>` so records can carry it without copying; the index
+/// holds 4-byte handles found by the hash of the bytes (foldhash), so a name arriving off the
+/// wire is found without UTF-8 validation or allocation — only a new name is validated and
+/// stored. [`bytes`](Interner::bytes) is what the live names hold, for byte budgets.
 pub struct Interner {
-    strings: Vec<Arc<str>>,
+    /// `None` marks a removed slot (listed in `free`).
+    strings: Vec<Option<Arc<str>>>,
+    free: Vec<Sym>,
     index: hashbrown::HashTable<Sym>,
-    /// Names are not attacker-chosen keys in bulk the way 5-tuples are, and the table is bounded
-    /// by the names that exist, so a fast unkeyed hash is fine.
+    /// Text bytes of the live names.
+    bytes: usize,
+    /// Names are not attacker-chosen keys in bulk the way 5-tuples are (callers that take names
+    /// off the wire bound their length and their bytes), so a fast unkeyed hash is fine.
     hasher: foldhash::fast::FixedState,
 }
 
@@ -68,7 +73,9 @@ impl Default for Interner {
     fn default() -> Self {
         Interner {
             strings: Vec::new(),
+            free: Vec::new(),
             index: hashbrown::HashTable::new(),
+            bytes: 0,
             hasher: foldhash::fast::FixedState::default(),
         }
     }
@@ -77,7 +84,8 @@ impl Default for Interner {
 impl fmt::Debug for Interner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Interner")
-            .field("len", &self.strings.len())
+            .field("len", &self.len())
+            .field("bytes", &self.bytes)
             .finish()
     }
 }
@@ -111,40 +119,100 @@ impl Interner {
         self.find(s.as_bytes())
     }
 
-    /// The text of `sym`; `""` for a handle from another interner that is out of range.
+    /// The handle of wire bytes if they were interned (no allocation, no UTF-8 check).
+    pub fn get_bytes(&self, b: &[u8]) -> Option<Sym> {
+        self.find(b)
+    }
+
+    /// The text of `sym`; `""` for a handle that is out of range or removed.
     pub fn resolve(&self, sym: Sym) -> &str {
-        self.strings.get(sym.index()).map_or("", |s| s)
+        self.strings
+            .get(sym.index())
+            .and_then(|s| s.as_deref())
+            .unwrap_or("")
     }
 
     /// The shared text of `sym`, for records that carry it (cloning it allocates nothing).
     pub fn resolve_shared(&self, sym: Sym) -> Option<&Arc<str>> {
-        self.strings.get(sym.index())
+        self.strings.get(sym.index())?.as_ref()
     }
 
+    /// Forgets `sym`'s name; the handle may be given to another name afterwards. Returns the
+    /// bytes freed (0 if it was not live).
+    pub fn remove(&mut self, sym: Sym) -> usize {
+        let Some(slot) = self.strings.get_mut(sym.index()) else {
+            return 0;
+        };
+        let Some(text) = slot.take() else {
+            return 0;
+        };
+        let h = self.hasher.hash_one(text.as_bytes());
+        if let Ok(e) = self.index.find_entry(h, |&x| x == sym) {
+            e.remove();
+        }
+        self.free.push(sym);
+        self.bytes -= text.len();
+        text.len()
+    }
+
+    /// Live names.
     pub fn len(&self) -> usize {
-        self.strings.len()
+        self.strings.len() - self.free.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.strings.is_empty()
+        self.len() == 0
+    }
+
+    /// Text bytes of the live names.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Releases the index's spare capacity once most names are gone.
+    pub fn shrink(&mut self) {
+        if self.index.capacity() > 4 * self.index.len() + 64 {
+            let (strings, hasher) = (&self.strings, &self.hasher);
+            self.index.shrink_to_fit(|x| {
+                hasher.hash_one(strings[x.index()].as_deref().unwrap_or("").as_bytes())
+            });
+        }
+        if self.free.capacity() > 4 * self.free.len() + 64 {
+            self.free.shrink_to_fit();
+        }
+    }
+
+    /// Handles ever made, live or removed (a bound for tables indexed by handle).
+    pub fn capacity(&self) -> usize {
+        self.strings.len()
     }
 
     fn find(&self, b: &[u8]) -> Option<Sym> {
         let strings = &self.strings;
         self.index
             .find(self.hasher.hash_one(b), |sym| {
-                strings[sym.index()].as_bytes() == b
+                strings[sym.index()].as_deref().map(str::as_bytes) == Some(b)
             })
             .copied()
     }
 
     fn insert_new(&mut self, s: &str) -> Sym {
-        let sym = Sym::from_index(self.strings.len());
-        self.strings.push(Arc::from(s));
+        let text: Arc<str> = Arc::from(s);
+        let sym = match self.free.pop() {
+            Some(sym) => {
+                self.strings[sym.index()] = Some(text);
+                sym
+            }
+            None => {
+                self.strings.push(Some(text));
+                Sym::from_index(self.strings.len() - 1)
+            }
+        };
+        self.bytes += s.len();
         let (strings, hasher) = (&self.strings, &self.hasher);
         self.index
             .insert_unique(hasher.hash_one(s.as_bytes()), sym, |x| {
-                hasher.hash_one(strings[x.index()].as_bytes())
+                hasher.hash_one(strings[x.index()].as_deref().unwrap_or("").as_bytes())
             });
         sym
     }
@@ -505,6 +573,25 @@ mod tests {
         assert_eq!(i.resolve(b), "kube-system");
         assert_eq!(i.get("nope"), None);
         assert_eq!(std::mem::size_of::<Option<Sym>>(), 4);
+    }
+
+    #[test]
+    fn removed_names_free_their_bytes_and_slots() {
+        let mut i = Interner::new();
+        let a = i.intern("frontend-1");
+        let b = i.intern("shop");
+        assert_eq!(i.bytes(), 14);
+        assert_eq!(i.remove(a), 10);
+        assert_eq!(i.remove(a), 0, "a second removal frees nothing");
+        assert_eq!((i.len(), i.bytes()), (1, 4));
+        assert_eq!(i.get("frontend-1"), None);
+        assert_eq!(i.resolve(a), "");
+        // The slot is reused, and the other name is untouched.
+        let c = i.intern("catalog-1");
+        assert_eq!(c, a);
+        assert_eq!(i.resolve(c), "catalog-1");
+        assert_eq!(i.get("shop"), Some(b));
+        assert_eq!(i.capacity(), 2);
     }
 
     #[test]
