@@ -20,6 +20,7 @@
 pub mod backoff;
 pub mod collector;
 pub mod exporter;
+pub mod fair;
 pub mod metrics;
 pub mod replay;
 pub mod tls;
