@@ -472,7 +472,6 @@ async fn agent_task(
         path.pump(now(), &mut core);
     }
     core.shutdown(now());
-    path.pump(now(), &mut core);
-    let s = path.drain(&mut core, Duration::from_secs(3)).await;
+    let (s, _) = path.finish(&mut core, Duration::from_secs(3)).await;
     exported.fetch_add(s.exported, Relaxed);
 }

@@ -171,25 +171,37 @@ impl ExportPath {
         s
     }
 
-    /// Waits up to `limit` for the messages in flight to be confirmed.
-    pub async fn drain(&mut self, core: &mut FlowExporter, limit: Duration) -> Settled {
+    /// Shutdown, after `core.shutdown`: sends the final record of every connection, a bounded
+    /// number of messages at a time, until each is written or `grace` is over. Messages that fail
+    /// (no session, a lost connection) are retried as the core schedules them (a timer tick after
+    /// the failure), over whatever session the transport has by then. Returns what was settled
+    /// and how many connections were left without their final record written.
+    pub async fn finish(&mut self, core: &mut FlowExporter, grace: Duration) -> (Settled, usize) {
         let mut total = Settled::default();
-        let deadline = tokio::time::sleep(limit);
+        let mut add = |s: Settled| {
+            total.exported += s.exported;
+            total.failed += s.failed;
+        };
+        let deadline = tokio::time::sleep(grace);
         tokio::pin!(deadline);
-        while !self.in_flight.is_empty() {
+        loop {
+            add(self.pump(crate::clock::now(), core));
+            let st = core.stats();
+            if st.tracked + st.ending == 0 {
+                break;
+            }
+            let retry = crate::clock::sleep_until(core.poll_timeout());
             tokio::select! {
                 _ = &mut deadline => break,
-                o = self.outcomes.recv() => match o {
-                    Some(o) => {
-                        let s = self.handle(PathEvent::Outcome(o), Timestamp::ZERO, core);
-                        total.exported += s.exported;
-                        total.failed += s.failed;
-                    }
+                ev = self.next_event() => match ev {
+                    Some(ev) => add(self.handle(ev, crate::clock::now(), core)),
                     None => break,
                 },
+                _ = retry => core.handle_timeout(crate::clock::now()),
             }
         }
-        total
+        let st = core.stats();
+        (total, st.tracked + st.ending)
     }
 }
 

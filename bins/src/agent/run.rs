@@ -400,21 +400,29 @@ pub async fn run(
         ops.set_ready(first_dump_done && meta_ok);
     }
 
-    // Shutdown: end every live connection (reason 4) and send what can be sent.
-    tracing::info!("shutting down: flushing live connections");
+    // Shutdown: end every live connection (reason 4) and send every final record, streaming
+    // them a bounded number of messages at a time, within the grace period.
+    let tracked = core.stats().tracked;
+    tracing::info!(connections = tracked, grace = ?cfg.shutdown_grace, "shutting down: sending the final record of every connection");
     events_stop.cancel();
     core.shutdown(now());
-    let st = path.pump(now(), &mut core);
-    metrics.records_failed.inc_by(st.failed);
-    let st = path.drain(&mut core, Duration::from_secs(5)).await;
+    let started = Instant::now();
+    let (st, left) = path.finish(&mut core, cfg.shutdown_grace).await;
     metrics.records_exported.inc_by(st.exported);
-    if path.in_flight() > 0 {
-        tracing::warn!(
-            messages = path.in_flight(),
-            "shut down with messages unconfirmed"
+    metrics.records_failed.inc_by(st.failed);
+    let _ = http.await;
+    if left > 0 {
+        tracing::error!(
+            connections = left,
+            grace = ?cfg.shutdown_grace,
+            "shut down with final records not delivered; their last deltas are lost"
+        );
+        anyhow::bail!(
+            "{left} of {tracked} connections' final records were not delivered within shutdownGracePeriod ({:?}); raise shutdownGracePeriod (and terminationGracePeriodSeconds) or check the aggregator",
+            cfg.shutdown_grace
         );
     }
-    let _ = http.await;
+    tracing::info!(connections = tracked, took = ?started.elapsed(), "every final record delivered");
     Ok(())
 }
 

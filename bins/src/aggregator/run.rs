@@ -233,6 +233,7 @@ pub async fn run(
         sc.replay = ReplayConfig {
             max_bytes: cfg.sinks.replay_bytes,
         };
+        sc.drain_timeout = cfg.sinks.shutdown_grace;
         sink_tasks.push(crate::sinks::ipfix::spawn(
             sc,
             rx,
@@ -244,11 +245,9 @@ pub async fn run(
     }
     if let Some((ch, max_rows)) = &cfg.sinks.clickhouse {
         let (tx, rx) = crate::sinks::queue("clickhouse", cfg.sinks.queue_records, smetrics.clone());
-        sink_tasks.push(crate::sinks::clickhouse::spawn(
-            crate::sinks::clickhouse::ClickHouseSinkConfig::new(ch.clone(), *max_rows),
-            rx,
-            smetrics.clone(),
-        ));
+        let mut sc = crate::sinks::clickhouse::ClickHouseSinkConfig::new(ch.clone(), *max_rows);
+        sc.drain_timeout = cfg.sinks.shutdown_grace;
+        sink_tasks.push(crate::sinks::clickhouse::spawn(sc, rx, smetrics.clone()));
         sinks.push(tx);
     }
     let mut json_thread = None;
@@ -337,6 +336,8 @@ pub async fn run(
         }
     }
     // Each shard exports every flow in flight, hands it to the sinks and ends.
+    let shutdown_started = std::time::Instant::now();
+    let dropped_before = smetrics.dropped_total.get();
     drop(shard_tx);
     for t in shard_threads {
         let _ = tokio::task::spawn_blocking(move || t.join()).await;
@@ -352,6 +353,14 @@ pub async fn run(
     }
     let _ = collector_task.await;
     let _ = http.await;
+    let lost = smetrics.dropped_total.get() - dropped_before;
+    if lost > 0 {
+        tracing::error!(records = lost, took = ?shutdown_started.elapsed(), "shut down with aggregated records not delivered (see sink_dropped)");
+        anyhow::bail!(
+            "{lost} aggregated records were not delivered during shutdown; raise shutdownGracePeriod (and terminationGracePeriodSeconds) or check the sinks' peers"
+        );
+    }
+    tracing::info!(took = ?shutdown_started.elapsed(), "every aggregated record delivered; stopped");
     Ok(())
 }
 
@@ -431,12 +440,18 @@ async fn shard_loop(
             },
             _ = sleep => core.handle_timeout(now()),
         }
-        emit(&mut core, &sinks);
+        emit(&mut core, &sinks).await;
         update_metrics(&core, &mut seen, &m);
     }
-    core.flush_all(now());
-    emit(&mut core, &sinks);
+    // Shutdown: every flow in flight, a batch at a time, at the pace the sinks take them.
+    let flows = core.len();
+    let started = std::time::Instant::now();
+    while core.flush_some(now(), crate::sinks::MAX_BATCH) {
+        emit(&mut core, &sinks).await;
+    }
+    emit(&mut core, &sinks).await;
     update_metrics(&core, &mut seen, &m);
+    tracing::info!(shard = shard.idx, flows, took = ?started.elapsed(), "flows in flight handed to the sinks");
 }
 
 fn handle(core: &mut Aggregator, t: flowcore::model::Timestamp, input: Input, shard: Shard) {
@@ -464,19 +479,27 @@ fn handle(core: &mut Aggregator, t: flowcore::model::Timestamp, input: Input, sh
 /// queries are not starved under load.
 const MAX_MESSAGES_PER_TURN: usize = 16;
 
-/// Hands what the core produced to every sink, as one shared batch (the records are dropped by
-/// the sinks, off this thread). Without sinks they are dropped here.
-fn emit(core: &mut Aggregator, sinks: &[SinkSender]) {
-    let mut out = Vec::new();
-    while let Some(r) = core.poll_record() {
-        out.push(r);
-    }
-    if out.is_empty() || sinks.is_empty() {
-        return;
-    }
-    let batch: Batch = Arc::new(out);
-    for s in sinks {
-        s.push(&batch);
+/// Hands what the core produced to every sink, in shared batches of at most
+/// [`crate::sinks::MAX_BATCH`] records (dropped by the sinks, off this thread), waiting while a
+/// sink's queue is full. Without sinks they are dropped here.
+async fn emit(core: &mut Aggregator, sinks: &[SinkSender]) {
+    loop {
+        let mut out = Vec::new();
+        while out.len() < crate::sinks::MAX_BATCH
+            && let Some(r) = core.poll_record()
+        {
+            out.push(r);
+        }
+        if out.is_empty() {
+            return;
+        }
+        if sinks.is_empty() {
+            continue;
+        }
+        let batch: Batch = Arc::new(out);
+        for s in sinks {
+            s.push(&batch).await;
+        }
     }
 }
 

@@ -39,6 +39,10 @@ pub struct AgentFile {
     /// Messages waiting for the aggregator at most; beyond, they are dropped and counted (the
     /// exporter core re-sends their deltas, so nothing is lost but freshness).
     pub max_queued_messages: usize,
+    /// On SIGTERM, how long the agent keeps sending the final records of its connections
+    /// (reason 4) before it gives up on what is left, logs it and exits non-zero. Keep it under
+    /// the Pod's `terminationGracePeriodSeconds`.
+    pub shutdown_grace_period: GoDuration,
     /// `/metrics`, `/healthz`, `/readyz`.
     pub metrics_addr: String,
     pub log: LogConfig,
@@ -59,6 +63,7 @@ impl Default for AgentFile {
             conntrack_zone: None,
             max_connections: 1_000_000,
             max_queued_messages: 4096,
+            shutdown_grace_period: Duration::from_secs(25).into(),
             metrics_addr: "0.0.0.0:9390".into(),
             log: LogConfig::default(),
         }
@@ -80,6 +85,7 @@ pub struct AgentConfig {
     pub conntrack_zone: Option<u16>,
     pub max_connections: usize,
     pub max_queued_messages: usize,
+    pub shutdown_grace: Duration,
     pub metrics_addr: SocketAddr,
     pub log: LogConfig,
 }
@@ -165,6 +171,7 @@ impl AgentFile {
             conntrack_zone: self.conntrack_zone,
             max_connections: self.max_connections,
             max_queued_messages: self.max_queued_messages,
+            shutdown_grace: self.shutdown_grace_period.into(),
             metrics_addr,
             log: self.log,
         })

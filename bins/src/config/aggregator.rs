@@ -61,6 +61,11 @@ pub struct AggregatorFile {
     pub core_threads: usize,
     /// Static metadata to fill records whose partner never came (instead of the Kubernetes API).
     pub metadata_file: Option<PathBuf>,
+    /// On SIGTERM, how long the aggregator may take to read what the agents already sent, export
+    /// every flow in flight (reason 4) and have every sink write it; what is left then is counted,
+    /// logged, and makes the exit status non-zero. Keep it under the Pod's
+    /// `terminationGracePeriodSeconds`.
+    pub shutdown_grace_period: GoDuration,
     /// `/metrics`, `/healthz`, `/readyz`, and `/api/flows` (in-flight flows, for `flowlens observe`).
     pub metrics_addr: String,
     pub log: LogConfig,
@@ -107,6 +112,7 @@ impl Default for AggregatorFile {
             clickhouse_buffer_rows: 200_000,
             core_threads: 1,
             metadata_file: None,
+            shutdown_grace_period: Duration::from_secs(25).into(),
             metrics_addr: "0.0.0.0:9391".into(),
             log: LogConfig::default(),
         }
@@ -147,6 +153,8 @@ pub struct SinkSettings {
     pub clickhouse: Option<(crate::clickhouse::ClickHouseConfig, usize)>,
     /// Threads running the core (`coreThreads`).
     pub core_threads: usize,
+    /// The shutdown flush's time limit (`shutdownGracePeriod`).
+    pub shutdown_grace: Duration,
 }
 
 impl Default for SinkSettings {
@@ -156,6 +164,7 @@ impl Default for SinkSettings {
             queue_records: 65_536,
             clickhouse: None,
             core_threads: 1,
+            shutdown_grace: Duration::from_secs(25),
         }
     }
 }
@@ -283,6 +292,7 @@ impl AggregatorFile {
             queue_records: self.sink_queue_records,
             clickhouse: self.clickhouse.map(|c| (c, self.clickhouse_buffer_rows)),
             core_threads: self.core_threads,
+            shutdown_grace: self.shutdown_grace_period.into(),
         };
         let base = AggregatorConfig {
             listen_addr,

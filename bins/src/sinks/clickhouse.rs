@@ -9,6 +9,9 @@
 //!   oldest waiting rows are dropped and counted (`sink_dropped{sink="clickhouse",
 //!   reason="buffer_full"}`); a row the server rejects as such never happens (the rows are typed),
 //!   so nothing else is dropped while the sink runs.
+//! - **Server up but slower than the core**: the sink stops taking batches while it holds a batch
+//!   short of `clickhouseBufferRows`, so its queue fills and the core waits; nothing is dropped
+//!   for a slow server, only for an absent one.
 //! - **Shutdown**: when the core loop closes the queue (after its final flush), everything held is
 //!   inserted, retrying for at most `drain_timeout`; what is left then is counted
 //!   (`reason="shutdown"`).
@@ -158,15 +161,21 @@ async fn run(cfg: ClickHouseSinkConfig, mut rx: SinkReceiver, metrics: SinkMetri
             (Some(w), Some(d)) => Some(w.min(d)),
             (w, d) => w.or(d),
         };
+        // Healthy (connected, no failed INSERT waiting): take rows only while there is room.
+        let away = client.is_none() || now < retry_at;
+        let accepting = away || held + batch_rows <= cfg.max_rows;
         tokio::select! {
-            b = rx.recv(), if deadline.is_none() => match b {
+            b = rx.recv(), if deadline.is_none() && accepting => match b {
                 Some(b) => {
                     if pending.is_empty() {
                         oldest = Some(Instant::now());
                     }
                     pending.push(b);
-                    // Also whatever else is queued, then the bound.
-                    while let Some(b) = rx.try_recv() {
+                    // Also whatever else is queued (while healthy, what fits), then the bound.
+                    let in_attempt = attempt.as_ref().map_or(0, |a| a.rows);
+                    while (away || pending.len() + in_attempt + batch_rows <= cfg.max_rows)
+                        && let Some(b) = rx.try_recv()
+                    {
                         pending.push(b);
                     }
                     let room = cfg.max_rows.saturating_sub(attempt.as_ref().map_or(0, |a| a.rows));

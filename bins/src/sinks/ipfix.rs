@@ -3,6 +3,9 @@
 //! observation domain) and sends the messages through a [`ReplayExporter`], so records produced
 //! while the collector is unreachable are sent once it is back, up to the replay bound; beyond
 //! it the oldest are dropped and counted (`sink_dropped{sink="ipfix",reason="replay_full"}`).
+//! While the collector is connected but slower than the core, the sink stops taking batches once
+//! the buffer is half full ([`ReplayExporter::accepting`]), so its queue fills and the core waits:
+//! a slow collector slows the pipeline down, it never costs records.
 //!
 //! Shutdown: when the core loop drops its queue sender (after its final flush), the sink writes
 //! what it holds for at most `drain_timeout`, counts the rest (`reason="shutdown"`), and stops
@@ -101,13 +104,19 @@ async fn run(
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            b = rx.recv() => {
+            b = rx.recv(), if replay.accepting() => {
                 let Some(b) = b else { break };
                 let t = now();
                 encode(&mut enc, &b, t, &metrics);
-                // Whatever else is queued goes into the same messages.
-                while let Some(b) = rx.try_recv() {
+                // Whatever else is queued goes into the same messages, while there is room.
+                while replay.accepting()
+                    && let Some(b) = rx.try_recv()
+                {
                     encode(&mut enc, &b, t, &metrics);
+                    enc.flush(t);
+                    while let Some((m, n)) = enc.poll_message() {
+                        replay.push(m, n);
+                    }
                 }
                 enc.flush(t);
             }

@@ -3,10 +3,15 @@
 //! turn as one shared [`Batch`] (an `Arc`, so several sinks take the same records without a copy
 //! per record, and the records are dropped on the sink's thread, not the core's).
 //!
-//! Every sink sits behind its own [`queue`], bounded by records: when a sink falls behind (its
-//! peer is down, its disk is slow) the batches that do not fit are dropped and counted by sink
-//! and reason, and the core loop never waits on a sink — one stuck sink must not stop the others
-//! or push back on the agents.
+//! Every sink sits behind its own [`queue`], bounded by records. When a sink falls behind while
+//! its peer takes records (a slow collector, a slow disk), the core loop waits for room
+//! ([`SinkSender::push`]): it stops reading the agents' messages, TCP pushes back on the agents,
+//! and their exporters keep the deltas they could not send — nothing is dropped because a peer
+//! is slow. A sink whose peer is *unreachable* keeps taking records into its own bounded buffer
+//! (the IPFIX replay buffer, the ClickHouse row buffer), dropping the oldest there, counted by
+//! sink and reason, so an absent peer holds up the pipeline only as far as its buffer reaches.
+//! Batches are handed over in chunks of at most [`MAX_BATCH`] records, so even the shutdown flush
+//! of a million flows streams through the bound instead of being refused whole.
 
 pub mod clickhouse;
 pub mod ipfix;
@@ -29,6 +34,9 @@ use tokio::sync::mpsc;
 /// The records of one turn of the core loop, shared by every sink.
 pub type Batch = Arc<Vec<AggregatedRecord>>;
 
+/// Records per batch handed to the sinks at most.
+pub const MAX_BATCH: usize = 4096;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SinkLabels {
     pub sink: &'static str,
@@ -37,9 +45,10 @@ pub struct SinkLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DropLabels {
     pub sink: &'static str,
-    /// `queue_full` (the sink's input queue), `replay_full` (IPFIX: the replay buffer while the
-    /// collector is away), `buffer_full` (ClickHouse: rows waiting for the server), `shutdown`
-    /// (left when the shutdown flush ran out of time), `rejected` (the peer refused them).
+    /// `replay_full` (IPFIX: the replay buffer while the collector is away), `buffer_full`
+    /// (ClickHouse: rows waiting for the server while it is away), `shutdown` (left when the
+    /// shutdown flush ran out of time, or the sink had stopped), `invalid` (could not be
+    /// encoded).
     pub reason: &'static str,
 }
 
@@ -57,6 +66,8 @@ pub struct SinkMetrics {
     pub dropped: Family<DropLabels, Counter>,
     /// Records held by the sink (queued or waiting for a retry).
     pub queued: Family<SinkLabels, Gauge>,
+    /// Every record any sink gave up on (not exposed; the shutdown checks it).
+    pub dropped_total: Counter,
 }
 
 impl SinkMetrics {
@@ -90,6 +101,7 @@ impl SinkMetrics {
 
     pub fn drop_records(&self, sink: &'static str, reason: &'static str, n: u64) {
         if n > 0 {
+            self.dropped_total.inc_by(n);
             self.dropped
                 .get_or_create(&DropLabels { sink, reason })
                 .inc_by(n);
@@ -116,44 +128,59 @@ pub fn queue(
 ) -> (SinkSender, SinkReceiver) {
     let (tx, rx) = mpsc::unbounded_channel();
     let held = Arc::new(AtomicUsize::new(0));
+    let room = Arc::new(tokio::sync::Notify::new());
     let gauge = metrics.queued.get_or_create(&SinkLabels { sink }).clone();
     (
         SinkSender {
             sink,
             tx,
             held: held.clone(),
+            room: room.clone(),
             max_records: max_records.max(1),
             metrics,
             gauge: gauge.clone(),
         },
-        SinkReceiver { rx, held, gauge },
+        SinkReceiver {
+            rx,
+            held,
+            room,
+            gauge,
+        },
     )
 }
 
-/// The core loop's end of a sink queue (one clone per core thread). Never waits.
+/// The core loop's end of a sink queue (one clone per core thread).
 #[derive(Clone)]
 pub struct SinkSender {
     sink: &'static str,
     tx: mpsc::UnboundedSender<Batch>,
     held: Arc<AtomicUsize>,
+    /// Signalled by the receiver when it takes a batch.
+    room: Arc<tokio::sync::Notify>,
     max_records: usize,
     metrics: SinkMetrics,
     gauge: Gauge,
 }
 
 impl SinkSender {
-    /// Queues `batch`, or drops it counted (`queue_full`) when it would pass the bound, or
-    /// (`shutdown`) when the sink has stopped.
-    pub fn push(&self, batch: &Batch) {
+    /// Queues `batch`, waiting while the queue holds `max_records` (an empty queue takes any
+    /// batch); counts it dropped (`shutdown`) when the sink has stopped.
+    pub async fn push(&self, batch: &Batch) {
         let n = batch.len();
         if n == 0 {
             return;
         }
-        if self.held.load(Ordering::Relaxed) + n > self.max_records {
-            self.metrics.drop_records(self.sink, "queue_full", n as u64);
-            return;
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            let held = self.held.load(Ordering::Acquire);
+            if held == 0 || held + n <= self.max_records || self.tx.is_closed() {
+                break;
+            }
+            room.await;
         }
-        self.held.fetch_add(n, Ordering::Relaxed);
+        self.held.fetch_add(n, Ordering::AcqRel);
         self.gauge.inc_by(n as i64);
         if self.tx.send(batch.clone()).is_err() {
             self.held.fetch_sub(n, Ordering::Relaxed);
@@ -168,6 +195,7 @@ impl SinkSender {
 pub struct SinkReceiver {
     rx: mpsc::UnboundedReceiver<Batch>,
     held: Arc<AtomicUsize>,
+    room: Arc<tokio::sync::Notify>,
     gauge: Gauge,
 }
 
@@ -191,8 +219,17 @@ impl SinkReceiver {
     }
 
     fn taken(&self, b: &Batch) {
-        self.held.fetch_sub(b.len(), Ordering::Relaxed);
+        self.held.fetch_sub(b.len(), Ordering::AcqRel);
         self.gauge.dec_by(b.len() as i64);
+        self.room.notify_waiters();
+    }
+}
+
+impl Drop for SinkReceiver {
+    fn drop(&mut self) {
+        // A sender waiting for room sees the closed channel and counts its batch dropped.
+        self.rx.close();
+        self.room.notify_waiters();
     }
 }
 
@@ -295,13 +332,26 @@ mod tests {
         p.front(n).flatten().map(|r| r.key.src_port).collect()
     }
 
-    #[test]
-    fn queue_is_bounded_by_records_and_counts_what_it_drops() {
+    #[tokio::test]
+    async fn a_full_queue_makes_the_sender_wait_and_a_stopped_sink_counts_its_drops() {
         let m = SinkMetrics::default();
         let (tx, mut rx) = queue("test", 10, m.clone());
-        tx.push(&batch(6, 0));
-        tx.push(&batch(6, 100)); // 12 > 10: dropped whole
-        tx.push(&batch(4, 200));
+        tx.push(&batch(6, 0)).await;
+        // 6 + 6 > 10: the second waits until the first is taken.
+        let tx2 = tx.clone();
+        let waiting = tokio::spawn(async move { tx2.push(&batch(6, 100)).await });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "the sender waits for room");
+        assert_eq!(rx.try_recv().unwrap().len(), 6);
+        waiting.await.unwrap();
+        assert_eq!(rx.try_recv().unwrap()[0].key.src_port, 100);
+        // An empty queue takes a batch larger than the bound.
+        tx.push(&batch(20, 200)).await;
+        assert_eq!(rx.try_recv().unwrap().len(), 20);
+        assert_eq!(
+            m.queued.get_or_create(&SinkLabels { sink: "test" }).get(),
+            0
+        );
         let dropped = |reason| {
             m.dropped
                 .get_or_create(&DropLabels {
@@ -310,18 +360,14 @@ mod tests {
                 })
                 .get()
         };
-        assert_eq!(dropped("queue_full"), 6);
-        assert_eq!(rx.try_recv().unwrap().len(), 6);
-        tx.push(&batch(5, 300)); // room again
-        assert_eq!(rx.try_recv().unwrap().len(), 4);
-        assert_eq!(rx.try_recv().unwrap().len(), 5);
-        assert_eq!(
-            m.queued.get_or_create(&SinkLabels { sink: "test" }).get(),
-            0
-        );
+        // A sender waiting on a sink that stops is released and counts the batch.
+        tx.push(&batch(9, 300)).await;
+        let tx3 = tx.clone();
+        let waiting = tokio::spawn(async move { tx3.push(&batch(9, 400)).await });
+        tokio::task::yield_now().await;
         drop(rx);
-        tx.push(&batch(1, 400));
-        assert_eq!(dropped("shutdown"), 1);
+        waiting.await.unwrap();
+        assert_eq!(dropped("shutdown"), 9);
     }
 
     #[test]

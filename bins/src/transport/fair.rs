@@ -194,7 +194,11 @@ impl<T: Weigh> SessionQueue<T> {
 
     /// Bytes this session has queued.
     pub fn queued_bytes(&self) -> usize {
-        self.shared.lock().queues.get(&self.id).map_or(0, |q| q.bytes)
+        self.shared
+            .lock()
+            .queues
+            .get(&self.id)
+            .map_or(0, |q| q.bytes)
     }
 
     fn push(&self, msg: T, wait_listed: bool) -> Result<(), (Refused, T)> {
@@ -358,7 +362,11 @@ mod tests {
         quiet.try_send(Msg(1000, 10)).unwrap();
         quiet.try_send(Msg(1001, 10)).unwrap();
         let first: Vec<u32> = (0..4).map(|_| rx.try_recv().unwrap().0).collect();
-        assert_eq!(first, vec![0, 1000, 1, 1001], "one from each session in turn");
+        assert_eq!(
+            first,
+            vec![0, 1000, 1, 1001],
+            "one from each session in turn"
+        );
     }
 
     #[tokio::test]
@@ -398,7 +406,11 @@ mod tests {
         drop(s);
         drop(q);
         assert_eq!(rx.recv().await.unwrap().0, 2);
-        assert_eq!(rx.recv().await.unwrap().0, 3, "an ended session's messages are delivered");
+        assert_eq!(
+            rx.recv().await.unwrap().0,
+            3,
+            "an ended session's messages are delivered"
+        );
         assert_eq!(rx.recv().await, None, "then the end");
     }
 

@@ -245,6 +245,14 @@ impl ReplayExporter {
         self.buf.is_empty()
     }
 
+    /// Whether the caller should hand over more now: while the collector is connected, only
+    /// while the buffer is under half full (a slow collector then slows the caller down rather
+    /// than filling the buffer and dropping); while it is away, always (the buffer keeps the
+    /// newest window and counts what it drops).
+    pub fn accepting(&self) -> bool {
+        self.state.borrow().current.is_none() || self.bytes < self.cfg.max_bytes / 2
+    }
+
     /// Gives up on everything held (shutdown); returns the records dropped.
     pub fn abandon(&mut self) -> u64 {
         let n = self.buf.drain(..).map(|e| u64::from(e.records)).sum();

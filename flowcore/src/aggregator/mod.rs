@@ -1057,15 +1057,27 @@ impl Aggregator {
 
     /// Exports every flow in flight with `END_FORCED` and forgets them (shutdown).
     pub fn flush_all(&mut self, now: Timestamp) {
+        while self.flush_some(now, usize::MAX) {}
+    }
+
+    /// Exports up to `max` flows in flight with `END_FORCED` and forgets them, so a shutdown
+    /// can stream a large table out in bounded batches (drain [`Self::poll_record`] between
+    /// calls). Returns whether flows are left.
+    pub fn flush_some(&mut self, now: Timestamp, max: usize) -> bool {
         // In id order, so the output order does not depend on hashing.
-        let ids: Vec<u32> = (0..self.flows.len() as u32)
-            .filter(|&i| self.flows[i as usize].is_some())
-            .collect();
-        for fid in ids {
-            self.finish(fid, now, END_FORCED);
+        let mut n = 0;
+        for fid in 0..self.flows.len() as u32 {
+            if n == max {
+                break;
+            }
+            if self.flows[fid as usize].is_some() {
+                self.finish(fid, now, END_FORCED);
+                n += 1;
+            }
         }
         self.prune_timers();
         self.settle(now);
+        !self.index.is_empty()
     }
 
     /// Last export of a flow (if it has anything not yet exported, or was never exported), then
