@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use flowcore::config::{CollectorAddr, Duration as GoDuration, Transport};
 
-use super::{LogConfig, TlsFiles};
+use super::{HttpFile, LogConfig, TlsFiles};
+use crate::ops::HttpLimits;
 
 /// The file as written. Defaults are Antrea's where the key is Antrea's.
 #[derive(Clone, Debug, serde::Deserialize)]
@@ -41,6 +42,8 @@ pub struct AgentFile {
     pub max_queued_messages: usize,
     /// `/metrics`, `/healthz`, `/readyz`.
     pub metrics_addr: String,
+    /// Limits of the HTTP server on metricsAddr (see the collector's `http:`).
+    pub http: HttpFile,
     pub log: LogConfig,
 }
 
@@ -60,6 +63,7 @@ impl Default for AgentFile {
             max_connections: 1_000_000,
             max_queued_messages: 4096,
             metrics_addr: "0.0.0.0:9390".into(),
+            http: HttpFile::default(),
             log: LogConfig::default(),
         }
     }
@@ -81,7 +85,23 @@ pub struct AgentConfig {
     pub max_connections: usize,
     pub max_queued_messages: usize,
     pub metrics_addr: SocketAddr,
+    pub http: HttpLimits,
     pub log: LogConfig,
+}
+
+impl AgentConfig {
+    /// Reads the files the config names as the agent will, each error naming its key: the TLS
+    /// files (with TLS on) and the static metadata file. `metadata_key` is `metadataFile`, or
+    /// `--metadata` when the command line gave the file.
+    pub fn check_files(&self, metadata_key: &str) -> anyhow::Result<()> {
+        if self.transport == Transport::Tls {
+            self.tls.check()?;
+        }
+        if let Some(p) = &self.metadata_file {
+            super::check_metadata_file(metadata_key, p)?;
+        }
+        Ok(())
+    }
 }
 
 impl AgentFile {
@@ -152,6 +172,7 @@ impl AgentFile {
                 self.metrics_addr
             )
         })?;
+        self.log.validate()?;
         Ok(AgentConfig {
             collectors,
             transport: transport.unwrap_or(Transport::Tcp),
@@ -166,6 +187,7 @@ impl AgentFile {
             max_connections: self.max_connections,
             max_queued_messages: self.max_queued_messages,
             metrics_addr,
+            http: self.http.validate()?,
             log: self.log,
         })
     }
