@@ -21,9 +21,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::collector::clickhouse::ClickHouseStore;
 use crate::collector::ingest::{Ingest, IngestConfig};
-use crate::collector::{SqliteConfig, SqliteStore, Store};
+use crate::collector::{QueryMetrics, SqliteConfig, SqliteStore, Store};
 use crate::config::collector::{CollectorConfig, StoreBackend, StoreChoice};
-use crate::ops::Ops;
+use crate::ops::{HttpServer, Ops};
 use crate::transport::collector::{Collector, CollectorConfig as ListenConfig};
 use crate::transport::metrics::CollectorMetrics;
 use crate::transport::{Transport, tls};
@@ -38,7 +38,7 @@ const NAME_CACHE_BYTES: usize = 16 << 20;
 )]
 pub struct CollectorArgs {
     /// YAML config file (listenAddr, transport, dataDir, retention, httpAddr, store,
-    /// clickhouse, ingest, …).
+    /// clickhouse, ingest, http, query, …).
     #[arg(long)]
     pub config: PathBuf,
 }
@@ -73,6 +73,8 @@ pub async fn start_with(
     ops: Arc<Ops>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
+    // Bound first: a port in use fails start-up naming httpAddr before anything else starts.
+    let server = HttpServer::bind("httpAddr", cfg.http_addr, cfg.http, &ops).await?;
     let mut ingest_cfg = IngestConfig::default();
     let store: Arc<dyn Store> = match &choice.backend {
         StoreBackend::Sqlite => Arc::new(
@@ -80,8 +82,9 @@ pub async fn start_with(
                 dir: cfg.data_dir.clone(),
                 max_age: Some(cfg.retention),
                 max_bytes: Some(cfg.max_store_bytes),
+                query: cfg.query,
             })
-            .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?,
+            .with_context(|| format!("dataDir {}: opening the store", cfg.data_dir.display()))?,
         ),
         StoreBackend::ClickHouse(ch) => {
             // ClickHouse wants few large INSERTs (each makes a part to merge).
@@ -92,8 +95,9 @@ pub async fn start_with(
             };
             let ch = (**ch).clone();
             let url = ch.url.clone();
+            let limits = cfg.query;
             Arc::new(
-                tokio::task::spawn_blocking(move || ClickHouseStore::open(ch))
+                tokio::task::spawn_blocking(move || ClickHouseStore::open_with(ch, limits))
                     .await?
                     .with_context(|| format!("opening the ClickHouse store at {url}"))?,
             )
@@ -103,7 +107,9 @@ pub async fn start_with(
     let cmetrics = CollectorMetrics::default();
     let stored = Counter::<u64>::default();
     let store_errors = Counter::<u64>::default();
+    let qmetrics = QueryMetrics::default();
     ops.register(|r| {
+        qmetrics.register(r);
         cmetrics.register(r, "ipfix_collect");
         r.register(
             "records_stored",
@@ -122,6 +128,8 @@ pub async fn start_with(
             Transport::Tcp => lc.tcp = Some(cfg.listen_addr),
             Transport::Udp => lc.udp = Some(cfg.listen_addr),
             Transport::Tls => {
+                // Loaded here first so an error names its key (tls.caCert, tls.cert, tls.key).
+                cfg.tls.check()?;
                 let files = cfg.tls.transport();
                 lc.tls = Some(cfg.listen_addr);
                 lc.tls_config = Some(tls::watch_server_config(
@@ -132,7 +140,9 @@ pub async fn start_with(
             }
         }
         let (tx, rx) = crate::transport::collector::channel(256);
-        let collector = Collector::bind(lc, cmetrics, tx).await?;
+        let collector = Collector::bind(lc, cmetrics, tx)
+            .await
+            .with_context(|| format!("listenAddr {}", cfg.listen_addr))?;
         let ipfix_addr = collector
             .tcp_addr()
             .or(collector.udp_addr())
@@ -147,20 +157,12 @@ pub async fn start_with(
         (cfg.listen_addr, None, None)
     };
 
-    let listener = tokio::net::TcpListener::bind(cfg.http_addr)
-        .await
-        .with_context(|| format!("binding the HTTP API on {}", cfg.http_addr))?;
-    let http_addr = listener.local_addr()?;
-    let app = crate::collector::router(store.clone())
+    let http_addr = server.local_addr()?;
+    let app = crate::collector::router_with(store.clone(), cfg.query, qmetrics)
         .merge(crate::collector::ui::ui_router())
         .merge(ops.metrics_router());
-    let http_shutdown = shutdown.clone();
     let shutdown_q = shutdown.clone();
-    let http = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(http_shutdown.cancelled_owned())
-            .await
-    });
+    let http = tokio::spawn(server.serve(app, shutdown.clone().cancelled_owned()));
     ops.set_ready(true);
 
     // The store writer coalesces what arrives into large transactions on its own thread; a
@@ -208,7 +210,9 @@ pub async fn start_with(
         if let Some(t) = collector_task {
             let _ = t.await;
         }
-        let _ = http.await;
+        if let Ok(Err(e)) = http.await {
+            tracing::warn!(error = %format!("{e:#}"), "HTTP server stopped with an error");
+        }
         retention.abort();
         Ok(())
     });

@@ -297,6 +297,8 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             max_store_bytes: 2 << 30,
             http_addr: args.http,
             log: Default::default(),
+            http: Default::default(),
+            query: Default::default(),
         },
         Ops::new("flowlens_collector"),
         shutdown.clone(),

@@ -38,6 +38,8 @@ fn collector_cfg(name: &str) -> CollectorConfig {
         max_store_bytes: 1 << 30,
         http_addr: "127.0.0.1:0".parse().unwrap(),
         log: Default::default(),
+        http: Default::default(),
+        query: Default::default(),
     }
 }
 

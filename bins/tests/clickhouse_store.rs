@@ -13,7 +13,7 @@ use flowlens_bins::clickhouse::ClickHouseConfig;
 use flowlens_bins::collector::clickhouse::ClickHouseStore;
 use flowlens_bins::collector::query::*;
 use flowlens_bins::collector::synth::Synth;
-use flowlens_bins::collector::{SqliteConfig, SqliteStore, Store};
+use flowlens_bins::collector::{QueryLimits, SqliteConfig, SqliteStore, Store, StoreError};
 use serde_json::Value;
 
 /// 2026-01-01T00:00:00Z.
@@ -529,4 +529,63 @@ fn open_errors_name_the_server() {
     .unwrap_err()
     .to_string();
     assert!(e.contains(&url) && e.contains("refused"), "{e}");
+}
+
+/// The query limits reach the server as settings, and the server's refusals come back as the
+/// store's bound errors naming the config key.
+#[test]
+fn queries_past_their_bounds_fail_naming_the_bound() {
+    let ch = clickhouse_fixture::shared();
+    ch.sql("DROP DATABASE IF EXISTS chs_bounds");
+    let cfg = ClickHouseConfig {
+        url: ch.url(),
+        database: "chs_bounds".into(),
+        ..Default::default()
+    };
+    let limits = QueryLimits {
+        max_groups: 2,
+        ..QueryLimits::default()
+    };
+    let store = ClickHouseStore::open_with(cfg, limits).unwrap();
+    store
+        .insert(&Synth::new(7, 5, 40).batch(500, T0, 600), T0 as u64 + 600)
+        .unwrap();
+    let range = TimeRange::new(T0 as u64, T0 as u64 + 600);
+    let e = store
+        .top(&TopQuery {
+            filter: DashFilter::range(range),
+            by: TopBy::PodPair,
+            limit: 1,
+        })
+        .unwrap_err();
+    assert!(
+        matches!(e, StoreError::TooLarge { .. })
+            && e.to_string()
+                .contains("more than 2 groups (query.maxGroups)"),
+        "{e}"
+    );
+    // A record page groups nothing and still answers.
+    let page = store
+        .flows(&FlowQuery {
+            filter: FlowFilter::default(),
+            limit: 5,
+            offset: 0,
+        })
+        .unwrap();
+    assert_eq!(page.len(), 5);
+    // The server stops a query at max_execution_time with the code the store maps to Deadline.
+    let client = store.client().clone();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let e = rt
+        .block_on(client.query_with(
+            "SELECT sleep(2)",
+            "sleeping",
+            &[("max_execution_time", "1".into())],
+        ))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("Code: 159"), "{e}");
 }

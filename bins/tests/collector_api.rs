@@ -6,8 +6,11 @@ use std::sync::{Arc, OnceLock};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
+use flowlens_bins::collector::query::*;
 use flowlens_bins::collector::synth::Synth;
-use flowlens_bins::collector::{SqliteConfig, SqliteStore, Store, router};
+use flowlens_bins::collector::{
+    QueryLimits, QueryMetrics, SqliteConfig, SqliteStore, Store, StoreError, router, router_with,
+};
 use serde_json::Value;
 use tower::ServiceExt;
 
@@ -289,13 +292,22 @@ async fn openapi_lists_every_route_and_parameter() {
     }
 }
 
-/// The router served by axum on a real socket, read with a minimal HTTP/1.1 client.
+/// The router served by the collector's HTTP server on a real socket, read with a minimal
+/// HTTP/1.1 client.
 #[tokio::test]
 async fn serves_over_a_real_socket() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(axum::serve(listener, router(store())).into_future());
+    let ops = flowlens_bins::ops::Ops::new("flowlens_collector");
+    let server = flowlens_bins::ops::HttpServer::bind(
+        "httpAddr",
+        "127.0.0.1:0".parse().unwrap(),
+        Default::default(),
+        &ops,
+    )
+    .await
+    .unwrap();
+    let addr = server.local_addr().unwrap();
+    let server = tokio::spawn(server.serve(router(store()), std::future::pending()));
     let fetch = |path: String| async move {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         s.write_all(
@@ -335,4 +347,275 @@ async fn serves_over_a_real_socket() {
         ("HTTP/1.1 200 OK", "ok\n")
     );
     server.abort();
+}
+
+/// A store of the same records as [`store`], in its own directory, with `query` limits.
+fn limited_store(name: &str, query: QueryLimits) -> Arc<dyn Store> {
+    let dir = std::env::temp_dir().join(format!("flowlens-api-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let s = SqliteStore::open(SqliteConfig {
+        query,
+        ..SqliteConfig::new(dir)
+    })
+    .unwrap();
+    let recs = Synth::new(42, 4, 24).batch(2000, T0 as u32, 1800);
+    s.insert(&recs, T0 + 1800).unwrap();
+    Arc::new(s)
+}
+
+async fn get_from(app: &axum::Router, uri: &str) -> (StatusCode, axum::http::HeaderMap, Value) {
+    let resp = app
+        .clone()
+        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let (status, headers) = (resp.status(), resp.headers().clone());
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 24)
+        .await
+        .unwrap();
+    let v = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into()));
+    (status, headers, v)
+}
+
+#[tokio::test]
+async fn a_query_past_its_deadline_is_stopped_with_a_503_saying_what_to_narrow() {
+    // Past the deadline before it starts: the progress handler interrupts SQLite at its first
+    // check, so this is the interrupt path every time.
+    let limits = QueryLimits {
+        timeout: std::time::Duration::from_nanos(1),
+        ..QueryLimits::default()
+    };
+    let metrics = QueryMetrics::default();
+    let app = router_with(limited_store("deadline", limits), limits, metrics.clone());
+    let r = range();
+    for uri in [
+        format!("/api/top?{r}&by=podPair"),
+        format!("/api/timeseries?{r}"),
+        format!("/api/flows?{r}&limit=1000"),
+    ] {
+        let (s, _, v) = get_from(&app, &uri).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{uri}: {v}");
+        let msg = v["error"].as_str().unwrap();
+        assert!(
+            msg.contains("query.timeout") && msg.contains("narrow the time range"),
+            "{uri}: {msg}"
+        );
+    }
+    assert_eq!(metrics.refused("deadline"), 3);
+}
+
+#[tokio::test]
+async fn a_query_holding_too_many_groups_is_a_422_naming_the_bound() {
+    let small = QueryLimits {
+        max_groups: 3,
+        ..QueryLimits::default()
+    };
+    let metrics = QueryMetrics::default();
+    let app = router_with(limited_store("groups", small), small, metrics.clone());
+    let r = range();
+    let uris = [
+        format!("/api/top?{r}&by=podPair&limit=2"),
+        format!("/api/top?{r}&by=external&limit=2"),
+        format!("/api/timeseries?{r}&by=srcPod&limit=2"),
+        format!("/api/sankey?{r}&by=podPair&limit=2"),
+        format!("/api/policies?{r}&limit=2"),
+        format!("/api/node-matrix?{r}"),
+    ];
+    for uri in &uris {
+        let (s, _, v) = get_from(&app, uri).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{uri}: {v}");
+        let msg = v["error"].as_str().unwrap();
+        assert!(
+            msg.contains("more than 3 groups (query.maxGroups)") && msg.contains("narrow"),
+            "{uri}: {msg}"
+        );
+    }
+    assert_eq!(metrics.refused("too_large"), uris.len() as u64);
+    // The same queries fit the default bound.
+    for uri in &uris {
+        let (s, v) = get(uri).await;
+        assert_eq!(s, StatusCode::OK, "{uri}: {v}");
+    }
+}
+
+/// A store whose `top` blocks until the test opens the gate; everything else is unused.
+struct GateStore {
+    entered: std::sync::atomic::AtomicUsize,
+    open: std::sync::Mutex<bool>,
+    cv: std::sync::Condvar,
+}
+
+impl GateStore {
+    fn release(&self) {
+        *self.open.lock().unwrap() = true;
+        self.cv.notify_all();
+    }
+}
+
+fn unused<T>() -> Result<T, StoreError> {
+    unreachable!("not called by this test")
+}
+
+impl Store for GateStore {
+    fn insert(
+        &self,
+        _: &[flowcore::aggregator::AggregatedRecord],
+        _: u64,
+    ) -> Result<(), StoreError> {
+        unused()
+    }
+    fn flows(&self, _: &FlowQuery) -> Result<Vec<FlowRow>, StoreError> {
+        unused()
+    }
+    fn top(&self, _: &TopQuery) -> Result<Vec<TopRow>, StoreError> {
+        self.entered
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut open = self.open.lock().unwrap();
+        while !*open {
+            open = self.cv.wait(open).unwrap();
+        }
+        Ok(Vec::new())
+    }
+    fn timeseries(&self, _: &SeriesQuery) -> Result<TimeSeries, StoreError> {
+        unused()
+    }
+    fn sankey(&self, _: &SankeyQuery) -> Result<Sankey, StoreError> {
+        unused()
+    }
+    fn node_matrix(&self, _: &DashFilter) -> Result<NodeMatrix, StoreError> {
+        unused()
+    }
+    fn policy_flows(&self, _: &PolicyQuery) -> Result<Vec<PolicyFlow>, StoreError> {
+        unused()
+    }
+    fn stats(&self) -> Result<StoreStats, StoreError> {
+        unused()
+    }
+    fn enforce_retention(&self, _: u64) -> Result<RetentionReport, StoreError> {
+        unused()
+    }
+}
+
+#[tokio::test]
+async fn store_queries_past_max_concurrent_wait_then_get_503_with_retry_after() {
+    let gate = Arc::new(GateStore {
+        entered: Default::default(),
+        open: std::sync::Mutex::new(false),
+        cv: std::sync::Condvar::new(),
+    });
+    let limits = QueryLimits {
+        max_concurrent: 1,
+        timeout: std::time::Duration::from_millis(300),
+        ..QueryLimits::default()
+    };
+    let metrics = QueryMetrics::default();
+    let app = router_with(gate.clone(), limits, metrics.clone());
+    let first = {
+        let app = app.clone();
+        tokio::spawn(async move { get_from(&app, "/api/top").await })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while gate.entered.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first query never ran"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let t0 = std::time::Instant::now();
+    let (s, headers, v) = get_from(&app, "/api/top").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_eq!(headers["retry-after"], "1");
+    let msg = v["error"].as_str().unwrap();
+    assert!(msg.contains("query.maxConcurrent"), "{msg}");
+    // It waited for a slot for query.timeout, then gave up; the store never saw it.
+    assert!(t0.elapsed() >= std::time::Duration::from_millis(300));
+    assert_eq!(gate.entered.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(metrics.refused("busy"), 1);
+    gate.release();
+    let (s, _, v) = first.await.unwrap();
+    assert_eq!(s, StatusCode::OK, "{v}");
+    // The slot is free again.
+    let (s, _, _) = get_from(&app, "/api/top").await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+/// Query-string values a client might send for a number: integers of every size and sign,
+/// times in every accepted form with arbitrary numbers, and arbitrary text.
+fn number_text() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    prop_oneof![
+        any::<u64>().prop_map(|n| n.to_string()),
+        any::<i64>().prop_map(|n| n.to_string()),
+        any::<u128>().prop_map(|n| n.to_string()),
+        (T0 - 7200..T0 + 7200).prop_map(|n| n.to_string()),
+        (0u64..70_000).prop_map(|n| n.to_string()),
+        (any::<u64>(), "[smhd]").prop_map(|(n, u)| format!("now-{n}{u}")),
+        (any::<i64>(), 0i64..20, 0i64..40)
+            .prop_map(|(y, m, d)| format!("{y}-{m:02}-{d:02}T00:00:00Z")),
+        ".{0,20}",
+    ]
+}
+
+fn encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(96))]
+    /// Whatever numbers a client sends, every endpoint answers 200 or a 400 that names one of
+    /// the parameters it was given: no panic, no overflow, no 500.
+    #[test]
+    fn handlers_answer_any_numbers_with_200_or_a_400_naming_the_parameter(
+        endpoint in 0usize..6,
+        start in number_text(),
+        end in number_text(),
+        limit in number_text(),
+        other in number_text(),
+    ) {
+        static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+        let rt = RT.get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap()
+        });
+        let (path, other_name) = [
+            ("/api/flows", "srcPort"),
+            ("/api/flows", "offset"),
+            ("/api/top", "limit"),
+            ("/api/timeseries", "limit"),
+            ("/api/sankey", "limit"),
+            ("/api/policies", "limit"),
+        ][endpoint];
+        let mut q = vec![("start", &start), ("end", &end), (other_name, &other)];
+        if other_name != "limit" {
+            q.push(("limit", &limit));
+        }
+        let qs: Vec<String> = q.iter().map(|(k, v)| format!("{k}={}", encode(v))).collect();
+        let uri = format!("{path}?{}", qs.join("&"));
+        let (status, v) = rt.block_on(get(&uri));
+        match status {
+            StatusCode::OK => {}
+            StatusCode::BAD_REQUEST => {
+                let msg = v["error"].as_str().unwrap_or_default();
+                proptest::prop_assert!(
+                    q.iter().any(|(k, _)| msg.contains(&format!("`{k}`")))
+                        || msg.contains("`start`/`end`"),
+                    "{uri}: {msg}"
+                );
+            }
+            s => proptest::prop_assert!(false, "{uri}: {s} {v}"),
+        }
+    }
 }

@@ -240,12 +240,11 @@ pub async fn run(
     ops: Arc<Ops>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // Bound before anything else: a port in use fails start-up naming metricsAddr.
+    let http =
+        crate::ops::HttpServer::bind("metricsAddr", cfg.metrics_addr, cfg.http, &ops).await?;
     let metrics = AgentMetrics::new(&ops);
-    let http = tokio::spawn(crate::ops::serve(
-        cfg.metrics_addr,
-        ops.router(),
-        shutdown.clone().cancelled_owned(),
-    ));
+    let http = tokio::spawn(http.serve(ops.router(), shutdown.clone().cancelled_owned()));
     let tmetrics = ExporterMetrics::default();
     ops.register(|r| tmetrics.register(r, "ipfix_export"));
     match io_linux::startup_checks(io_linux::SysctlPolicy::Enable) {

@@ -35,6 +35,10 @@ use crate::transport::metrics::{CollectorMetrics, ExporterMetrics};
 use crate::transport::replay::ReplayConfig;
 use crate::transport::{Transport, tls};
 
+/// Most records one `/api/flows` answer carries (and one core thread collects for it); a larger
+/// `limit` is a 400 that names this maximum.
+pub const MAX_API_FLOWS: usize = 10_000;
+
 /// Filters of `/api/flows` (all optional; a flow matches when every given one matches).
 #[derive(Clone, Debug, Default, serde::Deserialize)]
 #[serde(default)]
@@ -89,6 +93,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let cfg: AggregatorSetup = cfg.into();
+    // Bound before anything else: a port in use fails start-up naming metricsAddr.
+    let http =
+        crate::ops::HttpServer::bind("metricsAddr", cfg.metrics_addr, cfg.http, &ops).await?;
     let m = AggMetrics {
         records_in: Counter::default(),
         records_out: Counter::default(),
@@ -269,11 +276,8 @@ pub async fn run(
     let api = Router::new()
         .route("/api/flows", get(api_flows))
         .with_state(query_tx);
-    let http = tokio::spawn(crate::ops::serve(
-        cfg.metrics_addr,
-        ops.router().merge(api),
-        shutdown.clone().cancelled_owned(),
-    ));
+    let http =
+        tokio::spawn(http.serve(ops.router().merge(api), shutdown.clone().cancelled_owned()));
     ops.set_ready(true);
     tracing::info!(listen = %cfg.listen_addr, transport = %cfg.transport, "aggregator running");
 
@@ -585,9 +589,27 @@ fn update_metrics(core: &Aggregator, seen: &mut Seen, m: &AggMetrics) {
 
 async fn api_flows(
     State(tx): State<mpsc::Sender<FlowQuery>>,
-    Query(filter): Query<FlowFilter>,
+    filter: Result<Query<FlowFilter>, axum::extract::rejection::QueryRejection>,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
+    let bad = |msg: String| {
+        (
+            axum::http::StatusCode::BAD_REQUEST,
+            axum::Json(serde_json::json!({ "error": msg })),
+        )
+            .into_response()
+    };
+    let filter = match filter {
+        Ok(Query(f)) => f,
+        Err(e) => return bad(format!("malformed query string: {}", e.body_text())),
+    };
+    if let Some(n) = filter.limit
+        && !(1..=MAX_API_FLOWS).contains(&n)
+    {
+        return bad(format!(
+            "bad parameter `limit`: expected an integer from 1 to {MAX_API_FLOWS}, got `{n}`"
+        ));
+    }
     let (reply, rx) = oneshot::channel();
     if tx.send((filter, reply)).await.is_err() {
         return (

@@ -33,9 +33,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let mut cfg = file
         .validate()
         .with_context(|| format!("in config file {}", cli.config.display()))?;
+    let metadata_key = if cli.metadata.is_some() {
+        "--metadata"
+    } else {
+        "metadataFile"
+    };
     if cli.metadata.is_some() {
         cfg.metadata_file = cli.metadata;
     }
+    // Files the config names are read now, so a bad path fails naming its key.
+    cfg.check_files(metadata_key)
+        .with_context(|| format!("in config file {}", cli.config.display()))?;
     let log = cfg.log.clone();
     flowlens_bins::signals::run_service(
         "flowlens_aggregator",

@@ -217,13 +217,22 @@ impl ClickHouseClient {
     /// Runs a SELECT and returns its RowBinary answer, read with [`rowbinary::Reader`]. `sql`
     /// is sent verbatim (no `?` placeholders): callers quote values with [`quote`].
     pub async fn query(&self, sql: &str, op: &str) -> Result<Bytes, Error> {
-        let fut = async {
-            self.client
-                .query_raw(sql)
-                .fetch_bytes("RowBinary")?
-                .collect()
-                .await
-        };
+        self.query_with(sql, op, &[]).await
+    }
+
+    /// [`Self::query`] with ClickHouse settings for this query only (sent as URL parameters,
+    /// which every server version reads), e.g. `max_execution_time`.
+    pub async fn query_with(
+        &self,
+        sql: &str,
+        op: &str,
+        settings: &[(&str, String)],
+    ) -> Result<Bytes, Error> {
+        let mut q = self.client.query_raw(sql);
+        for (k, v) in settings {
+            q = q.with_setting(*k, v.as_str());
+        }
+        let fut = async { q.fetch_bytes("RowBinary")?.collect().await };
         match tokio::time::timeout(self.cfg.timeout.into(), fut).await {
             Ok(r) => r.map_err(|e| self.server_err(op, e)),
             Err(_) => Err(self.server_err(op, clickhouse::error::Error::TimedOut)),

@@ -23,6 +23,7 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use flowcore::aggregator::AggregatedRecord;
@@ -37,6 +38,7 @@ use crate::clickhouse::{ClickHouseClient, ClickHouseConfig, Error, quote};
 pub struct ClickHouseStore {
     client: Arc<ClickHouseClient>,
     rt: Option<tokio::runtime::Runtime>,
+    limits: QueryLimits,
 }
 
 impl std::fmt::Debug for ClickHouseStore {
@@ -155,13 +157,36 @@ fn traffic(r: &mut Reader<'_>) -> Result<Traffic, DecodeError> {
     })
 }
 
+/// ClickHouse exception codes of the bounds [`ClickHouseStore::settings`] sets.
+const TOO_MANY_ROWS: u32 = 158;
+const TIMEOUT_EXCEEDED: u32 = 159;
+const MEMORY_LIMIT_EXCEEDED: u32 = 241;
+
+/// The exception code in a ClickHouse error text (`Code: 159, e.displayText() = …`).
+fn exception_code(message: &str) -> Option<u32> {
+    let rest = &message[message.find("Code: ")? + 6..];
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
 /// Time series over ranges longer than this use hourly points (as the SQLite store).
 pub const SERIES_HOURLY_ABOVE_SECS: u64 = 6 * 3600;
 
 impl ClickHouseStore {
     /// Connects (see [`ClickHouseClient::connect`]: schema created if `createSchema`) on the
-    /// store's own runtime.
+    /// store's own runtime, with the default [`QueryLimits`].
     pub fn open(cfg: ClickHouseConfig) -> Result<ClickHouseStore, StoreError> {
+        Self::open_with(cfg, QueryLimits::default())
+    }
+
+    /// [`Self::open`] with the collector's `query:` limits, sent with every SELECT as ClickHouse
+    /// settings (see [`Self::settings`]).
+    pub fn open_with(
+        cfg: ClickHouseConfig,
+        limits: QueryLimits,
+    ) -> Result<ClickHouseStore, StoreError> {
         let url = cfg.url.clone();
         let open_err = |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Open {
             path: PathBuf::from(&url),
@@ -178,6 +203,7 @@ impl ClickHouseStore {
         Ok(ClickHouseStore {
             client: Arc::new(client),
             rt: Some(rt),
+            limits,
         })
     }
 
@@ -204,11 +230,80 @@ impl ClickHouseStore {
         }
     }
 
-    /// Runs a SELECT, returning its RowBinary answer.
+    /// Runs a SELECT under the query limits, returning its RowBinary answer.
     fn select(&self, op: &'static str, sql: String) -> Result<Bytes, StoreError> {
+        self.select_until(op, sql, Instant::now() + self.limits.timeout)
+    }
+
+    /// [`Self::select`] for a call of several SELECTs that share one `deadline`.
+    fn select_until(
+        &self,
+        op: &'static str,
+        sql: String,
+        deadline: Instant,
+    ) -> Result<Bytes, StoreError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(self.deadline(op));
+        }
+        let settings = self.settings(left);
         let c = self.client.clone();
-        self.run_raw(async move { c.query(&sql, op).await })
-            .map_err(|e| self.err(op, e))
+        self.run_raw(async move { c.query_with(&sql, op, &settings).await })
+            .map_err(|e| self.query_err(op, e))
+    }
+
+    /// The server-side bounds of a SELECT with `left` to run: time (whole seconds, at least
+    /// one), groups held by a GROUP BY, and memory, each failing the query rather than
+    /// truncating its answer.
+    fn settings(&self, left: Duration) -> Vec<(&'static str, String)> {
+        let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+        vec![
+            ("max_execution_time", secs.max(1).to_string()),
+            ("timeout_overflow_mode", "throw".into()),
+            ("max_rows_to_group_by", self.limits.max_groups.to_string()),
+            ("group_by_overflow_mode", "throw".into()),
+            ("max_memory_usage", self.limits.max_memory_bytes.to_string()),
+        ]
+    }
+
+    fn deadline(&self, op: &'static str) -> StoreError {
+        StoreError::Deadline {
+            op,
+            limit: self.limits.timeout.into(),
+        }
+    }
+
+    /// A failed SELECT: a bound the settings enforced (by ClickHouse's exception code), the
+    /// client's own timeout, or anything else.
+    fn query_err(&self, op: &'static str, e: Error) -> StoreError {
+        if let Error::Server {
+            message, source, ..
+        } = &e
+        {
+            match exception_code(message) {
+                Some(TIMEOUT_EXCEEDED) => return self.deadline(op),
+                Some(TOO_MANY_ROWS) => {
+                    return StoreError::TooLarge {
+                        op,
+                        bound: format!("{} groups (query.maxGroups)", self.limits.max_groups),
+                    };
+                }
+                Some(MEMORY_LIMIT_EXCEEDED) => {
+                    return StoreError::TooLarge {
+                        op,
+                        bound: format!(
+                            "{} bytes of ClickHouse memory (query.maxMemoryBytes)",
+                            self.limits.max_memory_bytes
+                        ),
+                    };
+                }
+                _ if matches!(source, clickhouse::error::Error::TimedOut) => {
+                    return self.deadline(op);
+                }
+                _ => {}
+            }
+        }
+        self.err(op, e)
     }
 
     fn execute(&self, op: &'static str, sql: String) -> Result<(), StoreError> {
@@ -575,7 +670,12 @@ impl Store for ClickHouseStore {
         // 18.16 sorts every match to find the newest page, so look in growing windows back
         // from the newest record first (1 h, 8 h, 64 h, then everything): a page of common
         // matches is found in the first, reading a sliver of the table.
-        let newest = self.select(OP, format!("SELECT toUInt32(max(flowEndSeconds)) FROM {t}"))?;
+        let deadline = Instant::now() + self.limits.timeout;
+        let newest = self.select_until(
+            OP,
+            format!("SELECT toUInt32(max(flowEndSeconds)) FROM {t}"),
+            deadline,
+        )?;
         let newest = self.decode(OP, &newest, |r| r.u32())?.pop().unwrap_or(0) as u64;
         let want = q.offset as usize + q.limit as usize;
         let start = q.filter.range.map_or(0, |r| r.start);
@@ -588,13 +688,14 @@ impl Store for ClickHouseStore {
             } else {
                 String::new()
             };
-            let b = self.select(
+            let b = self.select_until(
                 OP,
                 format!(
                     "SELECT id, toUInt32(flowEndSeconds) FROM {t} WHERE {}{window} \
                      ORDER BY flowEndSeconds DESC, id DESC LIMIT {want}",
                     w.sql(),
                 ),
+                deadline,
             )?;
             keys = self.decode(OP, &b, |r| Ok((r.u64()?, r.u32()?)))?;
             if !bounded || keys.len() >= want {
@@ -610,7 +711,7 @@ impl Store for ClickHouseStore {
         };
         let ids: Vec<String> = keys.iter().map(|k| k.0.to_string()).collect();
         let cols: Vec<&str> = FLOW_COLUMNS.iter().map(|(n, _)| *n).collect();
-        let rows = self.select(
+        let rows = self.select_until(
             OP,
             format!(
                 "SELECT {} FROM {t} WHERE flowEndSeconds >= toDateTime({lo}) \
@@ -620,6 +721,7 @@ impl Store for ClickHouseStore {
                 ids.join(", "),
                 w.sql()
             ),
+            deadline,
         )?;
         let rows = self.decode(OP, &rows, flow_row)?;
         // Several writers may share an id: keep exactly the page's (id, end) keys, once each.
@@ -952,5 +1054,32 @@ impl Store for ClickHouseStore {
             report.cutoff_secs = report.cutoff_secs.max(day as u64);
         }
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exception_codes_are_read_from_server_messages() {
+        for (msg, code) in [
+            (
+                "Code: 159, e.displayText() = DB::Exception: Timeout exceeded: elapsed 1.0 seconds, maximum: 1",
+                Some(TIMEOUT_EXCEEDED),
+            ),
+            (
+                "bad response: Code: 158. DB::Exception: Limit for rows to GROUP BY exceeded",
+                Some(TOO_MANY_ROWS),
+            ),
+            (
+                "Code: 241, e.what() = DB::Exception: Memory limit",
+                Some(MEMORY_LIMIT_EXCEEDED),
+            ),
+            ("connection refused", None),
+            ("Code: ", None),
+        ] {
+            assert_eq!(exception_code(msg), code, "{msg}");
+        }
     }
 }

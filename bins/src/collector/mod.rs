@@ -19,8 +19,9 @@ pub mod ui;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub use api::router;
+pub use api::{QueryMetrics, router, router_with};
 pub use ingest::{Ingest, IngestConfig};
+pub use query::QueryLimits;
 pub use sqlite::{SqliteConfig, SqliteStore};
 pub use store::{Store, StoreError};
 

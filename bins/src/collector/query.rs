@@ -8,7 +8,44 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-/// Half-open time range in Unix seconds, `[start, end)`, on the record's flowEndSeconds.
+/// The bounds every store query runs under: the `query:` section of the collector config
+/// (`crate::config::collector::QueryFile`). A query past one fails with
+/// [`super::store::StoreError::Deadline`] or [`super::store::StoreError::TooLarge`], which tell
+/// the user to narrow the time range or add filters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueryLimits {
+    /// Wall time of one store call; SQLite is interrupted, ClickHouse gets
+    /// `max_execution_time`.
+    pub timeout: std::time::Duration,
+    /// Groups (and, for time series, group × minute points) one query may fold in memory;
+    /// ClickHouse gets it as `max_rows_to_group_by`.
+    pub max_groups: usize,
+    /// Store calls running at once (the API waits up to `timeout` for a free one, then answers
+    /// 503 with Retry-After).
+    pub max_concurrent: usize,
+    /// ClickHouse's `max_memory_usage` per query, bytes (SQLite is bounded by `max_groups`).
+    pub max_memory_bytes: u64,
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        QueryLimits {
+            timeout: std::time::Duration::from_secs(10),
+            max_groups: 250_000,
+            max_concurrent: 4,
+            max_memory_bytes: 1 << 30,
+        }
+    }
+}
+
+/// Latest time a query may name, Unix seconds: 2100-01-01T00:00:00Z. Far beyond any record,
+/// below ClickHouse's `DateTime` limit (2106), and small enough that no arithmetic on a range
+/// (rounding to minutes and hours) can overflow.
+pub const MAX_TIME_SECS: u64 = 4_102_444_800;
+
+/// Half-open time range in Unix seconds, `[start, end)`, on the record's flowEndSeconds. The API
+/// only builds ranges within `0..=MAX_TIME_SECS`; the arithmetic below saturates anyway so a
+/// range built elsewhere cannot overflow.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TimeRange {
     pub start: u64,
@@ -23,7 +60,10 @@ impl TimeRange {
     /// The range as whole minutes, for the per-minute rollups: every minute that overlaps
     /// `[start, end)`. Start of the first, start of the one after the last.
     pub fn minutes(&self) -> (u64, u64) {
-        (self.start / 60 * 60, self.end.div_ceil(60) * 60)
+        (
+            self.start / 60 * 60,
+            self.end.div_ceil(60).saturating_mul(60),
+        )
     }
 
     /// Length in seconds, at least 1 (a divisor for averages).

@@ -2,7 +2,9 @@
 //! API reads from. SQLite (embedded, the default) and ClickHouse (scale-out) implement it.
 //!
 //! Methods are blocking: the API calls them from `spawn_blocking`, and the ingest path runs
-//! them on its own thread, so a slow query never stalls the async reactor.
+//! them on its own thread, so a slow query never stalls the async reactor. Each backend bounds
+//! its queries by its [`super::query::QueryLimits`] (time and groups held in memory) and says
+//! so with [`StoreError::Deadline`] / [`StoreError::TooLarge`].
 
 use std::path::PathBuf;
 
@@ -28,6 +30,19 @@ pub enum StoreError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The query ran past `query.timeout` and was stopped.
+    #[error(
+        "the {op} ran longer than query.timeout ({limit}) and was stopped; narrow the time range or add filters (namespace, pod, node)"
+    )]
+    Deadline {
+        op: &'static str,
+        limit: flowcore::config::Duration,
+    },
+    /// The query would hold more in memory than its bound (`bound` names it).
+    #[error(
+        "the {op} matches more than {bound}; narrow the time range or add filters (namespace, pod, node)"
+    )]
+    TooLarge { op: &'static str, bound: String },
 }
 
 pub trait Store: Send + Sync {

@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use flowcore::config::{CollectorAddr, Duration as GoDuration, Transport};
 
-use super::{LogConfig, TlsFiles};
+use super::{HttpFile, LogConfig, TlsFiles};
+use crate::ops::HttpLimits;
 
 /// The file as written. Defaults are Antrea's where the key is Antrea's.
 #[derive(Clone, Debug, serde::Deserialize)]
@@ -45,6 +46,8 @@ pub struct AgentFile {
     pub shutdown_grace_period: GoDuration,
     /// `/metrics`, `/healthz`, `/readyz`.
     pub metrics_addr: String,
+    /// Limits of the HTTP server on metricsAddr (see the collector's `http:`).
+    pub http: HttpFile,
     pub log: LogConfig,
 }
 
@@ -65,6 +68,7 @@ impl Default for AgentFile {
             max_queued_messages: 4096,
             shutdown_grace_period: Duration::from_secs(25).into(),
             metrics_addr: "0.0.0.0:9390".into(),
+            http: HttpFile::default(),
             log: LogConfig::default(),
         }
     }
@@ -87,7 +91,23 @@ pub struct AgentConfig {
     pub max_queued_messages: usize,
     pub shutdown_grace: Duration,
     pub metrics_addr: SocketAddr,
+    pub http: HttpLimits,
     pub log: LogConfig,
+}
+
+impl AgentConfig {
+    /// Reads the files the config names as the agent will, each error naming its key: the TLS
+    /// files (with TLS on) and the static metadata file. `metadata_key` is `metadataFile`, or
+    /// `--metadata` when the command line gave the file.
+    pub fn check_files(&self, metadata_key: &str) -> anyhow::Result<()> {
+        if self.transport == Transport::Tls {
+            self.tls.check()?;
+        }
+        if let Some(p) = &self.metadata_file {
+            super::check_metadata_file(metadata_key, p)?;
+        }
+        Ok(())
+    }
 }
 
 impl AgentFile {
@@ -158,6 +178,7 @@ impl AgentFile {
                 self.metrics_addr
             )
         })?;
+        self.log.validate()?;
         Ok(AgentConfig {
             collectors,
             transport: transport.unwrap_or(Transport::Tcp),
@@ -173,6 +194,7 @@ impl AgentFile {
             max_queued_messages: self.max_queued_messages,
             shutdown_grace: self.shutdown_grace_period.into(),
             metrics_addr,
+            http: self.http.validate()?,
             log: self.log,
         })
     }

@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use flowcore::config::{CollectorAddr, Duration as GoDuration, Transport};
 
-use super::{LogConfig, TlsFiles};
+use super::{HttpFile, LogConfig, TlsFiles};
+use crate::ops::HttpLimits;
 
 #[derive(Clone, Debug, serde::Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
@@ -68,6 +69,8 @@ pub struct AggregatorFile {
     pub shutdown_grace_period: GoDuration,
     /// `/metrics`, `/healthz`, `/readyz`, and `/api/flows` (in-flight flows, for `flowlens observe`).
     pub metrics_addr: String,
+    /// Limits of the HTTP server on metricsAddr (see the collector's `http:`).
+    pub http: HttpFile,
     pub log: LogConfig,
 }
 
@@ -114,6 +117,7 @@ impl Default for AggregatorFile {
             metadata_file: None,
             shutdown_grace_period: Duration::from_secs(25).into(),
             metrics_addr: "0.0.0.0:9391".into(),
+            http: HttpFile::default(),
             log: LogConfig::default(),
         }
     }
@@ -170,11 +174,13 @@ impl Default for SinkSettings {
 }
 
 /// Everything `flowlens-aggregator` runs with: the base configuration (reachable through
-/// `Deref`) and the sinks' settings.
+/// `Deref`), the sinks' settings and the HTTP server's limits.
 #[derive(Clone, Debug)]
 pub struct AggregatorSetup {
     pub base: AggregatorConfig,
     pub sinks: SinkSettings,
+    /// The server on metricsAddr (`http:`).
+    pub http: HttpLimits,
 }
 
 impl From<AggregatorConfig> for AggregatorSetup {
@@ -182,7 +188,39 @@ impl From<AggregatorConfig> for AggregatorSetup {
         AggregatorSetup {
             base,
             sinks: SinkSettings::default(),
+            http: HttpLimits::default(),
         }
+    }
+}
+
+impl AggregatorSetup {
+    /// Reads the files the config names as the aggregator will, each error naming its key: the
+    /// TLS files (with TLS and no tlsDir), tlsDir (created if missing), jsonLines.path's
+    /// directory, and the static metadata file (`metadata_key`: `metadataFile`, or `--metadata`
+    /// when the command line gave it).
+    pub fn check_files(&self, metadata_key: &str) -> anyhow::Result<()> {
+        if self.transport == Transport::Tls {
+            match &self.tls_dir {
+                Some(d) => std::fs::create_dir_all(d)
+                    .map_err(|e| anyhow::anyhow!("tlsDir {}: {e}", d.display()))?,
+                None => self.tls.check()?,
+            }
+        }
+        if let Some(j) = &self.json_lines
+            && let Some(dir) = j.path.parent().filter(|d| !d.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                anyhow::anyhow!(
+                    "jsonLines.path {}: directory {}: {e}",
+                    j.path.display(),
+                    dir.display()
+                )
+            })?;
+        }
+        if let Some(p) = &self.metadata_file {
+            super::check_metadata_file(metadata_key, p)?;
+        }
+        Ok(())
     }
 }
 
@@ -294,6 +332,8 @@ impl AggregatorFile {
             core_threads: self.core_threads,
             shutdown_grace: self.shutdown_grace_period.into(),
         };
+        self.log.validate()?;
+        let http = self.http.validate()?;
         let base = AggregatorConfig {
             listen_addr,
             transport,
@@ -313,7 +353,7 @@ impl AggregatorFile {
             metrics_addr,
             log: self.log,
         };
-        Ok(AggregatorSetup { base, sinks })
+        Ok(AggregatorSetup { base, sinks, http })
     }
 }
 

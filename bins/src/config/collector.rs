@@ -7,8 +7,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use flowcore::config::{Duration as GoDuration, Transport};
 
-use super::{LogConfig, TlsFiles};
+use super::{HttpFile, LogConfig, TlsFiles};
 use crate::clickhouse::ClickHouseConfig;
+use crate::collector::query::QueryLimits;
+use crate::ops::HttpLimits;
 
 /// Which store the collector reads (and, when ingesting, writes).
 #[derive(Clone, Debug, PartialEq)]
@@ -64,6 +66,76 @@ pub struct CollectorFile {
     /// only — no IPFIX listener, the API and dashboards read what others (the aggregator's
     /// ClickHouse exporter) write.
     pub ingest: bool,
+    /// Limits of the HTTP server on httpAddr: headerReadTimeout, requestTimeout, writeTimeout,
+    /// maxBodyBytes, maxConnections, maxConcurrentRequests, shutdownGrace.
+    pub http: HttpFile,
+    /// Bounds of every store query: timeout, maxGroups, maxConcurrent, maxMemoryBytes.
+    pub query: QueryFile,
+}
+
+/// The `query:` section: what one dashboard or API query may cost. See [`QueryLimits`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct QueryFile {
+    /// Wall time of one store query; past it the query is stopped (HTTP 503). 10s.
+    pub timeout: GoDuration,
+    /// Groups (Pod pairs, Services, …; for time series, series × points) one query may hold in
+    /// memory; past it the query fails (HTTP 422) asking for a narrower range or filter. About
+    /// 150-350 bytes each. 250000.
+    pub max_groups: usize,
+    /// Store queries running at once; others wait up to `timeout` for a slot, then get 503
+    /// with Retry-After. 4.
+    pub max_concurrent: usize,
+    /// ClickHouse only: `max_memory_usage` of each query, bytes. 1073741824 (1 GiB).
+    pub max_memory_bytes: u64,
+}
+
+impl Default for QueryFile {
+    fn default() -> Self {
+        let d = QueryLimits::default();
+        QueryFile {
+            timeout: d.timeout.into(),
+            max_groups: d.max_groups,
+            max_concurrent: d.max_concurrent,
+            max_memory_bytes: d.max_memory_bytes,
+        }
+    }
+}
+
+impl QueryFile {
+    pub fn validate(&self) -> anyhow::Result<QueryLimits> {
+        let t: Duration = self.timeout.into();
+        if t < Duration::from_millis(100) || t > Duration::from_secs(3600) {
+            bail!(
+                "query.timeout is {}; it must be from 100ms to 1h (Go duration syntax, e.g. \"10s\")",
+                self.timeout
+            );
+        }
+        if !(1..=100_000_000).contains(&self.max_groups) {
+            bail!(
+                "query.maxGroups is {}; it must be from 1 to 100000000",
+                self.max_groups
+            );
+        }
+        if !(1..=1024).contains(&self.max_concurrent) {
+            bail!(
+                "query.maxConcurrent is {}; it must be from 1 to 1024",
+                self.max_concurrent
+            );
+        }
+        if self.max_memory_bytes < 1 << 20 {
+            bail!(
+                "query.maxMemoryBytes is {}; it must be at least 1048576 (1 MiB)",
+                self.max_memory_bytes
+            );
+        }
+        Ok(QueryLimits {
+            timeout: t,
+            max_groups: self.max_groups,
+            max_concurrent: self.max_concurrent,
+            max_memory_bytes: self.max_memory_bytes,
+        })
+    }
 }
 
 impl Default for CollectorFile {
@@ -80,6 +152,8 @@ impl Default for CollectorFile {
             store: "sqlite".into(),
             clickhouse: ClickHouseConfig::default(),
             ingest: true,
+            http: HttpFile::default(),
+            query: QueryFile::default(),
         }
     }
 }
@@ -94,6 +168,10 @@ pub struct CollectorConfig {
     pub max_store_bytes: u64,
     pub http_addr: SocketAddr,
     pub log: LogConfig,
+    /// The HTTP server's limits (`http:`).
+    pub http: HttpLimits,
+    /// Every store query's bounds (`query:`).
+    pub query: QueryLimits,
 }
 
 impl CollectorFile {
@@ -133,6 +211,7 @@ impl CollectorFile {
                 self.http_addr
             )
         })?;
+        self.log.validate()?;
         Ok(CollectorConfig {
             listen_addr,
             transport,
@@ -142,6 +221,8 @@ impl CollectorFile {
             max_store_bytes: self.max_store_bytes,
             http_addr,
             log: self.log,
+            http: self.http.validate()?,
+            query: self.query.validate()?,
         })
     }
 }

@@ -3,12 +3,24 @@
 //! Handlers parse the query string into typed queries (`params`), run the store call on the
 //! blocking pool (SQLite calls block), and answer JSON. Client mistakes are 400 with
 //! `{"error": "..."}` naming the parameter; store failures are 500 and logged.
+//!
+//! At most `query.maxConcurrent` store calls run at once: a request waits up to `query.timeout`
+//! for a free one, then gets 503 with `Retry-After`. The permit travels with the call onto the
+//! blocking pool, so a request that gives up (the HTTP request timeout) does not free a slot its
+//! query still occupies. A query past its deadline is 503, one past its memory bound 422 (the
+//! status Prometheus uses for a query it cannot run); both say what to narrow. Each refusal is
+//! counted in `query_refused_total{reason}`.
 
 mod openapi;
 pub mod params;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use tokio::sync::Semaphore;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -24,11 +36,62 @@ use super::store::{Store, StoreError};
 
 pub use openapi::openapi;
 
-type Shared = Arc<dyn Store>;
+type Shared = Arc<Api>;
 type Pairs = Result<Query<Vec<(String, String)>>, QueryRejection>;
 
-/// Routes: `/api/*` and `/healthz`. The UI adds its static assets to the same router.
+/// What the handlers share: the store and the bounds on querying it.
+pub struct Api {
+    store: Arc<dyn Store>,
+    limits: QueryLimits,
+    running: Arc<Semaphore>,
+    metrics: QueryMetrics,
+}
+
+/// Why a store query was refused or stopped (the `reason` label of `query_refused_total`).
+const REASONS: [&str; 3] = ["busy", "deadline", "too_large"];
+
+/// The API's metrics, registered under the collector's prefix.
+#[derive(Clone, Default)]
+pub struct QueryMetrics {
+    pub refused: Family<[(&'static str, &'static str); 1], Counter>,
+}
+
+impl QueryMetrics {
+    pub fn register(&self, r: &mut Registry) {
+        for why in REASONS {
+            let _ = self.refused.get_or_create(&[("reason", why)]);
+        }
+        r.register(
+            "query_refused",
+            "Store queries refused or stopped, by reason (busy: query.maxConcurrent running for query.timeout; deadline: past query.timeout; too_large: past query.maxGroups or ClickHouse's memory bound)",
+            self.refused.clone(),
+        );
+    }
+
+    fn refuse(&self, why: &'static str) {
+        self.refused.get_or_create(&[("reason", why)]).inc();
+    }
+
+    /// Refusals of `why` (`busy`, `deadline`, `too_large`) so far.
+    pub fn refused(&self, why: &'static str) -> u64 {
+        self.refused.get_or_create(&[("reason", why)]).get()
+    }
+}
+
+/// Routes: `/api/*` and `/healthz`, with the default [`QueryLimits`]. The UI adds its static
+/// assets to the same router.
 pub fn router(store: Arc<dyn Store>) -> Router {
+    router_with(store, QueryLimits::default(), QueryMetrics::default())
+}
+
+/// [`router`] with the collector's `query:` limits and metrics.
+pub fn router_with(store: Arc<dyn Store>, limits: QueryLimits, metrics: QueryMetrics) -> Router {
+    let api = Api {
+        store,
+        running: Arc::new(Semaphore::new(limits.max_concurrent.max(1))),
+        limits,
+        metrics,
+    };
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/api/openapi.json", get(|| async { Json(openapi()) }))
@@ -39,12 +102,14 @@ pub fn router(store: Arc<dyn Store>) -> Router {
         .route("/api/node-matrix", get(node_matrix))
         .route("/api/policies", get(policies))
         .route("/api/stats", get(stats))
-        .with_state(store)
+        .with_state(Arc::new(api))
 }
 
 pub enum ApiError {
     Bad(BadRequest),
     Store(StoreError),
+    /// Every query slot stayed taken for `query.timeout`.
+    Busy(String),
     Internal(String),
 }
 
@@ -58,6 +123,15 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, msg) = match self {
             ApiError::Bad(b) => (StatusCode::BAD_REQUEST, b.0),
+            ApiError::Busy(m) => return crate::ops::retry_later(m),
+            ApiError::Store(e @ StoreError::Deadline { .. }) => {
+                tracing::info!(error = %e, "store query stopped at its deadline");
+                (StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
+            ApiError::Store(e @ StoreError::TooLarge { .. }) => {
+                tracing::info!(error = %e, "store query refused: too large");
+                (StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+            }
             ApiError::Store(e) => {
                 tracing::error!(error = %e, "store query failed");
                 (StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
@@ -83,15 +157,37 @@ fn params(q: Pairs, accepted: &[&str]) -> Result<Params, ApiError> {
     Ok(Params::new(pairs, accepted)?)
 }
 
-/// Runs a store call off the async workers.
+/// Runs a store call off the async workers, once one of `query.maxConcurrent` slots is free.
 async fn blocking<T: Send + 'static>(
-    store: Shared,
+    api: Shared,
     f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(move || f(&*store))
-        .await
-        .map_err(|e| ApiError::Internal(format!("query task failed: {e}")))?
-        .map_err(ApiError::Store)
+    let wait = api.limits.timeout;
+    let slot = match tokio::time::timeout(wait, api.running.clone().acquire_owned()).await {
+        Ok(Ok(slot)) => slot,
+        _ => {
+            api.metrics.refuse("busy");
+            return Err(ApiError::Busy(format!(
+                "the store is busy: {} queries (query.maxConcurrent) ran for all of {}; retry in {} s",
+                api.limits.max_concurrent,
+                flowcore::config::Duration(wait),
+                crate::ops::RETRY_AFTER_SECS
+            )));
+        }
+    };
+    let store = api.store.clone();
+    let res = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        f(&*store)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("query task failed: {e}")))?;
+    match &res {
+        Err(StoreError::Deadline { .. }) => api.metrics.refuse("deadline"),
+        Err(StoreError::TooLarge { .. }) => api.metrics.refuse("too_large"),
+        _ => {}
+    }
+    res.map_err(ApiError::Store)
 }
 
 const DASH: [&str; 5] = ["start", "end", "namespace", "pod", "node"];

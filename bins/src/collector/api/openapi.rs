@@ -20,8 +20,7 @@ fn int(min: u64, max: u64, default: Option<u64>) -> Value {
 }
 
 fn dash_params() -> Vec<Value> {
-    let time =
-        "Unix seconds, RFC 3339 UTC (`2026-01-02T15:04:05Z`), `now` or `now-15m` (s, m, h, d)";
+    let time = "Unix seconds (0 to 4102444800), RFC 3339 UTC up to 2100-01-01 (`2026-01-02T15:04:05Z`), `now` or `now-15m` (s, m, h, d)";
     vec![
         param(
             "start",
@@ -69,7 +68,11 @@ fn op(summary: &str, params: Value, schema: &str) -> Value {
                 "schema": { "$ref": format!("#/components/schemas/{schema}") } } } },
             "400": { "description": "A parameter is malformed; the message names it and the accepted form.",
                 "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } },
+            "422": { "description": "The query would hold more groups than query.maxGroups (or ClickHouse's query.maxMemoryBytes); narrow the time range or add filters.",
+                "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } },
             "500": { "description": "Store failure.",
+                "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } },
+            "503": { "description": "The query ran past query.timeout (narrow the time range or add filters), or the server is busy (with a Retry-After header: retry then).",
                 "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } }
         }
     }})

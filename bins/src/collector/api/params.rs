@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use crate::collector::query::{DashFilter, NamedRef, TimeRange};
+use crate::collector::query::{DashFilter, MAX_TIME_SECS, NamedRef, TimeRange};
 
 /// A client mistake: the message is returned as `{"error": ...}` with status 400.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,17 +162,22 @@ impl Params {
         Ok(Some(p))
     }
 
+    /// A time within `0..=MAX_TIME_SECS` (2100-01-01): the store's arithmetic on ranges is
+    /// then safe, and a value past it is a mistake the client should hear about.
     pub fn time(&self, name: &str, now: u64) -> Result<Option<u64>, BadRequest> {
         let Some(v) = self.get(name) else {
             return Ok(None);
         };
-        parse_time(v, now)
-            .map(Some)
-            .ok_or_else(|| bad(name, "Unix seconds, RFC 3339 UTC (2026-01-02T15:04:05Z), `now` or `now-15m` (s, m, h, d)", v))
+        match parse_time(v, now) {
+            Some(t) if t <= MAX_TIME_SECS => Ok(Some(t)),
+            _ => Err(bad(name, TIME_FORM, v)),
+        }
     }
 
     /// `start`/`end`; None if neither is given.
     pub fn range_opt(&self, now: u64) -> Result<Option<TimeRange>, BadRequest> {
+        // A clock past 2100 is not a client's mistake; clamping keeps the range valid.
+        let now = now.min(MAX_TIME_SECS);
         let (s, e) = (self.time("start", now)?, self.time("end", now)?);
         if s.is_none() && e.is_none() {
             return Ok(None);
@@ -189,6 +194,7 @@ impl Params {
 
     /// `start`/`end` defaulting to the last hour.
     pub fn range(&self, now: u64) -> Result<TimeRange, BadRequest> {
+        let now = now.min(MAX_TIME_SECS);
         Ok(self
             .range_opt(now)?
             .unwrap_or(TimeRange::new(now.saturating_sub(DEFAULT_RANGE_SECS), now)))
@@ -204,7 +210,12 @@ impl Params {
     }
 }
 
-/// Unix seconds; `now`; `now-N{s,m,h,d}`; or `YYYY-MM-DDTHH:MM:SS[.frac]Z`.
+/// The accepted forms of `start` and `end`, as 400s name them.
+const TIME_FORM: &str = "Unix seconds from 0 to 4102444800, RFC 3339 UTC from 1970-01-01T00:00:00Z to 2100-01-01T00:00:00Z (e.g. 2026-01-02T15:04:05Z), `now` or `now-15m` (s, m, h, d)";
+
+/// Unix seconds; `now`; `now-N{s,m,h,d}`; or `YYYY-MM-DDTHH:MM:SS[.frac]Z` with a four-digit
+/// year. No input overflows: numbers too large for u64 and dates before 1970 are None; callers
+/// bound the result (see [`Params::time`]).
 pub fn parse_time(v: &str, now: u64) -> Option<u64> {
     if let Ok(n) = v.parse::<u64>() {
         return Some(n);
@@ -225,11 +236,18 @@ pub fn parse_time(v: &str, now: u64) -> Option<u64> {
     }
     let v = v.strip_suffix('Z').or_else(|| v.strip_suffix('z'))?;
     let (date, time) = v.split_once(['T', 't', ' '])?;
-    let mut d = date.splitn(3, '-').map(|x| x.parse::<i64>().ok());
-    let (y, mo, da) = (d.next()??, d.next()??, d.next()??);
+    // Each part digits only (no sign), so every value below is small and non-negative.
+    let num = |x: &str, max_len: usize| -> Option<i64> {
+        if x.is_empty() || x.len() > max_len || !x.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        x.parse().ok()
+    };
+    let mut d = date.splitn(3, '-');
+    let (y, mo, da) = (num(d.next()?, 4)?, num(d.next()?, 2)?, num(d.next()?, 2)?);
     let time = time.split('.').next()?;
-    let mut t = time.splitn(3, ':').map(|x| x.parse::<i64>().ok());
-    let (h, mi, s) = (t.next()??, t.next()??, t.next()??);
+    let mut t = time.splitn(3, ':');
+    let (h, mi, s) = (num(t.next()?, 2)?, num(t.next()?, 2)?, num(t.next()?, 2)?);
     if !(1..=12).contains(&mo) || !(1..=31).contains(&da) || h > 23 || mi > 59 || s > 60 {
         return None;
     }
@@ -293,5 +311,94 @@ mod tests {
         assert!(ps.named("pod").unwrap_err().0.contains("NAMESPACE/NAME"));
         let ps = Params::new(p("start", "20"), &["start", "end"]).unwrap();
         assert!(ps.range(10).unwrap_err().0.contains("before"));
+    }
+
+    #[test]
+    fn times_near_the_integer_limits_are_400s_naming_the_parameter_and_range() {
+        let two = |s: &str, e: &str| {
+            vec![
+                ("start".to_owned(), s.to_owned()),
+                ("end".to_owned(), e.to_owned()),
+            ]
+        };
+        for (start, end, name) in [
+            ("0", "18446744073709551615", "end"),
+            ("18446744073709551614", "18446744073709551615", "start"),
+            ("9223372036854775807", "now", "start"),
+            ("0", "18446744073709551616", "end"),
+            ("-1", "now", "start"),
+            ("0", "4102444801", "end"),
+            ("0", "9999-12-31T23:59:59Z", "end"),
+            ("99999999999-01-01T00:00:00Z", "now", "start"),
+            ("-9223372036854775808-01-01T00:00:00Z", "now", "start"),
+        ] {
+            let ps = Params::new(two(start, end), &["start", "end"]).unwrap();
+            let e = ps.range(1_767_225_600).unwrap_err().0;
+            assert!(
+                e.contains(&format!("`{name}`")) && e.contains("0 to 4102444800"),
+                "{start}..{end}: {e}"
+            );
+        }
+        // The last accepted second works, and its minute rounding stays in range.
+        let ps = Params::new(two("4102444000", "4102444800"), &["start", "end"]).unwrap();
+        let r = ps.range(0).unwrap();
+        assert_eq!(r.minutes(), (4_102_443_960, 4_102_444_800));
+        // A clock past the bound is clamped, not an error.
+        let ps = Params::new(vec![], &["start", "end"]).unwrap();
+        assert_eq!(ps.range(u64::MAX).unwrap().end, MAX_TIME_SECS);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_time_parameters_give_a_bounded_range_or_a_400(
+            start in time_text(),
+            end in time_text(),
+            now in proptest::prelude::any::<u64>(),
+        ) {
+            let ps = Params::new(
+                vec![("start".into(), start.clone()), ("end".into(), end.clone())],
+                &["start", "end"],
+            )
+            .unwrap();
+            match ps.range(now) {
+                Ok(r) => {
+                    proptest::prop_assert!(r.start < r.end && r.end <= MAX_TIME_SECS);
+                    let (a, b) = r.minutes();
+                    proptest::prop_assert!(a <= r.start && b >= r.end && b - a >= 60);
+                }
+                Err(e) => proptest::prop_assert!(
+                    e.0.contains("`start`") || e.0.contains("`end`"),
+                    "{start}..{end}: {}", e.0
+                ),
+            }
+        }
+    }
+
+    /// Values a client might send for a time: integers of any size and sign, relative and
+    /// RFC 3339 forms with arbitrary numbers, and arbitrary text.
+    fn time_text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            any::<u64>().prop_map(|n| n.to_string()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            (0u64..=5_000_000_000).prop_map(|n| n.to_string()),
+            any::<u128>().prop_map(|n| n.to_string()),
+            (any::<u64>(), "[smhdx]").prop_map(|(n, u)| format!("now-{n}{u}")),
+            (
+                any::<i64>(),
+                any::<i64>(),
+                any::<i64>(),
+                0i64..100,
+                0i64..100,
+                0i64..100
+            )
+                .prop_map(|(y, mo, d, h, mi, s)| format!(
+                    "{y}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z"
+                )),
+            (0i64..10_000, 1i64..=12, 1i64..=31)
+                .prop_map(|(y, mo, d)| format!("{y:04}-{mo:02}-{d:02}T00:00:00Z")),
+            Just("now".to_owned()),
+            ".{0,24}",
+        ]
     }
 }

@@ -1,6 +1,10 @@
 //! The embedded store: one SQLite file in the collector's data directory, written by one
 //! connection (SQLite has one writer at a time anyway) and read by a small pool, which WAL
 //! mode lets run beside the writer without blocking it.
+//!
+//! Every read runs under the store's [`QueryLimits`]: a progress handler interrupts SQLite once
+//! the deadline has passed (checked every [`PROGRESS_OPS`] virtual-machine steps, so also while
+//! Rust folds the rows), and the folds in `read.rs` stop at `max_groups`.
 
 mod codec;
 mod insert;
@@ -9,7 +13,7 @@ mod schema;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use flowcore::aggregator::AggregatedRecord;
 use rusqlite::{Connection, OpenFlags};
@@ -23,6 +27,10 @@ pub const DB_FILE: &str = "flows.sqlite";
 /// Read connections kept open between queries; more are opened under load and closed after.
 const POOLED_READERS: usize = 4;
 
+/// SQLite virtual-machine steps between two deadline checks: a few microseconds of work, so a
+/// query stops within well under a millisecond of its deadline and the clock read costs nothing.
+pub const PROGRESS_OPS: i32 = 1000;
+
 #[derive(Clone, Debug)]
 pub struct SqliteConfig {
     /// Created if missing.
@@ -31,6 +39,8 @@ pub struct SqliteConfig {
     pub max_age: Option<Duration>,
     /// Oldest minutes are deleted until the data (not counting free pages) fits.
     pub max_bytes: Option<u64>,
+    /// Deadline and memory bound of every read.
+    pub query: QueryLimits,
 }
 
 impl SqliteConfig {
@@ -39,6 +49,7 @@ impl SqliteConfig {
             dir: dir.into(),
             max_age: None,
             max_bytes: None,
+            query: QueryLimits::default(),
         }
     }
 }
@@ -183,10 +194,10 @@ impl SqliteStore {
         }
     }
 
-    fn read<T>(
+    fn read<T, E: Into<read::ReadError>>(
         &self,
         op: &'static str,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+        f: impl FnOnce(&Connection) -> Result<T, E>,
     ) -> Result<T, StoreError> {
         // A poisoned pool only means another query panicked; the connections are still fine.
         let pooled = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
@@ -194,7 +205,25 @@ impl SqliteStore {
             Some(c) => c,
             None => connect(&self.path, false)?,
         };
-        let out = f(&c).map_err(|e| self.err(op, e));
+        let limits = self.cfg.query;
+        let deadline = Instant::now() + limits.timeout;
+        c.progress_handler(PROGRESS_OPS, Some(move || Instant::now() >= deadline));
+        let out = f(&c).map_err(|e| match e.into() {
+            read::ReadError::Sqlite(e)
+                if e.sqlite_error_code() == Some(rusqlite::ErrorCode::OperationInterrupted) =>
+            {
+                StoreError::Deadline {
+                    op,
+                    limit: limits.timeout.into(),
+                }
+            }
+            read::ReadError::Sqlite(e) => self.err(op, e),
+            read::ReadError::TooManyGroups(n) => StoreError::TooLarge {
+                op,
+                bound: format!("{n} groups (query.maxGroups)"),
+            },
+        });
+        c.progress_handler(0, None::<fn() -> bool>);
         let mut pool = self.readers.lock().unwrap_or_else(|p| p.into_inner());
         if pool.len() < POOLED_READERS {
             pool.push(c);
@@ -258,34 +287,42 @@ impl Store for SqliteStore {
 
     fn top(&self, q: &TopQuery) -> Result<Vec<TopRow>, StoreError> {
         self.flush()?;
-        self.read("top query", |c| read::top(c, q))
+        self.read("top query", |c| read::top(c, q, self.cfg.query.max_groups))
     }
 
     fn timeseries(&self, q: &SeriesQuery) -> Result<TimeSeries, StoreError> {
         self.flush()?;
-        self.read("timeseries query", |c| read::timeseries(c, q))
+        self.read("timeseries query", |c| {
+            read::timeseries(c, q, self.cfg.query.max_groups)
+        })
     }
 
     fn sankey(&self, q: &SankeyQuery) -> Result<Sankey, StoreError> {
         self.flush()?;
-        self.read("sankey query", |c| read::sankey(c, q))
+        self.read("sankey query", |c| {
+            read::sankey(c, q, self.cfg.query.max_groups)
+        })
     }
 
     fn node_matrix(&self, q: &DashFilter) -> Result<NodeMatrix, StoreError> {
         self.flush()?;
-        self.read("node matrix query", |c| read::node_matrix(c, q))
+        self.read("node matrix query", |c| {
+            read::node_matrix(c, q, self.cfg.query.max_groups)
+        })
     }
 
     fn policy_flows(&self, q: &PolicyQuery) -> Result<Vec<PolicyFlow>, StoreError> {
         self.flush()?;
-        self.read("policy query", |c| read::policy_flows(c, q))
+        self.read("policy query", |c| {
+            read::policy_flows(c, q, self.cfg.query.max_groups)
+        })
     }
 
     fn stats(&self) -> Result<StoreStats, StoreError> {
         self.flush()?;
         self.read("stats", |c| {
             let (records, oldest, newest) = read::record_span(c)?;
-            Ok(StoreStats {
+            Ok::<_, rusqlite::Error>(StoreStats {
                 backend: "sqlite",
                 location: self.path.display().to_string(),
                 records,
@@ -343,5 +380,62 @@ impl Store for SqliteStore {
             }
         }
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_past_its_deadline_is_interrupted() {
+        let dir =
+            std::env::temp_dir().join(format!("flowlens-sqlite-deadline-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = SqliteStore::open(SqliteConfig {
+            query: QueryLimits {
+                timeout: Duration::from_millis(200),
+                ..QueryLimits::default()
+            },
+            ..SqliteConfig::new(&dir)
+        })
+        .unwrap();
+        // Counts for ever unless stopped.
+        let t0 = Instant::now();
+        let e = store
+            .read("endless query", |c| {
+                c.query_row(
+                    "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) \
+                     SELECT count(*) FROM n",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+            })
+            .unwrap_err();
+        let took = t0.elapsed();
+        assert!(
+            matches!(
+                e,
+                StoreError::Deadline {
+                    op: "endless query",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(
+            took >= Duration::from_millis(200) && took < Duration::from_secs(5),
+            "stopped after {took:?}"
+        );
+        assert!(e.to_string().contains("query.timeout (200ms)"), "{e}");
+        // The connection went back to the pool without its handler and still works.
+        let n = store
+            .read("count", |c| {
+                c.query_row("SELECT 41 + 1", [], |r| r.get::<_, i64>(0))
+            })
+            .unwrap();
+        assert_eq!(n, 42);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

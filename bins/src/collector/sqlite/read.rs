@@ -14,6 +14,23 @@ use super::codec;
 use crate::collector::fold::{self, *};
 use crate::collector::query::*;
 
+/// Why a dashboard query gave no answer: SQLite's error (an interrupt at the deadline among
+/// them), or more groups than the query may hold.
+#[derive(Debug)]
+pub enum ReadError {
+    Sqlite(rusqlite::Error),
+    /// The fold passed `max_groups` (the bound it was given).
+    TooManyGroups(usize),
+}
+
+impl From<rusqlite::Error> for ReadError {
+    fn from(e: rusqlite::Error) -> Self {
+        ReadError::Sqlite(e)
+    }
+}
+
+pub type ReadResult<T> = Result<T, ReadError>;
+
 /// The id of the bound name.
 const ID: &str = "(SELECT id FROM dict WHERE s = ?)";
 
@@ -119,7 +136,10 @@ fn any_of(w: &mut Where, cols: &[&str], v: &str) {
 /// SQL rather than bound.
 fn src(table: &str, range: &TimeRange, upto: u64) -> String {
     let (a, b) = range.minutes();
-    let (h1, h2) = (a.div_ceil(3600) * 3600, (b / 3600 * 3600).min(upto));
+    let (h1, h2) = (
+        a.div_ceil(3600).saturating_mul(3600),
+        (b / 3600 * 3600).min(upto),
+    );
     if h2 <= h1 {
         return format!("(SELECT * FROM {table} WHERE minute >= {a} AND minute < {b})");
     }
@@ -212,13 +232,15 @@ fn add_row(t: &mut Traffic, row: &Row<'_>, i: usize) -> rusqlite::Result<()> {
 /// by key here: the largest `limit` groups by bytes, ties by key. A hash table in Rust rather
 /// than SQLite's GROUP BY, which sorts every row first (~0.3 s for the 450 k hourly Pod →
 /// external rows of a day at 10 M records; the scan alone takes 40 ms). Memory is bounded by
-/// the groups in the range, which the rollup's cardinality bounds.
+/// the groups in the range, which the rollup's cardinality bounds, and by `max_groups`: a store
+/// with many distinct names would otherwise make this table as large as the rollup.
 fn group<const N: usize>(
     c: &Connection,
     sql: &str,
     params: Vec<Value>,
     limit: u32,
-) -> rusqlite::Result<Vec<([Part; N], Traffic)>> {
+    max_groups: usize,
+) -> ReadResult<Vec<([Part; N], Traffic)>> {
     let mut st = c.prepare_cached(sql)?;
     let mut rows = st.query(rusqlite::params_from_iter(params))?;
     let mut sums: HashMap<[Part; N], Traffic> = HashMap::new();
@@ -227,7 +249,17 @@ fn group<const N: usize>(
         for (i, p) in k.iter_mut().enumerate() {
             *p = Part::read(row, i)?;
         }
-        add_row(sums.entry(k).or_default(), row, N)?;
+        let held = sums.len();
+        let t = match sums.entry(k) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                if held >= max_groups {
+                    return Err(ReadError::TooManyGroups(max_groups));
+                }
+                v.insert(Traffic::default())
+            }
+        };
+        add_row(t, row, N)?;
     }
     let mut out: Vec<([Part; N], Traffic)> = sums.into_iter().collect();
     let by_bytes = |a: &([Part; N], Traffic), b: &([Part; N], Traffic)| {
@@ -276,7 +308,7 @@ fn node_pairs(f: &DashFilter, from: &dyn Fn(&str) -> String) -> (String, Vec<Val
     (sql, params)
 }
 
-pub fn top(c: &Connection, q: &TopQuery) -> rusqlite::Result<Vec<TopRow>> {
+pub fn top(c: &Connection, q: &TopQuery, max_groups: usize) -> ReadResult<Vec<TopRow>> {
     let r = &q.filter.range;
     let upto = hourly_upto(c)?;
     let (pp, pe, ps) = (
@@ -388,7 +420,7 @@ pub fn top(c: &Connection, q: &TopQuery) -> rusqlite::Result<Vec<TopRow>> {
     };
     let mut names = Names::new(c);
     let mut out = Vec::new();
-    for ([a, b, c2, d], traffic) in group::<4>(c, &sql, params, q.limit)? {
+    for ([a, b, c2, d], traffic) in group::<4>(c, &sql, params, q.limit, max_groups)? {
         let src = pod_name(&a.text(&mut names)?, &b.text(&mut names)?);
         let dst = if pair {
             Some(pod_name(&c2.text(&mut names)?, &d.text(&mut names)?))
@@ -408,7 +440,7 @@ pub fn top(c: &Connection, q: &TopQuery) -> rusqlite::Result<Vec<TopRow>> {
 /// Time series over ranges longer than this use hourly points.
 pub const SERIES_HOURLY_ABOVE_SECS: u64 = 6 * 3600;
 
-pub fn timeseries(c: &Connection, q: &SeriesQuery) -> rusqlite::Result<TimeSeries> {
+pub fn timeseries(c: &Connection, q: &SeriesQuery, max_groups: usize) -> ReadResult<TimeSeries> {
     // (table, dims, group columns rendered as the series name, extra group column)
     let (table, dims, ns, name, ft) = match q.by {
         SeriesBy::SrcPod => ("r_pod_pair", &POD_PAIR, "src_ns", "src_pod", None),
@@ -427,13 +459,13 @@ pub fn timeseries(c: &Connection, q: &SeriesQuery) -> rusqlite::Result<TimeSerie
     // Long ranges get hourly points from the hourly rollup: a day is 24 points per series,
     // not 1440, and the query reads 60× fewer rows. The range widens to whole hours.
     let (a, b) = q.filter.range.minutes();
-    let hourly = b - a > SERIES_HOURLY_ABOVE_SECS;
+    let hourly = b.saturating_sub(a) > SERIES_HOURLY_ABOVE_SECS;
     let step = if hourly { 3600 } else { 60 };
     let upto = hourly_upto(c)?;
     let from = |t: &str| {
         if hourly {
             // Hourly rows of closed hours, minute rows summed into hours after.
-            let (a, b) = (a / 3600 * 3600, b.div_ceil(3600) * 3600);
+            let (a, b) = (a / 3600 * 3600, b.div_ceil(3600).saturating_mul(3600));
             let mid = upto.clamp(a, b);
             let cols = super::schema::ROLLUPS
                 .iter()
@@ -466,6 +498,8 @@ pub fn timeseries(c: &Connection, q: &SeriesQuery) -> rusqlite::Result<TimeSerie
     params.extend(w.params);
     type Group = (u64, HashMap<i64, (u64, u64)>);
     let mut groups: HashMap<(i64, i64, i64), Group> = HashMap::new();
+    // Groups plus their points: what this fold holds, bounded by `max_groups`.
+    let mut held = 0usize;
     {
         let mut st = c.prepare_cached(&sql)?;
         let mut rows = st.query(rusqlite::params_from_iter(params))?;
@@ -473,11 +507,20 @@ pub fn timeseries(c: &Connection, q: &SeriesQuery) -> rusqlite::Result<TimeSerie
             let key: (i64, i64, i64) = (row.get(0)?, row.get(1)?, row.get(2)?);
             let minute: i64 = row.get(3)?;
             let (o, ro) = (loose_u64(row, 4)?, loose_u64(row, 5)?);
-            let g = groups.entry(key).or_default();
+            let g = groups.entry(key).or_insert_with(|| {
+                held += 1;
+                Group::default()
+            });
             g.0 = g.0.saturating_add(o.saturating_add(ro));
-            let p = g.1.entry(minute).or_default();
+            let p = g.1.entry(minute).or_insert_with(|| {
+                held += 1;
+                (0, 0)
+            });
             p.0 = p.0.saturating_add(o);
             p.1 = p.1.saturating_add(ro);
+            if held > max_groups {
+                return Err(ReadError::TooManyGroups(max_groups));
+            }
         }
     }
     let mut top: Vec<((i64, i64, i64), Group)> = groups.into_iter().collect();
@@ -509,7 +552,7 @@ pub fn timeseries(c: &Connection, q: &SeriesQuery) -> rusqlite::Result<TimeSerie
     Ok(TimeSeries { step, series })
 }
 
-pub fn sankey(c: &Connection, q: &SankeyQuery) -> rusqlite::Result<Sankey> {
+pub fn sankey(c: &Connection, q: &SankeyQuery, max_groups: usize) -> ReadResult<Sankey> {
     let (table, dims, a, b) = match q.by {
         SankeyBy::PodPair => (
             "r_pod_pair",
@@ -535,7 +578,7 @@ pub fn sankey(c: &Connection, q: &SankeyQuery) -> rusqlite::Result<Sankey> {
     let policy = q.by == SankeyBy::Policy;
     let mut names = Names::new(c);
     let mut links = Vec::new();
-    for ([a, b, c2, d], traffic) in group::<4>(c, &sql, w.params, q.limit)? {
+    for ([a, b, c2, d], traffic) in group::<4>(c, &sql, w.params, q.limit, max_groups)? {
         let src = sankey_label(policy, &a.text(&mut names)?, &b.text(&mut names)?);
         let dst = sankey_label(policy, &c2.text(&mut names)?, &d.text(&mut names)?);
         links.push(sankey_link(&src, &dst, traffic));
@@ -543,7 +586,7 @@ pub fn sankey(c: &Connection, q: &SankeyQuery) -> rusqlite::Result<Sankey> {
     Ok(fold::sankey(links))
 }
 
-pub fn node_matrix(c: &Connection, f: &DashFilter) -> rusqlite::Result<NodeMatrix> {
+pub fn node_matrix(c: &Connection, f: &DashFilter, max_groups: usize) -> ReadResult<NodeMatrix> {
     let w = dash_where(f, &NODE_PAIR);
     let upto = hourly_upto(c)?;
     let (np, mut params) = node_pairs(f, &|t| src(t, &f.range, upto));
@@ -559,6 +602,9 @@ pub fn node_matrix(c: &Connection, f: &DashFilter) -> rusqlite::Result<NodeMatri
     let mut rows = st.query(rusqlite::params_from_iter(params))?;
     let mut cells = Vec::new();
     while let Some(row) = rows.next()? {
+        if cells.len() >= max_groups {
+            return Err(ReadError::TooManyGroups(max_groups));
+        }
         let (src, dst) = (names.label(row, 0)?, names.label(row, 1)?);
         cells.push(node_cell(src, dst, loose_u64(row, 2)?, secs));
     }
@@ -567,7 +613,11 @@ pub fn node_matrix(c: &Connection, f: &DashFilter) -> rusqlite::Result<NodeMatri
     Ok(fold::node_matrix(cells, secs))
 }
 
-pub fn policy_flows(c: &Connection, q: &PolicyQuery) -> rusqlite::Result<Vec<PolicyFlow>> {
+pub fn policy_flows(
+    c: &Connection,
+    q: &PolicyQuery,
+    max_groups: usize,
+) -> ReadResult<Vec<PolicyFlow>> {
     let mut w = dash_where(&q.filter, &POLICY);
     for (r, ns, name) in [
         (&q.ingress, "in_ns", "in_name"),
@@ -592,7 +642,7 @@ pub fn policy_flows(c: &Connection, q: &PolicyQuery) -> rusqlite::Result<Vec<Pol
     };
     let mut names = Names::new(c);
     let mut out = Vec::new();
-    for (k, traffic) in group::<10>(c, &sql, w.params, q.limit)? {
+    for (k, traffic) in group::<10>(c, &sql, w.params, q.limit, max_groups)? {
         out.push(PolicyFlow {
             egress: PolicyName {
                 namespace: k[0].text(&mut names)?,
