@@ -13,6 +13,7 @@ pub mod decode;
 pub mod demo;
 pub mod observe;
 pub mod ops;
+pub mod ratelog;
 pub mod registry_cmd;
 pub mod sample;
 pub mod signals;
