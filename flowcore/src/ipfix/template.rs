@@ -183,6 +183,25 @@ impl Template {
         self.fields.iter().position(|f| f.ie == ie)
     }
 
+    /// Heap bytes this template costs a [`super::Decoder`] that holds it: the `Arc`'d struct,
+    /// the `Arc`'d field list, the offsets and variable-length runs, and the decoder's hash map
+    /// slot (key, entry and one control byte). Every part is allocated at its exact length (the
+    /// slices are built from exact-size iterators or shrunk), so the figure is what the allocator
+    /// was asked for; allocator rounding and a map's spare slots are not counted (the map's
+    /// spare slots are bounded by `max_templates`, a few KiB at most).
+    pub fn heap_bytes(&self) -> usize {
+        use std::mem::size_of;
+        // An `Arc` allocation holds the strong and weak counts before the value.
+        const ARC_COUNTS: usize = 2 * size_of::<usize>();
+        ARC_COUNTS
+            + size_of::<Template>()
+            + ARC_COUNTS
+            + std::mem::size_of_val::<[FieldSpec]>(&self.fields)
+            + std::mem::size_of_val::<[u16]>(&self.offsets)
+            + std::mem::size_of_val::<[u32]>(&self.varlen_runs)
+            + super::decoder::MAP_SLOT_BYTES
+    }
+
     /// Bytes this template takes as a template record.
     pub fn record_wire_len(&self) -> usize {
         let head = if self.is_options() { 6 } else { 4 };

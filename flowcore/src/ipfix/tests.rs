@@ -395,7 +395,7 @@ fn malformed_inputs_are_typed_errors() {
 #[test]
 fn template_bounds_hold() {
     let mut dec = Decoder::new(DecoderConfig {
-        max_templates_per_domain: 2,
+        max_templates: 2,
         ..Default::default()
     });
     let mut enc = Encoder::new(EncoderConfig::stream(1)).unwrap();
@@ -406,10 +406,14 @@ fn template_bounds_hold() {
     enc.record(T0, 256).unwrap().uint(1).finish().unwrap();
     enc.flush(T0);
     let msgs = drain(&mut enc);
-    assert!(matches!(
+    assert_eq!(
         dec.decode(T0, &msgs[0], |_| {}),
-        Err(DecodeError::TooManyTemplates { max: 2, .. })
-    ));
+        Err(DecodeError::TooManyTemplates {
+            template_id: 258,
+            domain: 1,
+            max: 2
+        })
+    );
 }
 
 #[test]
