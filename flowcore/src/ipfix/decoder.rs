@@ -89,6 +89,10 @@ pub struct DecoderStats {
     /// Data records the sequence numbers say were sent but never arrived.
     pub records_missing: u64,
     pub templates_expired: u64,
+    /// Fields of template definitions that gave a registered element a length its type does not
+    /// accept (e.g. pmacct's 16-byte `flowStartMicroseconds`); their values decode as octets.
+    /// Counted once per field per definition received.
+    pub nonstandard_lengths: u64,
 }
 
 /// Adds another session's counters (a summary over sessions). Lives beside the struct so a new
@@ -107,6 +111,7 @@ impl std::ops::AddAssign<&DecoderStats> for DecoderStats {
         self.sequence_gaps += b.sequence_gaps;
         self.records_missing += b.records_missing;
         self.templates_expired += b.templates_expired;
+        self.nonstandard_lengths += b.nonstandard_lengths;
     }
 }
 
@@ -509,7 +514,10 @@ impl Decoder {
                         )?;
                         p = next;
                         match rec {
-                            TemplateRecord::Define(template) => {
+                            TemplateRecord::Define {
+                                template,
+                                nonstandard_lengths,
+                            } => {
                                 define(
                                     &self.cfg,
                                     &mut self.usage,
@@ -524,6 +532,7 @@ impl Decoder {
                                 } else {
                                     self.stats.templates += 1;
                                 }
+                                self.stats.nonstandard_lengths += nonstandard_lengths as u64;
                                 summary.templates += 1;
                             }
                             TemplateRecord::Withdraw(id) => {

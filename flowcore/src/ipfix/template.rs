@@ -15,7 +15,8 @@ pub type TemplateId = u16;
 pub struct FieldSpec {
     pub ie: IeId,
     pub len: u16,
-    /// The registry's type; `OctetArray` for elements the registry does not know.
+    /// The registry's type; `OctetArray` for elements the registry does not know, and for a
+    /// registered element a peer sent with a length its type does not accept.
     pub data_type: DataType,
     /// The registry's name; `None` for unknown elements.
     pub name: Option<&'static str>,
@@ -230,7 +231,12 @@ impl Template {
 
 /// What a template record in a template or options template set says.
 pub(crate) enum TemplateRecord {
-    Define(Template),
+    /// A (re)definition, and how many of its fields gave a registered element a length its type
+    /// does not accept (carried as octets, see [`parse_template_record`]).
+    Define {
+        template: Template,
+        nonstandard_lengths: u32,
+    },
     /// Field count 0 (RFC 7011 §8.1). `id` equal to the set id withdraws every template of that
     /// kind.
     Withdraw(TemplateId),
@@ -238,6 +244,13 @@ pub(crate) enum TemplateRecord {
 
 /// Parses one template record starting at `buf[pos]`; returns it and the position after it.
 /// `base` is the offset of `buf` in the message, for error reporting.
+///
+/// Lenient where real exporters deviate harmlessly: a registered element given a fixed length its
+/// type does not accept (pmacct's nfprobe sends `flowStart/EndMicroseconds` as 16-byte
+/// `struct timeval`s, not 8-byte NTP times) is carried as opaque octets under its own id and name,
+/// so the rest of the record still decodes, as tshark does. Length 0 stays an error: such a field
+/// says nothing and is most likely a corrupt template. [`Template::new`], which the encoder uses,
+/// stays strict so flowlens never sends such lengths itself.
 pub(crate) fn parse_template_record(
     buf: &[u8],
     pos: usize,
@@ -301,6 +314,7 @@ pub(crate) fn parse_template_record(
     };
     let mut p = pos + head;
     let mut fields = Vec::with_capacity(count as usize);
+    let mut nonstandard_lengths = 0u32;
     for _ in 0..count {
         if buf.len() < p + 4 {
             return Err(trunc(4, p));
@@ -318,11 +332,22 @@ pub(crate) fn parse_template_record(
         } else {
             IeId::iana(raw_id)
         };
-        fields.push(FieldSpec::from_wire(ie, len));
+        let mut spec = FieldSpec::from_wire(ie, len);
+        if len != VARLEN && len != 0 && !spec.data_type.accepts_len(len) {
+            spec.data_type = DataType::OctetArray;
+            nonstandard_lengths += 1;
+        }
+        fields.push(spec);
     }
     let mut t = Template::new(id, fields, scope_count);
     if let Err(DecodeError::BadTemplateId { offset, .. }) = &mut t {
         *offset = base + pos;
     }
-    Ok((TemplateRecord::Define(t?), p))
+    Ok((
+        TemplateRecord::Define {
+            template: t?,
+            nonstandard_lengths,
+        },
+        p,
+    ))
 }

@@ -1,5 +1,6 @@
 //! Template state tests: the session's byte and count budget, its exact accounting through
-//! definitions, redefinitions, withdrawals and expiry, and the `Arc` a record hands out.
+//! definitions, redefinitions, withdrawals and expiry, the `Arc` a record hands out, and the
+//! lenient reading of field lengths real exporters get wrong.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 use super::*;
+use crate::ie::DataType;
 use crate::model::Timestamp;
 
 const T0: Timestamp = Timestamp::from_secs(1_764_000_000);
@@ -49,9 +51,124 @@ fn define_msg(domain: u32, id: u16, fields: &[(u16, u16)], options: bool) -> Vec
     message(domain, &[(set, template_record(id, fields, scope))])
 }
 
+fn hex(s: &str) -> Vec<u8> {
+    let s: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    s.chunks(2)
+        .map(|p| u8::from_str_radix(std::str::from_utf8(p).unwrap(), 16).unwrap())
+        .collect()
+}
+
 /// The heap bytes a decoder should account for the live templates: the sum over them.
 fn live_bytes(dec: &Decoder) -> usize {
     dec.templates().map(|(_, t)| t.heap_bytes()).sum()
+}
+
+/// One message pmacctd 1.7.7's nfprobe sent with `nfprobe_tstamp_usec: true`: four templates
+/// whose first two fields are flowEndMicroseconds (155) and flowStartMicroseconds (154) with
+/// length 16 (a `struct timeval`: 8 bytes of seconds, 8 of microseconds), then one data record.
+const PMACCT_USECS: &str = "
+    000a01706b173a810000000000000000
+    000200440400000f009b0010009a00100001000800020008003c0001000a0004000e0004003d0001000800040
+    00c000400070002000b000200050001000600010004000100020044
+    0401000f009b0010009a00100001000800020008003c0001000a0004000e0004003d000100080004000c0004
+    00070002000b000200050001000600010004000100020044
+    0800000f009b0010009a00100001000800020008003c0001000a0004000e0004003d0001001b0010001c0010
+    0005000100070002000b0002000600010004000100020044
+    0801000f009b0010009a00100001000800020008003c0001000a0004000e0004003d0001001b0010001c0010
+    0005000100070002000b00020006000100040001
+    04000050
+    000000006924810000000000000007d0 00000000692481000000000000000000
+    0000000000001a68 0000000000000006 04 00000000 00000000 00 7f000001 7f000001 9c40 1283 00 00 11
+    000000";
+
+#[test]
+fn nonstandard_lengths_from_the_wire_decode_as_named_octets() {
+    let msg = hex(PMACCT_USECS);
+    let mut dec = Decoder::new(DecoderConfig::default());
+    let mut recs: Vec<Vec<(String, String)>> = Vec::new();
+    let summary = dec
+        .decode(T0, &msg, |r| {
+            recs.push(
+                r.fields()
+                    .map(|f| {
+                        (
+                            f.spec.display_name().into_owned(),
+                            format!("{:?}", f.value()),
+                        )
+                    })
+                    .collect(),
+            )
+        })
+        .unwrap();
+    assert_eq!(summary.templates, 4);
+    // Two fields in each of the four definitions.
+    assert_eq!(dec.stats().nonstandard_lengths, 8);
+    assert_eq!(recs.len(), 1);
+    let get = |name: &str| -> &str {
+        &recs[0]
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("{name} missing from {:?}", recs[0]))
+            .1
+    };
+    let end = hex("000000006924810000000000000007d0");
+    assert_eq!(
+        get("flowEndMicroseconds"),
+        format!("{:?}", FieldValue::Octets(&end))
+    );
+    assert!(get("flowStartMicroseconds").starts_with("Octets("));
+    // The rest of the record decodes normally.
+    assert_eq!(get("octetDeltaCount"), "Unsigned(6760)");
+    assert_eq!(get("packetDeltaCount"), "Unsigned(6)");
+    assert_eq!(get("sourceIPv4Address"), "Ipv4(127.0.0.1)");
+    assert_eq!(get("sourceTransportPort"), "Unsigned(40000)");
+    assert_eq!(get("destinationTransportPort"), "Unsigned(4739)");
+    assert_eq!(get("protocolIdentifier"), "Unsigned(17)");
+    // The field keeps its element id; only the type says octets.
+    let t = dec.template(0, 1024).unwrap();
+    assert_eq!(t.fields[0].ie, crate::ie::IeId::iana(155));
+    assert_eq!(t.fields[0].len, 16);
+    assert_eq!(t.fields[0].data_type, DataType::OctetArray);
+    assert_eq!(t.fixed_len(), Some(73));
+}
+
+#[test]
+fn encoder_templates_stay_strict_about_lengths() {
+    let f = FieldSpec::named("flowStartMicroseconds")
+        .unwrap()
+        .with_len(16);
+    assert!(matches!(
+        Template::new(300, vec![f], 0),
+        Err(DecodeError::BadFieldLength {
+            len: 16,
+            data_type: DataType::DateTimeMicroseconds,
+            ..
+        })
+    ));
+    let mut enc = Encoder::new(EncoderConfig::stream(1)).unwrap();
+    assert!(enc.add_template(300, &[f]).is_err());
+}
+
+#[test]
+fn zero_length_fixed_field_stays_an_error() {
+    let mut dec = Decoder::new(DecoderConfig::default());
+    let e = dec
+        .decode(T0, &define_msg(1, 300, &[(154, 0), (1, 8)], false), |_| {})
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            DecodeError::BadFieldLength {
+                template_id: 300,
+                len: 0,
+                data_type: DataType::DateTimeMicroseconds,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert_eq!(dec.stats().nonstandard_lengths, 0);
+    assert_eq!(dec.template_bytes(), 0);
 }
 
 #[test]
@@ -282,14 +399,15 @@ enum Op {
     Expire,
 }
 
-/// Fields of every shape the accounting sees: fixed, and variable-length (varlen runs, no
-/// offsets).
+/// Fields of every shape the accounting sees: fixed, variable-length (varlen runs, no offsets),
+/// and a nonstandard length carried as octets.
 fn arb_fields() -> impl Strategy<Value = Vec<(u16, u16)>> {
     let field = prop_oneof![
         Just((1u16, 8u16)),
         Just((1, 4)),
         Just((8, 4)),
         Just((82, 0xFFFF)),
+        Just((154, 16)),
     ];
     proptest::collection::vec(field, 1..40)
 }
@@ -310,11 +428,17 @@ fn arb_op() -> impl Strategy<Value = Op> {
 /// What the test expects to be live: (domain, id) → (heap bytes, options, refreshed).
 type Model = HashMap<(u32, u16), (usize, bool, Timestamp)>;
 
-/// The template a definition should produce.
+/// The template a definition should produce, built as the decoder's lenient parse does.
 fn expected_template(id: u16, fields: &[(u16, u16)], options: bool) -> Template {
     let specs = fields
         .iter()
-        .map(|&(ie, len)| FieldSpec::from_wire(crate::ie::IeId::iana(ie), len))
+        .map(|&(ie, len)| {
+            let mut s = FieldSpec::from_wire(crate::ie::IeId::iana(ie), len);
+            if len != crate::ie::VARLEN && !s.data_type.accepts_len(len) {
+                s.data_type = DataType::OctetArray;
+            }
+            s
+        })
         .collect();
     Template::new(id, specs, if options { 1 } else { 0 }).unwrap()
 }

@@ -373,16 +373,17 @@ fn malformed_inputs_are_typed_errors() {
             ..
         })
     ));
-    // ipv4Address with length 3.
+    // ipv4Address with length 0: a fixed-length field of no bytes is refused, not carried as
+    // octets (see template_tests for the lengths that are).
     let m = [
-        0, 10, 0, 28, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 12, 1, 0, 0, 1, 0, 8, 0, 3,
+        0, 10, 0, 28, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 12, 1, 0, 0, 1, 0, 8, 0, 0,
     ];
     let e = dec.decode(T0, &m, |_| {}).unwrap_err();
     assert!(
         matches!(
             e,
             DecodeError::BadFieldLength {
-                len: 3,
+                len: 0,
                 data_type: DataType::Ipv4Address,
                 ..
             }
