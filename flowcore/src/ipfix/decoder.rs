@@ -42,10 +42,10 @@ pub struct DecoderConfig {
     pub max_templates: usize,
     /// Heap bytes of the session's templates ([`Template::heap_bytes`]: field specifiers,
     /// offsets, variable-length runs, the struct and its map slot). Default 1 MiB: 256 templates
-    /// of Antrea's largest layout (~70 fields, ~2.5 KiB each) take ~640 KiB, while 256 templates
-    /// of 512 fields (~17 KiB each) would take 4.4 MiB; the byte budget is what stops a peer that
-    /// sends few wire bytes for many heap bytes (a field specifier is 4 wire bytes, 32 heap
-    /// bytes).
+    /// of the largest Antrea layout (flowlens's aggregated one, 67 fields, ~2.3 KiB each) take
+    /// ~585 KiB, while 256 templates of 512 fields (~17 KiB each) would take 4.3 MiB, so the
+    /// byte budget is what stops a peer that sends few wire bytes for many heap bytes (a field
+    /// specifier is 4 wire bytes and 34 heap bytes); it admits ~59 templates of 512 fields.
     pub max_template_bytes: usize,
     /// Fields per template. Default 512: Antrea's largest layout has ~70 fields and tshark's
     /// own default cap is 60, so 512 refuses nothing real while bounding a single template to
@@ -310,15 +310,20 @@ fn define(
     t: Template,
     now: Timestamp,
 ) -> Result<(), DecodeError> {
-    if let Some(lifetime) = cfg.template_lifetime {
-        let due = now.saturating_add(lifetime);
-        *next_expiry = Some(next_expiry.map_or(due, |d| d.min(due)));
-    }
+    // Refreshed at `now`, the template expires after `now + lifetime`; an earlier bound of an
+    // older refresh stays (a bound only has to be no later than every template's expiry).
+    let mut note_refresh = || {
+        if let Some(lifetime) = cfg.template_lifetime {
+            let due = now.saturating_add(lifetime);
+            *next_expiry = Some(next_expiry.map_or(due, |d| d.min(due)));
+        }
+    };
     let old_bytes = match domain.templates.get_mut(&t.id) {
         // A refresh (the same template again, as UDP exporters send periodically) keeps the
         // `Arc`, so consumers holding it see one template, and nothing is allocated.
         Some(e) if *e.template == t => {
             e.refreshed = now;
+            note_refresh();
             return Ok(());
         }
         Some(e) => Some(e.template.heap_bytes()),
@@ -346,6 +351,7 @@ fn define(
         usage.templates += 1;
     }
     usage.bytes = in_use + bytes;
+    note_refresh();
     domain.templates.insert(
         t.id,
         TemplateEntry {

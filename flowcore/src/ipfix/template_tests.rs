@@ -262,7 +262,7 @@ fn default_budget_fits_real_layouts_and_stops_the_largest_templates() {
     assert!((60..=80).contains(&n), "{n} fields");
     let per = antrea.heap_bytes();
     assert!((2000..3000).contains(&per), "{per} bytes for {n} fields");
-    assert!(cfg.max_templates * per <= 700 << 10);
+    assert!(cfg.max_templates * per <= 600 << 10);
     assert!(cfg.max_templates * per < cfg.max_template_bytes);
     let f = FieldSpec::named("octetDeltaCount").unwrap();
     let big = Template::new(300, vec![f; cfg.max_fields_per_template], 0).unwrap();
