@@ -12,8 +12,8 @@
 //! ## Handing messages on
 //! A session task decodes each message itself and sends one [`DecodedMessage`] per IPFIX message
 //! that holds data records. The message keeps the received bytes (one refcounted `Bytes`, split
-//! off the read buffer without copying for TCP/TLS), the templates its records use (`Arc`s shared
-//! across messages, cloned from the decoder only when a template is new or redefined), and one
+//! off the read buffer without copying for TCP/TLS), the templates its records use (the decoder's
+//! own `Arc`s, shared across messages; a redefinition is a new one), and one
 //! 12-byte span per record; [`DecodedMessage::records`] yields flowcore's borrowed
 //! [`DataRecord`] views again, so the consumer runs `Aggregator::handle_record` on them directly.
 //! That is two small allocations per message (a few hundred records) and none per record, and the
@@ -172,13 +172,9 @@ fn now() -> Timestamp {
     Timestamp::from_nanos(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-/// A session's decoder, its template cache, and the decoder counters already reported.
+/// A session's decoder and the decoder counters already reported.
 struct SessionDecoder {
     decoder: Decoder,
-    /// Shared copies of the decoder's templates. A cached template is the one in use while its
-    /// field list is the same allocation (`Arc::ptr_eq`): a redefinition always builds a new one,
-    /// and the cache's clone keeps the old allocation alive, so the address cannot be reused.
-    cache: HashMap<(u32, TemplateId), Arc<Template>>,
     reported: (u64, u64, u64),
 }
 
@@ -186,7 +182,6 @@ impl SessionDecoder {
     fn new(cfg: DecoderConfig) -> Self {
         SessionDecoder {
             decoder: Decoder::new(cfg),
-            cache: HashMap::new(),
             reported: (0, 0, 0),
         }
     }
@@ -200,23 +195,13 @@ impl SessionDecoder {
         let mut templates: Vec<Arc<Template>> = Vec::new();
         let mut records = Vec::new();
         let base = bytes.as_ptr() as usize;
-        let cache = &mut self.cache;
-        let same = |a: &Template, b: &Template| a.id == b.id && Arc::ptr_eq(&a.fields, &b.fields);
         let result = self.decoder.decode(now(), &bytes, |rec| {
-            let t = rec.template;
-            let idx = match templates.iter().rposition(|c| same(c, t)) {
+            // The decoder's own `Arc`: the clones in `templates` keep each one alive (and its
+            // address unique) for as long as this message is.
+            let idx = match templates.iter().rposition(|c| Arc::ptr_eq(c, rec.template)) {
                 Some(i) => i,
                 None => {
-                    let arc = cache
-                        .entry((rec.header.domain, t.id))
-                        .and_modify(|c| {
-                            if !same(c, t) {
-                                *c = Arc::new(t.clone());
-                            }
-                        })
-                        .or_insert_with(|| Arc::new(t.clone()))
-                        .clone();
-                    templates.push(arc);
+                    templates.push(rec.template.clone());
                     templates.len() - 1
                 }
             };

@@ -42,7 +42,12 @@ pub enum MalformedReason {
     BadMessageLength,
     BadSetLength,
     BadTemplate,
+    /// A template with more than `max_fields_per_template` fields.
+    TooManyFields,
+    /// One template more than `max_templates` in the session.
     TooManyTemplates,
+    /// A template that would take the session's templates past `max_template_bytes`.
+    TooManyTemplateBytes,
     TooManyDomains,
     RecordOverrun,
     StreamFraming,
@@ -58,10 +63,11 @@ impl From<&DecodeError> for MalformedReason {
             E::BadSetLength { .. } => MalformedReason::BadSetLength,
             E::BadTemplateId { .. }
             | E::BadFieldLength { .. }
-            | E::TooManyFields { .. }
             | E::BadScopeCount { .. }
             | E::EmptyRecord { .. } => MalformedReason::BadTemplate,
+            E::TooManyFields { .. } => MalformedReason::TooManyFields,
             E::TooManyTemplates { .. } => MalformedReason::TooManyTemplates,
+            E::TooManyTemplateBytes { .. } => MalformedReason::TooManyTemplateBytes,
             E::TooManyDomains { .. } => MalformedReason::TooManyDomains,
             E::RecordOverrun { .. } => MalformedReason::RecordOverrun,
             E::StreamBadLength { .. } => MalformedReason::StreamFraming,
@@ -233,6 +239,42 @@ impl ExporterMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each session bound is its own label, so an alert can tell a hostile peer from a buggy one.
+    #[test]
+    fn bounds_have_their_own_reasons() {
+        let reason = |e: DecodeError| MalformedReason::from(&e);
+        assert_eq!(
+            reason(DecodeError::TooManyTemplateBytes {
+                template_id: 256,
+                domain: 1,
+                bytes: 10,
+                in_use: 5,
+                max: 12
+            }),
+            MalformedReason::TooManyTemplateBytes
+        );
+        assert_eq!(
+            reason(DecodeError::TooManyTemplates {
+                template_id: 256,
+                domain: 1,
+                max: 1
+            }),
+            MalformedReason::TooManyTemplates
+        );
+        assert_eq!(
+            reason(DecodeError::TooManyFields {
+                template_id: 256,
+                count: 9,
+                max: 8
+            }),
+            MalformedReason::TooManyFields
+        );
+        assert_eq!(
+            reason(DecodeError::TooManyDomains { domain: 3, max: 2 }),
+            MalformedReason::TooManyDomains
+        );
+    }
 
     #[test]
     fn both_sets_register_and_encode() {

@@ -9,7 +9,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let now = Timestamp::from_secs(1_764_000_000);
-    let mut dec = Decoder::new(DecoderConfig { max_templates_per_domain: 64, ..Default::default() });
+    let mut dec = Decoder::new(DecoderConfig { max_templates: 64, ..Default::default() });
     let mut sink = 0u64;
     let _ = dec.decode(now, data, |r| {
         for f in r.fields() {

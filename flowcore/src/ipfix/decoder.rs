@@ -4,10 +4,18 @@
 //! to a callback as a borrowed view — no allocation per record.
 //!
 //! Invariants: a template is only used for data sets of its own domain; a withdrawn, replaced or
-//! expired template is never used again; every bound (domains, templates per domain, fields per
-//! template) holds whatever the peer sends; malformed input is an error naming what and where.
+//! expired template is never used again; every bound (domains, templates and template bytes per
+//! session, fields per template) holds whatever the peer sends, and hitting one is an error that
+//! names it; malformed input is an error naming what and where.
+//!
+//! Memory: the session's templates are accounted in bytes ([`Template::heap_bytes`]) as they are
+//! defined, redefined, withdrawn and expired, so [`Decoder::template_bytes`] is always the sum over
+//! the live templates and never above `max_template_bytes`. Templates are held as `Arc`s; a
+//! consumer that clones one from a [`DataRecord`] keeps it alive past a withdrawal without a cache
+//! of its own (that memory is the consumer's, bounded by how long it keeps records).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::model::Timestamp;
@@ -20,11 +28,28 @@ use super::{
     TEMPLATE_SET_ID, VERSION,
 };
 
-/// Bounds and template lifetime for one session.
+/// Bounds and template lifetime for one session. The defaults keep one session's template state
+/// under 1 MiB whatever the peer sends, with room to spare for every real exporter we know.
 #[derive(Clone, Debug)]
 pub struct DecoderConfig {
+    /// Observation domains per session. Default 16: a flowlens agent or aggregator uses one per
+    /// session, softflowd and pmacct one, a router one per line card; every domain costs a map
+    /// entry and a template map even when it holds no template.
     pub max_domains: usize,
-    pub max_templates_per_domain: usize,
+    /// Templates per session, over all its domains. Default 256: flowlens sends 4 data templates
+    /// (agent and aggregated layouts, IPv4 and IPv6), Antrea as many, general-purpose exporters a
+    /// few dozen at most; a peer defining hundreds is probing, not exporting.
+    pub max_templates: usize,
+    /// Heap bytes of the session's templates ([`Template::heap_bytes`]: field specifiers,
+    /// offsets, variable-length runs, the struct and its map slot). Default 1 MiB: 256 templates
+    /// of the largest Antrea layout (flowlens's aggregated one, 67 fields, ~2.3 KiB each) take
+    /// ~585 KiB, while 256 templates of 512 fields (~17 KiB each) would take 4.3 MiB, so the
+    /// byte budget is what stops a peer that sends few wire bytes for many heap bytes (a field
+    /// specifier is 4 wire bytes and 34 heap bytes); it admits ~59 templates of 512 fields.
+    pub max_template_bytes: usize,
+    /// Fields per template. Default 512: Antrea's largest layout has ~70 fields and tshark's
+    /// own default cap is 60, so 512 refuses nothing real while bounding a single template to
+    /// ~17 KiB.
     pub max_fields_per_template: usize,
     /// For UDP: templates not refreshed within this time expire (RFC 7011 §8.4 suggests 3× the
     /// exporter's refresh interval). `None` for TCP/TLS, where templates live as long as the
@@ -35,9 +60,10 @@ pub struct DecoderConfig {
 impl Default for DecoderConfig {
     fn default() -> Self {
         DecoderConfig {
-            max_domains: 1024,
-            max_templates_per_domain: 4096,
-            max_fields_per_template: 1024,
+            max_domains: 16,
+            max_templates: 256,
+            max_template_bytes: 1 << 20,
+            max_fields_per_template: 512,
             template_lifetime: None,
         }
     }
@@ -63,6 +89,10 @@ pub struct DecoderStats {
     /// Data records the sequence numbers say were sent but never arrived.
     pub records_missing: u64,
     pub templates_expired: u64,
+    /// Fields of template definitions that gave a registered element a length its type does not
+    /// accept (e.g. pmacct's 16-byte `flowStartMicroseconds`); their values decode as octets.
+    /// Counted once per field per definition received.
+    pub nonstandard_lengths: u64,
 }
 
 /// Adds another session's counters (a summary over sessions). Lives beside the struct so a new
@@ -81,6 +111,7 @@ impl std::ops::AddAssign<&DecoderStats> for DecoderStats {
         self.sequence_gaps += b.sequence_gaps;
         self.records_missing += b.records_missing;
         self.templates_expired += b.templates_expired;
+        self.nonstandard_lengths += b.nonstandard_lengths;
     }
 }
 
@@ -129,7 +160,9 @@ impl MessageHeader {
 #[derive(Clone, Copy, Debug)]
 pub struct DataRecord<'a> {
     pub header: &'a MessageHeader,
-    pub template: &'a Template,
+    /// The decoder's own `Arc`: clone it to keep the template past the callback (a redefinition
+    /// or withdrawal then leaves the clone as it was).
+    pub template: &'a Arc<Template>,
     pub data: &'a [u8],
 }
 
@@ -234,14 +267,99 @@ fn record_len(t: &Template, data: &[u8]) -> Option<usize> {
 }
 
 struct TemplateEntry {
-    template: Template,
+    template: Arc<Template>,
     refreshed: Timestamp,
 }
+
+/// What one entry of a domain's template map takes: key, entry and hashbrown's control byte.
+pub(crate) const MAP_SLOT_BYTES: usize = std::mem::size_of::<(TemplateId, TemplateEntry)>() + 1;
 
 #[derive(Default)]
 struct Domain {
     templates: HashMap<TemplateId, TemplateEntry>,
     next_sequence: Option<u32>,
+}
+
+/// The session's template count and bytes, kept equal to the sums over its live templates.
+#[derive(Default)]
+struct Usage {
+    templates: usize,
+    bytes: usize,
+}
+
+impl Usage {
+    fn release(&mut self, t: &Template) {
+        self.templates -= 1;
+        self.bytes -= t.heap_bytes();
+    }
+}
+
+/// Whether a template last refreshed at `refreshed` is past `lifetime` at `now`.
+fn is_expired(now: Timestamp, refreshed: Timestamp, lifetime: Duration) -> bool {
+    now.saturating_since(refreshed) > lifetime
+}
+
+/// Defines (or redefines) `t` in `domain`, within the session's bounds. A refused template
+/// leaves everything as it was, including a template of the same id it would have replaced.
+fn define(
+    cfg: &DecoderConfig,
+    usage: &mut Usage,
+    next_expiry: &mut Option<Timestamp>,
+    domain: &mut Domain,
+    domain_id: ObservationDomainId,
+    t: Template,
+    now: Timestamp,
+) -> Result<(), DecodeError> {
+    // Refreshed at `now`, the template expires after `now + lifetime`; an earlier bound of an
+    // older refresh stays (a bound only has to be no later than every template's expiry).
+    let mut note_refresh = || {
+        if let Some(lifetime) = cfg.template_lifetime {
+            let due = now.saturating_add(lifetime);
+            *next_expiry = Some(next_expiry.map_or(due, |d| d.min(due)));
+        }
+    };
+    let old_bytes = match domain.templates.get_mut(&t.id) {
+        // A refresh (the same template again, as UDP exporters send periodically) keeps the
+        // `Arc`, so consumers holding it see one template, and nothing is allocated.
+        Some(e) if *e.template == t => {
+            e.refreshed = now;
+            note_refresh();
+            return Ok(());
+        }
+        Some(e) => Some(e.template.heap_bytes()),
+        None => None,
+    };
+    if old_bytes.is_none() && usage.templates >= cfg.max_templates {
+        return Err(DecodeError::TooManyTemplates {
+            template_id: t.id,
+            domain: domain_id,
+            max: cfg.max_templates,
+        });
+    }
+    let bytes = t.heap_bytes();
+    let in_use = usage.bytes - old_bytes.unwrap_or(0);
+    if in_use + bytes > cfg.max_template_bytes {
+        return Err(DecodeError::TooManyTemplateBytes {
+            template_id: t.id,
+            domain: domain_id,
+            bytes,
+            in_use,
+            max: cfg.max_template_bytes,
+        });
+    }
+    if old_bytes.is_none() {
+        usage.templates += 1;
+    }
+    usage.bytes = in_use + bytes;
+    note_refresh();
+    domain.templates.insert(
+        t.id,
+        TemplateEntry {
+            template: Arc::new(t),
+            refreshed: now,
+        },
+    );
+    Ok(())
 }
 
 /// Summary of one decoded message.
@@ -257,6 +375,10 @@ pub struct Decoder {
     cfg: DecoderConfig,
     domains: HashMap<ObservationDomainId, Domain>,
     stats: DecoderStats,
+    usage: Usage,
+    /// With a `template_lifetime`: no live template expires before this (a lower bound, exact
+    /// after [`Decoder::expire`]), so a message only looks for expired templates when one may be.
+    next_expiry: Option<Timestamp>,
 }
 
 impl Decoder {
@@ -265,6 +387,8 @@ impl Decoder {
             cfg,
             domains: HashMap::new(),
             stats: DecoderStats::default(),
+            usage: Usage::default(),
+            next_expiry: None,
         }
     }
 
@@ -273,12 +397,54 @@ impl Decoder {
     }
 
     /// The template `id` of `domain`, if known.
-    pub fn template(&self, domain: ObservationDomainId, id: TemplateId) -> Option<&Template> {
+    pub fn template(&self, domain: ObservationDomainId, id: TemplateId) -> Option<&Arc<Template>> {
         self.domains
             .get(&domain)?
             .templates
             .get(&id)
             .map(|e| &e.template)
+    }
+
+    /// Every live template with its domain, in no particular order.
+    pub fn templates(&self) -> impl Iterator<Item = (ObservationDomainId, &Arc<Template>)> {
+        self.domains
+            .iter()
+            .flat_map(|(&d, dom)| dom.templates.values().map(move |e| (d, &e.template)))
+    }
+
+    /// Heap bytes of the live templates ([`Template::heap_bytes`] summed), at most
+    /// `max_template_bytes`.
+    pub fn template_bytes(&self) -> usize {
+        self.usage.bytes
+    }
+
+    /// Drops every template not refreshed within `template_lifetime` (none without one) and
+    /// returns how many. [`Decoder::decode`] does this itself before each message when a template
+    /// may have expired; call it from a timer to free the templates of a UDP exporter that has
+    /// gone quiet.
+    pub fn expire(&mut self, now: Timestamp) -> usize {
+        let Some(lifetime) = self.cfg.template_lifetime else {
+            return 0;
+        };
+        let usage = &mut self.usage;
+        let mut expired = 0;
+        let mut next: Option<Timestamp> = None;
+        for d in self.domains.values_mut() {
+            d.templates.retain(|_, e| {
+                if is_expired(now, e.refreshed, lifetime) {
+                    usage.release(&e.template);
+                    expired += 1;
+                    false
+                } else {
+                    let due = e.refreshed.saturating_add(lifetime);
+                    next = Some(next.map_or(due, |n| n.min(due)));
+                    true
+                }
+            });
+        }
+        self.next_expiry = next;
+        self.stats.templates_expired += expired as u64;
+        expired
     }
 
     /// Decodes one whole message (a UDP datagram, or one message out of [`super::StreamDeframer`]),
@@ -300,8 +466,14 @@ impl Decoder {
         if !self.domains.contains_key(&header.domain) && self.domains.len() >= self.cfg.max_domains
         {
             return Err(DecodeError::TooManyDomains {
+                domain: header.domain,
                 max: self.cfg.max_domains,
             });
+        }
+        // Expiring here, once per message, means no data set below can meet an expired template:
+        // every template is either refreshed at `now` in this message or was live at its start.
+        if self.next_expiry.is_some_and(|due| now > due) {
+            self.expire(now);
         }
         self.stats.messages += 1;
         let domain = self.domains.entry(header.domain).or_default();
@@ -348,57 +520,47 @@ impl Decoder {
                         )?;
                         p = next;
                         match rec {
-                            TemplateRecord::Define(t) => {
-                                if !domain.templates.contains_key(&t.id)
-                                    && domain.templates.len() >= self.cfg.max_templates_per_domain
-                                {
-                                    return Err(DecodeError::TooManyTemplates {
-                                        domain: header.domain,
-                                        max: self.cfg.max_templates_per_domain,
-                                    });
-                                }
+                            TemplateRecord::Define {
+                                template,
+                                nonstandard_lengths,
+                            } => {
+                                define(
+                                    &self.cfg,
+                                    &mut self.usage,
+                                    &mut self.next_expiry,
+                                    domain,
+                                    header.domain,
+                                    template,
+                                    now,
+                                )?;
                                 if options {
                                     self.stats.options_templates += 1;
                                 } else {
                                     self.stats.templates += 1;
                                 }
+                                self.stats.nonstandard_lengths += nonstandard_lengths as u64;
                                 summary.templates += 1;
-                                domain.templates.insert(
-                                    t.id,
-                                    TemplateEntry {
-                                        template: t,
-                                        refreshed: now,
-                                    },
-                                );
                             }
                             TemplateRecord::Withdraw(id) => {
                                 self.stats.template_withdrawals += 1;
+                                let usage = &mut self.usage;
                                 if id == set_id {
-                                    domain
-                                        .templates
-                                        .retain(|_, e| e.template.is_options() != options);
-                                } else {
-                                    domain.templates.remove(&id);
+                                    domain.templates.retain(|_, e| {
+                                        let keep = e.template.is_options() != options;
+                                        if !keep {
+                                            usage.release(&e.template);
+                                        }
+                                        keep
+                                    });
+                                } else if let Some(e) = domain.templates.remove(&id) {
+                                    usage.release(&e.template);
                                 }
                             }
                         }
                     }
                 }
                 id if id >= MIN_DATA_SET_ID => {
-                    let entry = match domain.templates.get(&id) {
-                        Some(e)
-                            if self
-                                .cfg
-                                .template_lifetime
-                                .is_some_and(|l| now.saturating_since(e.refreshed) > l) =>
-                        {
-                            domain.templates.remove(&id);
-                            self.stats.templates_expired += 1;
-                            None
-                        }
-                        e => e,
-                    };
-                    let Some(entry) = entry else {
+                    let Some(entry) = domain.templates.get(&id) else {
                         self.stats.sets_without_template += 1;
                         self.stats.bytes_without_template += body.len() as u64;
                         pos += set_len as usize;

@@ -39,16 +39,34 @@ pub enum DecodeError {
         data_type: DataType,
         len: u16,
     },
-    #[error("template {template_id} has {count} fields; at most {max} are accepted")]
+    #[error(
+        "template {template_id} has {count} fields; at most max_fields_per_template = {max} are accepted"
+    )]
     TooManyFields {
         template_id: u16,
         count: usize,
         max: usize,
     },
-    #[error("observation domain {domain} already holds {max} templates, the configured maximum")]
-    TooManyTemplates { domain: u32, max: usize },
-    #[error("this session already has {max} observation domains, the configured maximum")]
-    TooManyDomains { max: usize },
+    #[error(
+        "template {template_id} of observation domain {domain} would be one more than the session's max_templates = {max}"
+    )]
+    TooManyTemplates {
+        template_id: u16,
+        domain: u32,
+        max: usize,
+    },
+    #[error(
+        "template {template_id} of observation domain {domain} takes {bytes} bytes of memory; with the {in_use} bytes of the session's other templates that exceeds max_template_bytes = {max}"
+    )]
+    TooManyTemplateBytes {
+        template_id: u16,
+        domain: u32,
+        bytes: usize,
+        in_use: usize,
+        max: usize,
+    },
+    #[error("observation domain {domain} would be one more than the session's max_domains = {max}")]
+    TooManyDomains { domain: u32, max: usize },
     #[error(
         "options template {template_id} has scope field count {scope_count} with {field_count} fields; need 1 ≤ scope ≤ fields"
     )]

@@ -63,4 +63,6 @@ pub fn node_observation_domain(node_name: &str) -> ObservationDomainId {
 }
 
 #[cfg(test)]
+mod template_tests;
+#[cfg(test)]
 mod tests;

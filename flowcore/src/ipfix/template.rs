@@ -15,7 +15,8 @@ pub type TemplateId = u16;
 pub struct FieldSpec {
     pub ie: IeId,
     pub len: u16,
-    /// The registry's type; `OctetArray` for elements the registry does not know.
+    /// The registry's type; `OctetArray` for elements the registry does not know, and for a
+    /// registered element a peer sent with a length its type does not accept.
     pub data_type: DataType,
     /// The registry's name; `None` for unknown elements.
     pub name: Option<&'static str>,
@@ -183,6 +184,25 @@ impl Template {
         self.fields.iter().position(|f| f.ie == ie)
     }
 
+    /// Heap bytes this template costs a [`super::Decoder`] that holds it: the `Arc`'d struct,
+    /// the `Arc`'d field list, the offsets and variable-length runs, and the decoder's hash map
+    /// slot (key, entry and one control byte). Every part is allocated at its exact length (the
+    /// slices are built from exact-size iterators or shrunk), so the figure is what the allocator
+    /// was asked for; allocator rounding and a map's spare slots are not counted (the map's
+    /// spare slots are bounded by `max_templates`, a few KiB at most).
+    pub fn heap_bytes(&self) -> usize {
+        use std::mem::size_of;
+        // An `Arc` allocation holds the strong and weak counts before the value.
+        const ARC_COUNTS: usize = 2 * size_of::<usize>();
+        ARC_COUNTS
+            + size_of::<Template>()
+            + ARC_COUNTS
+            + std::mem::size_of_val::<[FieldSpec]>(&self.fields)
+            + std::mem::size_of_val::<[u16]>(&self.offsets)
+            + std::mem::size_of_val::<[u32]>(&self.varlen_runs)
+            + super::decoder::MAP_SLOT_BYTES
+    }
+
     /// Bytes this template takes as a template record.
     pub fn record_wire_len(&self) -> usize {
         let head = if self.is_options() { 6 } else { 4 };
@@ -211,7 +231,12 @@ impl Template {
 
 /// What a template record in a template or options template set says.
 pub(crate) enum TemplateRecord {
-    Define(Template),
+    /// A (re)definition, and how many of its fields gave a registered element a length its type
+    /// does not accept (carried as octets, see [`parse_template_record`]).
+    Define {
+        template: Template,
+        nonstandard_lengths: u32,
+    },
     /// Field count 0 (RFC 7011 §8.1). `id` equal to the set id withdraws every template of that
     /// kind.
     Withdraw(TemplateId),
@@ -219,6 +244,13 @@ pub(crate) enum TemplateRecord {
 
 /// Parses one template record starting at `buf[pos]`; returns it and the position after it.
 /// `base` is the offset of `buf` in the message, for error reporting.
+///
+/// Lenient where real exporters deviate harmlessly: a registered element given a fixed length its
+/// type does not accept (pmacct's nfprobe sends `flowStart/EndMicroseconds` as 16-byte
+/// `struct timeval`s, not 8-byte NTP times) is carried as opaque octets under its own id and name,
+/// so the rest of the record still decodes, as tshark does. Length 0 stays an error: such a field
+/// says nothing and is most likely a corrupt template. [`Template::new`], which the encoder uses,
+/// stays strict so flowlens never sends such lengths itself.
 pub(crate) fn parse_template_record(
     buf: &[u8],
     pos: usize,
@@ -282,6 +314,7 @@ pub(crate) fn parse_template_record(
     };
     let mut p = pos + head;
     let mut fields = Vec::with_capacity(count as usize);
+    let mut nonstandard_lengths = 0u32;
     for _ in 0..count {
         if buf.len() < p + 4 {
             return Err(trunc(4, p));
@@ -299,11 +332,22 @@ pub(crate) fn parse_template_record(
         } else {
             IeId::iana(raw_id)
         };
-        fields.push(FieldSpec::from_wire(ie, len));
+        let mut spec = FieldSpec::from_wire(ie, len);
+        if len != VARLEN && len != 0 && !spec.data_type.accepts_len(len) {
+            spec.data_type = DataType::OctetArray;
+            nonstandard_lengths += 1;
+        }
+        fields.push(spec);
     }
     let mut t = Template::new(id, fields, scope_count);
     if let Err(DecodeError::BadTemplateId { offset, .. }) = &mut t {
         *offset = base + pos;
     }
-    Ok((TemplateRecord::Define(t?), p))
+    Ok((
+        TemplateRecord::Define {
+            template: t?,
+            nonstandard_lengths,
+        },
+        p,
+    ))
 }
