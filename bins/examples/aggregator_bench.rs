@@ -161,23 +161,18 @@ fn encode_exporter(e: usize, records: u32) -> (Vec<u8>, u64) {
 
 /// The child's IPFIX collector for `--ipfix`: counts the records of every decoded message.
 fn collect(addr: String, count: Arc<std::sync::atomic::AtomicU64>) {
-    use flowlens_bins::transport::collector::{Collector, CollectorConfig, channel};
+    use flowlens_bins::transport::collector::{Collector, CollectorConfig, queue};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async move {
-        let (tx, mut rx) = channel(64);
-        let c = Collector::bind(
-            CollectorConfig {
-                tcp: Some(addr.parse().unwrap()),
-                ..CollectorConfig::default()
-            },
-            Default::default(),
-            tx,
-        )
-        .await
-        .unwrap();
+        let cfg = CollectorConfig {
+            tcp: Some(addr.parse().unwrap()),
+            ..CollectorConfig::default()
+        };
+        let (tx, mut rx) = queue(&cfg.limits);
+        let c = Collector::bind(cfg, Default::default(), tx).await.unwrap();
         tokio::spawn(c.run(CancellationToken::new()));
         while let Some(m) = rx.recv().await {
             count.fetch_add(m.len() as u64, Relaxed);

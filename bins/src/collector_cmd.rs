@@ -24,7 +24,7 @@ use crate::collector::ingest::{Ingest, IngestConfig};
 use crate::collector::{QueryMetrics, SqliteConfig, SqliteStore, Store};
 use crate::config::collector::{CollectorConfig, StoreBackend, StoreChoice};
 use crate::ops::{HttpServer, Ops};
-use crate::transport::collector::{Collector, CollectorConfig as ListenConfig};
+use crate::transport::collector::Collector;
 use crate::transport::metrics::CollectorMetrics;
 use crate::transport::{Transport, tls};
 
@@ -123,7 +123,7 @@ pub async fn start_with(
         );
     });
     let (ipfix_addr, collector_task, mut rx) = if choice.ingest {
-        let mut lc = ListenConfig::default();
+        let mut lc = cfg.collecting.listener();
         match cfg.transport {
             Transport::Tcp => lc.tcp = Some(cfg.listen_addr),
             Transport::Udp => lc.udp = Some(cfg.listen_addr),
@@ -139,8 +139,8 @@ pub async fn start_with(
                 )?);
             }
         }
-        let (tx, rx) = crate::transport::collector::channel(256);
-        let collector = Collector::bind(lc, cmetrics, tx)
+        let (queue, rx) = crate::transport::collector::queue(&lc.limits);
+        let collector = Collector::bind(lc, cmetrics.clone(), queue)
             .await
             .with_context(|| format!("listenAddr {}", cfg.listen_addr))?;
         let ipfix_addr = collector
@@ -180,6 +180,7 @@ pub async fn start_with(
             let mut names = Interner::default();
             let mut seen = (0u64, 0u64);
             while let Some(m) = rx.recv().await {
+                cmetrics.queued_bytes.set(rx.queued_bytes() as i64);
                 let batch: Vec<AggregatedRecord> = m
                     .records()
                     .filter_map(|rec| AggregatedRecord::from_ipfix(&rec, &mut names).ok())

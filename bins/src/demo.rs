@@ -299,6 +299,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             log: Default::default(),
             http: Default::default(),
             query: Default::default(),
+            collecting: Default::default(),
         },
         Ops::new("flowlens_collector"),
         shutdown.clone(),

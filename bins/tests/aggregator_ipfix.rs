@@ -12,13 +12,13 @@ use std::net::SocketAddr;
 
 use aggregator_common::*;
 use flowcore::ipfix::DataRecord;
-use flowlens_bins::transport::collector::{Collector, CollectorConfig, DecodedMessage, channel};
+use flowlens_bins::transport::collector::{Collector, CollectorConfig, DecodedMessage, queue};
+use flowlens_bins::transport::fair::FairReceiver;
 use flowlens_bins::transport::metrics::CollectorMetrics;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 struct RunningCollector {
-    rx: mpsc::Receiver<DecodedMessage>,
+    rx: FairReceiver<DecodedMessage>,
     metrics: CollectorMetrics,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -34,7 +34,7 @@ impl RunningCollector {
     }
 
     async fn on(cfg: CollectorConfig) -> RunningCollector {
-        let (tx, rx) = channel(64);
+        let (tx, rx) = queue(&cfg.limits);
         let metrics = CollectorMetrics::default();
         let c = Collector::bind(cfg, metrics.clone(), tx).await.unwrap();
         let shutdown = CancellationToken::new();

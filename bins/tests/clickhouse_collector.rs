@@ -40,6 +40,7 @@ fn collector_cfg(name: &str) -> CollectorConfig {
         log: Default::default(),
         http: Default::default(),
         query: Default::default(),
+        collecting: Default::default(),
     }
 }
 

@@ -15,13 +15,16 @@ use flowcore::ipfix::example::write_example_record;
 use flowcore::ipfix::{DataRecord, Encoder, EncoderConfig, Layout};
 use flowcore::model::Timestamp;
 use flowlens_bins::transport::backoff::BackoffConfig;
-use flowlens_bins::transport::collector::{Collector, CollectorConfig, DecodedMessage, channel};
+use flowlens_bins::transport::collector::{
+    Collector, CollectorConfig, DecodedMessage, SessionLimits,
+};
 use flowlens_bins::transport::exporter::{
     Exporter, ExporterConfig, Outcome, SendError, SessionId, SessionState,
 };
+use flowlens_bins::transport::fair::{FairConfig, FairReceiver, fair_queue};
 use flowlens_bins::transport::metrics::{
-    CollectorMetrics, ExporterMetrics, MalformedLabels, MalformedReason, UdpDropLabels,
-    UdpDropReason,
+    CollectorMetrics, ExporterMetrics, MalformedLabels, MalformedReason, RejectLabels,
+    RejectReason, UdpDropLabels, UdpDropReason,
 };
 use flowlens_bins::transport::replay::{ReplayConfig, ReplayExporter};
 use flowlens_bins::transport::tls::{self, GeneratedCerts, TlsFiles};
@@ -99,7 +102,7 @@ fn check(rec: &DataRecord<'_>) -> u64 {
 }
 
 /// Receives messages until `n` records have arrived; returns their indices in arrival order.
-async fn receive(rx: &mut mpsc::Receiver<DecodedMessage>, n: usize) -> Vec<u64> {
+async fn receive(rx: &mut FairReceiver<DecodedMessage>, n: usize) -> Vec<u64> {
     guard("records at the collector", async {
         let mut got = Vec::new();
         while got.len() < n {
@@ -115,7 +118,7 @@ struct RunningCollector {
     tcp: Option<SocketAddr>,
     udp: Option<SocketAddr>,
     tls: Option<SocketAddr>,
-    rx: mpsc::Receiver<DecodedMessage>,
+    rx: FairReceiver<DecodedMessage>,
     metrics: CollectorMetrics,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -134,10 +137,14 @@ impl RunningCollector {
         .await
     }
 
+    /// A collector whose sessions may each queue `capacity` full messages (at least one).
     async fn start(cfg: CollectorConfig, capacity: usize) -> RunningCollector {
-        let (tx, rx) = channel(capacity);
+        let (queue, rx) = fair_queue(FairConfig {
+            max_bytes: capacity * 70_000,
+            per_session_bytes: (capacity - 1) * 70_000 + 1,
+        });
         let metrics = CollectorMetrics::default();
-        let c = Collector::bind(cfg, metrics.clone(), tx).await.unwrap();
+        let c = Collector::bind(cfg, metrics.clone(), queue).await.unwrap();
         let (tcp, udp, tls) = (c.tcp_addr(), c.udp_addr(), c.tls_addr());
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(c.run(shutdown.clone()));
@@ -152,18 +159,24 @@ impl RunningCollector {
         }
     }
 
-    async fn stop(mut self) -> Vec<u64> {
+    async fn stop(self) -> Vec<u64> {
         self.shutdown.cancel();
-        guard("collector shutdown", &mut self.task)
+        // The consumer keeps receiving while the sessions drain (a session waiting for room in
+        // its queue must get it to finish): every message read before the shutdown is still
+        // delivered, then the end.
+        let mut rx = self.rx;
+        let consumer = tokio::spawn(async move {
+            let mut rest = Vec::new();
+            while let Some(m) = rx.recv().await {
+                rest.extend(m.records().map(|r| check(&r)));
+            }
+            rest
+        });
+        guard("collector shutdown", self.task)
             .await
             .unwrap()
             .unwrap();
-        // Drained: every message read before the shutdown is still delivered, then the end.
-        let mut rest = Vec::new();
-        while let Some(m) = self.rx.recv().await {
-            rest.extend(m.records().map(|r| check(&r)));
-        }
-        rest
+        guard("the queue's end", consumer).await.unwrap()
     }
 }
 
@@ -581,7 +594,10 @@ async fn sessions_beyond_the_maximum_are_refused() {
     let mut col = RunningCollector::start(
         CollectorConfig {
             tcp: any_port(),
-            max_sessions: 1,
+            limits: SessionLimits {
+                max_sessions: 1,
+                ..SessionLimits::default()
+            },
             ..CollectorConfig::default()
         },
         8,
@@ -597,7 +613,13 @@ async fn sessions_beyond_the_maximum_are_refused() {
     let mut second = TcpStream::connect(addr).await.unwrap();
     let n = guard("refused session closed", second.read(&mut [0u8; 4])).await;
     assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
-    assert_eq!(col.metrics.sessions_rejected.get(), 1);
+    let rejected = |reason| {
+        col.metrics
+            .sessions_rejected
+            .get_or_create(&RejectLabels { reason })
+            .get()
+    };
+    assert_eq!(rejected(RejectReason::Full), 1);
     col.stop().await;
 }
 
@@ -619,7 +641,7 @@ async fn full_channel_pushes_back_on_tcp_and_drops_counted_on_udp() {
     assert!(data.len() > 60_000, "one full message");
 
     // TCP: write the same full data message until the socket stops taking bytes. With nothing
-    // consuming, the session holds one message in the channel and one waiting to be sent, and
+    // consuming, the session holds one message in its queue and one waiting to be sent, and
     // reads nothing more, so the kernel buffers fill and the writer stalls.
     let mut sock = TcpStream::connect(col.tcp.unwrap()).await.unwrap();
     sock.write_all(&templates).await.unwrap();
@@ -667,7 +689,8 @@ async fn full_channel_pushes_back_on_tcp_and_drops_counted_on_udp() {
     assert_eq!(n, total_msgs * records_per_msg);
     assert_eq!(col.metrics.records.get() as usize, n);
 
-    // UDP: the channel is full again (nobody consumes); datagrams are dropped and counted.
+    // UDP: its own queue is full after one message (nobody consumes); datagrams are dropped and
+    // counted, for the exporter too.
     let mut col = col;
     let mut uenc = encoder(Transport::Udp);
     let dgrams = encode(&mut uenc, 0..30);
@@ -686,15 +709,23 @@ async fn full_channel_pushes_back_on_tcp_and_drops_counted_on_udp() {
         .metrics
         .udp_dropped_messages
         .get_or_create(&UdpDropLabels {
-            reason: UdpDropReason::ChannelFull,
+            reason: UdpDropReason::QueueFull,
         })
         .get();
     assert_eq!(
         dropped,
         data_dgrams - 1,
-        "one fits the channel, the rest are dropped"
+        "one fits the queue, the rest are dropped"
     );
     assert!(col.metrics.udp_dropped_records.get() >= dropped);
+    let by_exporter = col
+        .metrics
+        .exporter_dropped_records
+        .get_or_create(&flowlens_bins::transport::metrics::ExporterLabels {
+            exporter: udp.local_addr().unwrap().to_string(),
+        })
+        .get();
+    assert_eq!(by_exporter, col.metrics.udp_dropped_records.get());
     let kept = guard("the one queued datagram", col.rx.recv())
         .await
         .unwrap();
@@ -1139,4 +1170,368 @@ async fn throughput_over_tcp_loopback() {
     }
     shutdown.cancel();
     col_task.await.unwrap().unwrap();
+}
+
+// ---- admission: one peer never locks the others out ----
+
+fn with_limits(tcp: bool, f: impl FnOnce(&mut SessionLimits)) -> CollectorConfig {
+    let mut limits = SessionLimits::default();
+    f(&mut limits);
+    CollectorConfig {
+        tcp: if tcp { any_port() } else { None },
+        udp: if tcp { None } else { any_port() },
+        limits,
+        ..CollectorConfig::default()
+    }
+}
+
+/// A TCP connection to `to` from loopback address `from` (127.0.0.x).
+async fn connect_from(from: [u8; 4], to: SocketAddr) -> TcpStream {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind(SocketAddr::from((from, 0))).unwrap();
+    s.connect(to).await.unwrap()
+}
+
+/// The collector closed `s` (EOF or a reset).
+async fn closed(s: &mut TcpStream, what: &str) {
+    let n = guard(what, s.read(&mut [0u8; 16])).await;
+    assert!(matches!(n, Ok(0) | Err(_)), "{what}: {n:?}");
+}
+
+fn closed_count(
+    col: &RunningCollector,
+    reason: flowlens_bins::transport::metrics::CloseReason,
+) -> u64 {
+    col.metrics
+        .sessions_closed
+        .get_or_create(&flowlens_bins::transport::metrics::CloseLabels { reason })
+        .get()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_is_capped_and_another_still_gets_in() {
+    let mut col =
+        RunningCollector::start(with_limits(true, |l| l.max_sessions_per_address = 2), 8).await;
+    let addr = col.tcp.unwrap();
+    let _a = connect_from([127, 0, 0, 1], addr).await;
+    let _b = connect_from([127, 0, 0, 1], addr).await;
+    wait_until("two sessions", || col.metrics.sessions_open.get() == 2).await;
+    let mut third = connect_from([127, 0, 0, 1], addr).await;
+    closed(&mut third, "the third connection from one address refused").await;
+    let rejected = col
+        .metrics
+        .sessions_rejected
+        .get_or_create(&RejectLabels {
+            reason: RejectReason::PerAddress,
+        })
+        .get();
+    assert_eq!(rejected, 1);
+    let mut other = connect_from([127, 0, 0, 2], addr).await;
+    let mut enc = encoder(Transport::Tcp);
+    for m in encode(&mut enc, 0..10) {
+        other.write_all(&m).await.unwrap();
+    }
+    assert_eq!(receive(&mut col.rx, 10).await, (0..10).collect::<Vec<_>>());
+    col.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_full_the_idlest_session_gives_way_to_a_new_exporter() {
+    let mut col = RunningCollector::start(
+        with_limits(true, |l| {
+            l.max_sessions = 2;
+            l.evict_idle_after = Duration::from_millis(200);
+        }),
+        8,
+    )
+    .await;
+    let addr = col.tcp.unwrap();
+    let mut idle = connect_from([127, 0, 0, 3], addr).await;
+    wait_until("one session", || col.metrics.sessions_open.get() == 1).await;
+    // The second session has sent a message since, so the first is the idlest.
+    let mut busy = connect_from([127, 0, 0, 4], addr).await;
+    let mut benc = encoder(Transport::Tcp);
+    for m in encode(&mut benc, 100..101) {
+        busy.write_all(&m).await.unwrap();
+    }
+    assert_eq!(receive(&mut col.rx, 1).await, vec![100]);
+    // A newcomer is refused until a session has been idle long enough, then the idlest gives
+    // way and the newcomer's records arrive.
+    let mut enc = encoder(Transport::Tcp);
+    let msgs = encode(&mut enc, 0..10);
+    let accepted = || {
+        col.metrics
+            .sessions
+            .get_or_create(&flowlens_bins::transport::metrics::TransportLabels {
+                transport: Transport::Tcp.into(),
+            })
+            .get()
+    };
+    let rejected = || {
+        col.metrics
+            .sessions_rejected
+            .get_or_create(&RejectLabels {
+                reason: RejectReason::Full,
+            })
+            .get()
+    };
+    let mut newcomer = guard("a newcomer admitted", async {
+        loop {
+            let (n, r) = (accepted(), rejected());
+            let s = connect_from([127, 0, 0, 5], addr).await;
+            wait_until("admitted or refused", || accepted() > n || rejected() > r).await;
+            if accepted() > n {
+                break s;
+            }
+        }
+    })
+    .await;
+    for m in &msgs {
+        newcomer.write_all(m).await.unwrap();
+    }
+    assert_eq!(receive(&mut col.rx, 10).await, (0..10).collect::<Vec<_>>());
+    closed(&mut idle, "the idlest session closed").await;
+    wait_until("eviction counted", || {
+        closed_count(
+            &col,
+            flowlens_bins::transport::metrics::CloseReason::Evicted,
+        ) == 1
+    })
+    .await;
+    col.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_begun_and_never_finished_is_cut_off_and_an_idle_one_closed() {
+    let mut col = RunningCollector::start(
+        with_limits(true, |l| {
+            l.message_timeout = Duration::from_millis(200);
+            l.idle_timeout = Duration::from_millis(400);
+        }),
+        8,
+    )
+    .await;
+    let addr = col.tcp.unwrap();
+    // A header claiming 65,535 bytes, ten bytes of it, then silence.
+    let mut slow = connect_from([127, 0, 0, 6], addr).await;
+    slow.write_all(&[0, 10, 0xff, 0xff, 0, 0, 0, 0, 0, 0])
+        .await
+        .unwrap();
+    closed(&mut slow, "the slow message cut off").await;
+    assert_eq!(
+        closed_count(
+            &col,
+            flowlens_bins::transport::metrics::CloseReason::MessageTimeout
+        ),
+        1
+    );
+    // An exporter that sends, then goes quiet: what it sent is delivered, then it is closed.
+    let mut quiet = connect_from([127, 0, 0, 7], addr).await;
+    let mut enc = encoder(Transport::Tcp);
+    for m in encode(&mut enc, 0..5) {
+        quiet.write_all(&m).await.unwrap();
+    }
+    assert_eq!(receive(&mut col.rx, 5).await, (0..5).collect::<Vec<_>>());
+    closed(&mut quiet, "the idle session closed").await;
+    wait_until("idle close counted", || {
+        closed_count(
+            &col,
+            flowlens_bins::transport::metrics::CloseReason::IdleTimeout,
+        ) == 1
+    })
+    .await;
+    col.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_reads_what_an_exporter_already_wrote() {
+    let col = RunningCollector::start(with_limits(true, |_| {}), 1024).await;
+    let mut s = connect_from([127, 0, 0, 8], col.tcp.unwrap()).await;
+    let mut enc = encoder(Transport::Tcp);
+    let msgs = encode(&mut enc, 0..2000);
+    // The first message is decoded (the session is up), the rest is written at once and may
+    // still sit in the socket when the shutdown comes.
+    s.write_all(&msgs[0]).await.unwrap();
+    wait_until("templates decoded", || col.metrics.messages.get() >= 1).await;
+    for m in &msgs[1..] {
+        s.write_all(m).await.unwrap();
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let reader = tokio::spawn(async move {
+        // The collector's close reaches the exporter as an end of stream.
+        let mut buf = [0u8; 16];
+        let n = guard("the collector's close", s.read(&mut buf)).await;
+        let _ = tx.send(n.map_err(|e| e.to_string()));
+    });
+    let got = col.stop().await;
+    assert_eq!(
+        got,
+        (0..2000).collect::<Vec<_>>(),
+        "every record written was read"
+    );
+    reader.await.unwrap();
+    assert_eq!(rx.await.unwrap(), Ok(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_session_waits_its_turn_and_the_quiet_one_is_served() {
+    let mut col = RunningCollector::start(with_limits(true, |_| {}), 2).await;
+    let addr = col.tcp.unwrap();
+    let mut flood = connect_from([127, 0, 0, 9], addr).await;
+    let mut enc = encoder(Transport::Tcp);
+    let mut msgs = encode(&mut enc, 0..2000).into_iter();
+    flood.write_all(&msgs.next().unwrap()).await.unwrap();
+    let data: Vec<Bytes> = msgs.collect();
+    let flooder = tokio::spawn(async move {
+        for m in data.iter().cycle().take(200) {
+            if flood.write_all(m).await.is_err() {
+                break;
+            }
+        }
+        flood
+    });
+    // The flooder's queue is full and it waits; now a quiet exporter sends one message.
+    wait_until("the flooder's queue full", || {
+        col.metrics.messages.get() >= 3
+    })
+    .await;
+    let before = col.metrics.messages.get();
+    let mut quiet = connect_from([127, 0, 0, 10], addr).await;
+    let mut qenc = encoder(Transport::Tcp);
+    for m in encode(&mut qenc, 5000..5001) {
+        quiet.write_all(&m).await.unwrap();
+    }
+    wait_until("the quiet message decoded", || {
+        col.metrics.messages.get() >= before + 2
+    })
+    .await;
+    // Within two turns of the consumer: one of the flooder's, then the quiet one's.
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let m = guard("a message", col.rx.recv()).await.unwrap();
+        seen.push(m.records().map(|r| check(&r)).collect::<Vec<_>>());
+    }
+    assert!(
+        seen.iter().any(|r| r == &vec![5000]),
+        "the quiet exporter's record came within the first turns: {:?}",
+        seen.iter().map(|r| r.len()).collect::<Vec<_>>()
+    );
+    drop(quiet);
+    let rest = col.stop();
+    let flood = flooder;
+    let _ = rest.await;
+    flood.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_exporters_beyond_their_share_replace_the_idlest_and_a_new_one_always_gets_in() {
+    let mut col = RunningCollector::start(
+        with_limits(false, |l| {
+            l.max_sessions = 3;
+            l.max_sessions_per_address = 2;
+        }),
+        8,
+    )
+    .await;
+    let to = col.udp.unwrap();
+    let mut uenc = encoder(Transport::Udp);
+    let first = encode(&mut uenc, 0..1);
+    let send_from = |ip: [u8; 4]| {
+        let first = first.clone();
+        async move {
+            let s = tokio::net::UdpSocket::bind(SocketAddr::from((ip, 0)))
+                .await
+                .unwrap();
+            for d in &first {
+                s.send_to(d, to).await.unwrap();
+            }
+            s
+        }
+    };
+    // Three ports of one address: the third replaces that address's idlest (each sends one
+    // record, which the test takes so no queue fills).
+    let mut keep = Vec::new();
+    for _ in 0..3 {
+        keep.push(send_from([127, 0, 0, 11]).await);
+    }
+    let evicted = |reason| {
+        col.metrics
+            .udp_sessions_evicted
+            .get_or_create(&flowlens_bins::transport::metrics::UdpEvictLabels { reason })
+            .get()
+    };
+    use flowlens_bins::transport::metrics::UdpEvictReason;
+    wait_until("per-address eviction", || {
+        evicted(UdpEvictReason::PerAddress) == 1
+    })
+    .await;
+    // Two more addresses: the table (3) is full, the idlest gives way.
+    keep.push(send_from([127, 0, 0, 12]).await);
+    keep.push(send_from([127, 0, 0, 13]).await);
+    wait_until("full eviction", || evicted(UdpEvictReason::Full) == 1).await;
+    assert_eq!(col.metrics.sessions_open.get(), 3);
+    // Every datagram so far was delivered, evicted sessions' included.
+    assert_eq!(receive(&mut col.rx, 5).await, vec![0; 5]);
+    // A new exporter's records all arrive.
+    let s = tokio::net::UdpSocket::bind(SocketAddr::from(([127, 0, 0, 14], 0)))
+        .await
+        .unwrap();
+    let mut enc = encoder(Transport::Udp);
+    for d in encode(&mut enc, 0..20) {
+        s.send_to(&d, to).await.unwrap();
+    }
+    assert_eq!(receive(&mut col.rx, 20).await, (0..20).collect::<Vec<_>>());
+    col.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_over_its_share_of_the_template_budget_is_closed_alone() {
+    let mut cfg = with_limits(true, |l| l.max_template_bytes = 64 << 10);
+    cfg.decoder.max_template_bytes = 1 << 20;
+    let mut col = RunningCollector::start(cfg, 8).await;
+    let addr = col.tcp.unwrap();
+    // A well-behaved exporter first.
+    let mut good = connect_from([127, 0, 0, 15], addr).await;
+    let mut enc = encoder(Transport::Tcp);
+    for m in encode(&mut enc, 0..3) {
+        good.write_all(&m).await.unwrap();
+    }
+    assert_eq!(receive(&mut col.rx, 3).await, vec![0, 1, 2]);
+    // A template bomb: messages of 400-field templates until the total passes the budget.
+    let mut bomb = connect_from([127, 0, 0, 16], addr).await;
+    for id in 300u16..320 {
+        let mut set = vec![0u8, 2, 0, 0];
+        set.extend_from_slice(&id.to_be_bytes());
+        set.extend_from_slice(&400u16.to_be_bytes());
+        for _ in 0..400 {
+            set.extend_from_slice(&[0, 1, 0, 8]); // octetDeltaCount, 8 bytes
+        }
+        let set_len = set.len() as u16;
+        set[2..4].copy_from_slice(&set_len.to_be_bytes());
+        let mut msg = vec![0u8, 10];
+        msg.extend_from_slice(&((16 + set.len()) as u16).to_be_bytes());
+        msg.extend_from_slice(&[0; 8]);
+        msg.extend_from_slice(&9u32.to_be_bytes());
+        msg.extend_from_slice(&set);
+        if bomb.write_all(&msg).await.is_err() {
+            break;
+        }
+    }
+    closed(&mut bomb, "the template bomb's session closed").await;
+    assert_eq!(
+        closed_count(
+            &col,
+            flowlens_bins::transport::metrics::CloseReason::TemplateBudget
+        ),
+        1
+    );
+    wait_until("the bomb's templates freed", || {
+        (col.metrics.template_bytes.get() as usize) < 16 << 10
+    })
+    .await;
+    for m in encode(&mut enc, 3..6) {
+        good.write_all(&m).await.unwrap();
+    }
+    assert_eq!(receive(&mut col.rx, 3).await, vec![3, 4, 5]);
+    col.stop().await;
 }

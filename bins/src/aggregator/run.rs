@@ -29,7 +29,7 @@ use crate::ops::Ops;
 use crate::sinks::ipfix::{IpfixSinkConfig, ReplayGauges};
 use crate::sinks::jsonl::{JsonLinesSink, Rotation};
 use crate::sinks::{Batch, SinkMetrics, SinkSender};
-use crate::transport::collector::{Collector, CollectorConfig, DecodedMessage};
+use crate::transport::collector::{Collector, DecodedMessage};
 use crate::transport::exporter::ExporterConfig as TransportConfig;
 use crate::transport::metrics::{CollectorMetrics, ExporterMetrics};
 use crate::transport::replay::ReplayConfig;
@@ -199,7 +199,7 @@ pub async fn run(
             }
         });
     }
-    let mut ccfg = CollectorConfig::default();
+    let mut ccfg = cfg.collecting.listener();
     match cfg.transport {
         Transport::Tcp => ccfg.tcp = Some(cfg.listen_addr),
         Transport::Udp => ccfg.udp = Some(cfg.listen_addr),
@@ -208,8 +208,8 @@ pub async fn run(
             ccfg.tls_config = tls_cfg;
         }
     }
-    let (tx, mut rx) = crate::transport::collector::channel(COLLECT_QUEUE);
-    let collector = Collector::bind(ccfg, cmetrics.clone(), tx).await?;
+    let (queue, mut rx) = crate::transport::collector::queue(&ccfg.limits);
+    let collector = Collector::bind(ccfg, cmetrics.clone(), queue).await?;
     let collector_task = tokio::spawn(collector.run(shutdown.clone()));
 
     // The core, split into shards by a hash of the flow key (both halves of a flow meet in one
@@ -309,6 +309,7 @@ pub async fn run(
         tokio::select! {
             msg = rx.recv() => match msg {
                 Some(msg) => {
+                    cmetrics.queued_bytes.set(rx.queued_bytes() as i64);
                     let msg = Arc::new(msg);
                     for tx in &shard_tx {
                         // Waiting here is the back-pressure towards the agents.
@@ -367,10 +368,6 @@ pub async fn run(
     tracing::info!(took = ?shutdown_started.elapsed(), "every aggregated record delivered; stopped");
     Ok(())
 }
-
-/// Decoded messages (each up to 64 KiB of IPFIX) queued from the collecting process to the
-/// router; when full, the sessions stop reading and TCP pushes back on the agents.
-const COLLECT_QUEUE: usize = 128;
 
 /// Messages queued per core thread.
 const SHARD_QUEUE: usize = 64;

@@ -71,6 +71,8 @@ pub struct AggregatorFile {
     pub metrics_addr: String,
     /// Limits of the HTTP server on metricsAddr (see the collector's `http:`).
     pub http: HttpFile,
+    /// Limits of the IPFIX listener on listenAddr: sessions, deadlines, queues, templates.
+    pub collecting_process: super::collecting::CollectingFile,
     pub log: LogConfig,
 }
 
@@ -118,6 +120,7 @@ impl Default for AggregatorFile {
             shutdown_grace_period: Duration::from_secs(25).into(),
             metrics_addr: "0.0.0.0:9391".into(),
             http: HttpFile::default(),
+            collecting_process: Default::default(),
             log: LogConfig::default(),
         }
     }
@@ -142,6 +145,8 @@ pub struct AggregatorConfig {
     pub json_lines: Option<JsonLinesFile>,
     pub metadata_file: Option<PathBuf>,
     pub metrics_addr: SocketAddr,
+    /// The IPFIX listener's limits (`collectingProcess:`).
+    pub collecting: super::collecting::Collecting,
     pub log: LogConfig,
 }
 
@@ -334,6 +339,7 @@ impl AggregatorFile {
         };
         self.log.validate()?;
         let http = self.http.validate()?;
+        let collecting = self.collecting_process.validate()?;
         let base = AggregatorConfig {
             listen_addr,
             transport,
@@ -351,6 +357,7 @@ impl AggregatorFile {
             json_lines: self.json_lines,
             metadata_file: self.metadata_file,
             metrics_addr,
+            collecting,
             log: self.log,
         };
         Ok(AggregatorSetup { base, sinks, http })

@@ -71,6 +71,9 @@ pub struct CollectorFile {
     pub http: HttpFile,
     /// Bounds of every store query: timeout, maxGroups, maxConcurrent, maxMemoryBytes.
     pub query: QueryFile,
+    /// Limits of the IPFIX listener on listenAddr: sessions, deadlines, queues, templates (the
+    /// aggregator's keys).
+    pub collecting_process: super::collecting::CollectingFile,
 }
 
 /// The `query:` section: what one dashboard or API query may cost. See [`QueryLimits`].
@@ -154,6 +157,7 @@ impl Default for CollectorFile {
             ingest: true,
             http: HttpFile::default(),
             query: QueryFile::default(),
+            collecting_process: Default::default(),
         }
     }
 }
@@ -172,6 +176,8 @@ pub struct CollectorConfig {
     pub http: HttpLimits,
     /// Every store query's bounds (`query:`).
     pub query: QueryLimits,
+    /// The IPFIX listener's limits (`collectingProcess:`).
+    pub collecting: super::collecting::Collecting,
 }
 
 impl CollectorFile {
@@ -223,6 +229,7 @@ impl CollectorFile {
             log: self.log,
             http: self.http.validate()?,
             query: self.query.validate()?,
+            collecting: self.collecting_process.validate()?,
         })
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod agent;
 pub mod aggregator;
+pub mod collecting;
 pub mod collector;
 
 use std::path::Path;

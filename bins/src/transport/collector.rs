@@ -1,13 +1,29 @@
 //! The IPFIX collecting process: TCP, UDP and TLS listeners feeding decoded messages to one
-//! consumer (the aggregator core, the collector's store) through a bounded channel.
+//! consumer (the aggregator core, the collector's store) through a [`FairQueue`].
 //!
 //! ## Sessions
 //! A transport session (RFC 7011 §10) is a TCP or TLS connection, or for UDP the traffic from
-//! one exporter address. Each has its own [`Decoder`], so template state never leaks between
-//! exporters. UDP templates expire after `3 × udp_template_refresh` (RFC 7011 §8.4 advice), and a
-//! UDP session idle that long is forgotten. At most `max_sessions` TCP+TLS connections are open
-//! (further ones are closed at once and counted), and at most `max_sessions` UDP exporters are
-//! tracked (datagrams from more are dropped and counted).
+//! one exporter address and port. Each has its own [`Decoder`], so template state never leaks
+//! between exporters, and its templates die with it. UDP templates expire after
+//! `3 × udp_template_refresh` (RFC 7011 §8.4 advice), and a UDP session idle that long is
+//! forgotten.
+//!
+//! ## Admission (one peer never locks the others out)
+//! - At most `max_sessions_per_address` sessions per source address: a further connection from
+//!   that address is refused at accept; a further UDP exporter from it replaces that address's
+//!   idlest session.
+//! - At most `max_sessions` TCP+TLS connections: when full, a new connection closes the session
+//!   idle longest if it has been idle `evict_idle_after` (a live exporter sends at least every
+//!   poll; a hoarded idle connection gives way), and is refused otherwise. UDP: the idlest
+//!   exporter always gives way, so a new exporter always gets a slot.
+//! - Deadlines: a TLS handshake within `handshake_timeout`; a message begun (its first byte
+//!   read) complete within `message_timeout` (a header claiming 65,535 bytes and then silence
+//!   holds nothing for long); a connection with no complete message for `idle_timeout` is closed.
+//! - Templates: each session's are bounded by the decoder ([`DecoderConfig`]); all sessions'
+//!   together by `max_template_bytes`, past which a session over its share is closed.
+//!
+//! Every refusal and closure is counted by reason; repeated errors are logged at most once a
+//! second per kind ([`crate::rate_limited`]).
 //!
 //! ## Handing messages on
 //! A session task decodes each message itself and sends one [`DecodedMessage`] per IPFIX message
@@ -21,24 +37,28 @@
 //! session task is also what lets a malformed message close exactly its own session, and spreads
 //! decoding over the runtime's threads.
 //!
-//! ## Back-pressure and loss
-//! TCP/TLS: a session waits for room in the channel before it reads more, so a slow consumer
-//! fills the socket buffers and the exporter's window closes — nothing is buffered without bound
-//! and nothing is dropped. UDP has no such brake: a message that finds the channel full is dropped
-//! and counted (`udp_dropped_messages`, `udp_dropped_records`).
+//! ## Fair shares, back-pressure and loss
+//! Every session has its own queue in the [`FairQueue`]; the consumer takes one message from
+//! each session in turn, so a flooding exporter lengthens only its own queue. TCP/TLS: a session
+//! waits for room in its queue before it reads more, so a slow consumer fills the socket buffers
+//! and that exporter's window closes — nothing is buffered without bound and nothing is dropped.
+//! UDP has no such brake: a message that finds its exporter's queue full is dropped and counted,
+//! by reason and by exporter.
 //!
 //! ## Errors and shutdown
-//! A malformed message (or a stream that loses framing) closes only its session, logged with the
-//! reason and counted by reason; for UDP the exporter's template state is dropped. Cancelling the
-//! shutdown token stops the listeners, lets every session hand on the whole messages it already
-//! read, and closes them; [`Collector::run`] returns once all are done, after which the channel
-//! closes and the consumer sees the end once it has drained it. The consumer must keep receiving
-//! until then.
+//! A malformed message (or a stream that loses framing) closes only its session, logged
+//! (rate-limited) and counted by reason; for UDP the exporter's template state is dropped.
+//! Cancelling the shutdown token stops the listeners and closes every connection's sending side
+//! (TLS: close_notify), so each exporter sees the end and stops writing; the session reads on and
+//! hands over every whole message until the exporter closes, or `drain_timeout` passes. What the
+//! exporter wrote before it saw the end is therefore read, not lost in a socket buffer.
+//! [`Collector::run`] returns once all sessions are done, after which the queue ends and the
+//! consumer sees the end once it has drained it. The consumer must keep receiving until then.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
@@ -51,16 +71,18 @@ use flowcore::ipfix::{
 };
 use flowcore::model::Timestamp;
 use rustls::ServerConfig;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::fair::{FairConfig, FairQueue, FairReceiver, Refused, SessionQueue, Weigh};
 use super::metrics::{
-    CollectorMetrics, MalformedLabels, MalformedReason, TransportLabels, UdpDropLabels,
-    UdpDropReason,
+    CloseLabels, CloseReason, CollectorMetrics, ExporterLabels, MalformedLabels, MalformedReason,
+    RejectLabels, RejectReason, TransportLabels, UdpDropLabels, UdpDropReason, UdpEvictLabels,
+    UdpEvictReason,
 };
 
 /// Where to listen and how much to accept.
@@ -73,15 +95,53 @@ pub struct CollectorConfig {
     /// The server configuration, read anew for each connection so a reloaded certificate
     /// (see [`super::tls::watch_server_config`]) applies to new sessions.
     pub tls_config: Option<watch::Receiver<Arc<ServerConfig>>>,
-    /// TCP+TLS connections open at once; also the number of UDP exporters tracked.
-    pub max_sessions: usize,
+    pub limits: SessionLimits,
     /// The template refresh interval UDP exporters are expected to use; templates live 3× this.
     pub udp_template_refresh: Duration,
-    /// A TLS handshake not finished by then closes the connection (a silent peer would
-    /// otherwise hold a session slot).
-    pub handshake_timeout: Duration,
     /// Bounds per session; `template_lifetime` is set here per transport.
     pub decoder: DecoderConfig,
+}
+
+/// Admission and deadlines (module docs).
+#[derive(Clone, Copy, Debug)]
+pub struct SessionLimits {
+    /// TCP+TLS connections open at once; also the number of UDP exporters tracked.
+    pub max_sessions: usize,
+    /// Sessions from one source address.
+    pub max_sessions_per_address: usize,
+    /// A TLS handshake not finished by then closes the connection.
+    pub handshake_timeout: Duration,
+    /// A connection with no complete message for this long is closed.
+    pub idle_timeout: Duration,
+    /// A message begun must be complete within this.
+    pub message_timeout: Duration,
+    /// When full, the idlest session gives way to a new one if idle at least this long.
+    pub evict_idle_after: Duration,
+    /// Heap bytes of all sessions' templates.
+    pub max_template_bytes: usize,
+    /// Decoded messages waiting for the consumer: all sessions, and one session.
+    pub queue: FairConfig,
+    /// At shutdown, how long sessions keep reading what their exporters already sent.
+    pub drain_timeout: Duration,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        SessionLimits {
+            max_sessions: 1024,
+            max_sessions_per_address: 16,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(600),
+            message_timeout: Duration::from_secs(30),
+            evict_idle_after: Duration::from_secs(30),
+            max_template_bytes: 64 << 20,
+            queue: FairConfig {
+                max_bytes: 64 << 20,
+                per_session_bytes: 4 << 20,
+            },
+            drain_timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 impl Default for CollectorConfig {
@@ -91,10 +151,12 @@ impl Default for CollectorConfig {
             udp: None,
             tls: None,
             tls_config: None,
-            max_sessions: 1024,
+            limits: SessionLimits::default(),
             udp_template_refresh: Duration::from_secs(600),
-            handshake_timeout: Duration::from_secs(10),
-            decoder: DecoderConfig::default(),
+            decoder: DecoderConfig {
+                max_template_bytes: 256 << 10,
+                ..DecoderConfig::default()
+            },
         }
     }
 }
@@ -159,9 +221,449 @@ impl DecodedMessage {
     }
 }
 
-/// A bounded channel of the right type.
-pub fn channel(capacity: usize) -> (mpsc::Sender<DecodedMessage>, mpsc::Receiver<DecodedMessage>) {
-    mpsc::channel(capacity)
+impl Weigh for DecodedMessage {
+    /// The received bytes, the record spans and the message itself.
+    fn weight(&self) -> usize {
+        self.bytes.len() + 12 * self.records.len() + 128
+    }
+}
+
+/// The queue between the sessions and the consumer, with the limits' bounds.
+pub fn queue(limits: &SessionLimits) -> (FairQueue<DecodedMessage>, FairReceiver<DecodedMessage>) {
+    super::fair::fair_queue(limits.queue)
+}
+
+#[derive(Clone, Copy, Debug)]
+struct SessionInfo {
+    id: SessionId,
+    peer: SocketAddr,
+    transport: Transport,
+}
+
+/// The open stream sessions, for admission.
+struct Registry {
+    sessions: HashMap<SessionId, Slot>,
+    per_addr: HashMap<IpAddr, usize>,
+}
+
+struct Slot {
+    peer: IpAddr,
+    /// Milliseconds since `Shared::epoch` of the last complete message (or the accept).
+    last_active: Arc<AtomicU64>,
+    /// Closes the session (eviction).
+    stop: CancellationToken,
+    /// Already told to give way.
+    evicting: bool,
+}
+
+/// What every task shares.
+struct Shared {
+    cfg: CollectorConfig,
+    metrics: CollectorMetrics,
+    queue: FairQueue<DecodedMessage>,
+    next_id: AtomicU64,
+    registry: Mutex<Registry>,
+    /// Heap bytes of every session's templates.
+    template_bytes: AtomicUsize,
+    /// Sessions holding templates (the template budget's fair share divides among them).
+    template_holders: AtomicUsize,
+    epoch: Instant,
+}
+
+impl Shared {
+    fn session(&self, peer: SocketAddr, transport: Transport) -> SessionInfo {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.session_with_id(id, peer, transport)
+    }
+
+    /// A session opens (counted).
+    fn session_with_id(
+        &self,
+        id: SessionId,
+        peer: SocketAddr,
+        transport: Transport,
+    ) -> SessionInfo {
+        self.metrics
+            .sessions
+            .get_or_create(&TransportLabels {
+                transport: transport.into(),
+            })
+            .inc();
+        SessionInfo {
+            id,
+            peer,
+            transport,
+        }
+    }
+
+    fn millis(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn malformed(&self, info: &SessionInfo, e: &DecodeError) {
+        self.metrics
+            .malformed
+            .get_or_create(&MalformedLabels {
+                reason: MalformedReason::from(e),
+            })
+            .inc();
+        crate::rate_limited!(warn, session = info.id, peer = %info.peer, transport = %info.transport, error = %e, "malformed IPFIX message; closing the session");
+    }
+
+    fn closed(&self, reason: CloseReason) {
+        self.metrics
+            .sessions_closed
+            .get_or_create(&CloseLabels { reason })
+            .inc();
+    }
+
+    /// Admits a connection from `peer`, or says why not (module docs).
+    fn admit(&self, id: SessionId, peer: IpAddr) -> Result<Admitted, RejectReason> {
+        let limits = &self.cfg.limits;
+        let now = self.millis();
+        let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        if reg.per_addr.get(&peer).copied().unwrap_or(0) >= limits.max_sessions_per_address {
+            return Err(RejectReason::PerAddress);
+        }
+        let giving_way = reg.sessions.values().filter(|s| s.evicting).count();
+        if reg.sessions.len() - giving_way >= limits.max_sessions {
+            let min_idle = limits.evict_idle_after.as_millis() as u64;
+            let victim = reg
+                .sessions
+                .values_mut()
+                .filter(|s| !s.evicting)
+                .map(|s| (s.last_active.load(Ordering::Relaxed), s))
+                .filter(|(t, _)| now.saturating_sub(*t) >= min_idle)
+                .min_by_key(|(t, _)| *t);
+            match victim {
+                Some((_, s)) => {
+                    // Counted when the session ends (`CloseReason::Evicted`).
+                    s.evicting = true;
+                    s.stop.cancel();
+                }
+                None => return Err(RejectReason::Full),
+            }
+        }
+        let slot = Slot {
+            peer,
+            last_active: Arc::new(AtomicU64::new(now)),
+            stop: CancellationToken::new(),
+            evicting: false,
+        };
+        let admitted = Admitted {
+            last_active: slot.last_active.clone(),
+            stop: slot.stop.clone(),
+        };
+        reg.sessions.insert(id, slot);
+        *reg.per_addr.entry(peer).or_default() += 1;
+        Ok(admitted)
+    }
+
+    fn leave(&self, id: SessionId) {
+        let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = reg.sessions.remove(&id)
+            && let Some(n) = reg.per_addr.get_mut(&s.peer)
+        {
+            *n -= 1;
+            if *n == 0 {
+                reg.per_addr.remove(&s.peer);
+            }
+        }
+    }
+
+    /// Accounts a session's template bytes going from `was` to `now`; `true` when the session
+    /// must close: all sessions are over `max_template_bytes` and this one over its share.
+    fn templates(&self, was: usize, now: usize) -> bool {
+        if was == now {
+            return false;
+        }
+        if now > was {
+            self.template_bytes.fetch_add(now - was, Ordering::Relaxed);
+        } else {
+            self.template_bytes.fetch_sub(was - now, Ordering::Relaxed);
+        }
+        match (was, now) {
+            (0, _) => {
+                self.template_holders.fetch_add(1, Ordering::Relaxed);
+            }
+            (_, 0) => {
+                self.template_holders.fetch_sub(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+        let total = self.template_bytes.load(Ordering::Relaxed);
+        self.metrics.template_bytes.set(total as i64);
+        let max = self.cfg.limits.max_template_bytes;
+        let holders = self.template_holders.load(Ordering::Relaxed).max(1);
+        total > max && now > max / holders
+    }
+}
+
+/// What an admitted session gets.
+struct Admitted {
+    last_active: Arc<AtomicU64>,
+    stop: CancellationToken,
+}
+
+/// Keeps `sessions_open`, the registry and the template accounting right however a session
+/// ends.
+struct SessionGuard {
+    shared: Arc<Shared>,
+    id: Option<SessionId>,
+    template_bytes: usize,
+}
+
+impl SessionGuard {
+    fn new(shared: &Arc<Shared>, id: Option<SessionId>) -> Self {
+        shared.metrics.sessions_open.inc();
+        SessionGuard {
+            shared: shared.clone(),
+            id,
+            template_bytes: 0,
+        }
+    }
+
+    /// After a decode: whether the session must close for the template budget.
+    fn templates(&mut self, now: usize) -> bool {
+        let was = std::mem::replace(&mut self.template_bytes, now);
+        self.shared.templates(was, now)
+    }
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.shared.metrics.sessions_open.dec();
+        self.shared.templates(self.template_bytes, 0);
+        if let Some(id) = self.id {
+            self.shared.leave(id);
+        }
+    }
+}
+
+/// Bound listeners, ready to [`run`](Collector::run).
+pub struct Collector {
+    shared: Arc<Shared>,
+    tcp: Option<TcpListener>,
+    udp: Option<UdpSocket>,
+    tls: Option<(TcpListener, watch::Receiver<Arc<ServerConfig>>)>,
+}
+
+impl Collector {
+    /// Binds the configured listeners (port 0 picks a free port; see the `*_addr` methods).
+    /// Sessions hand their messages to `queue` (see [`queue`]).
+    pub async fn bind(
+        cfg: CollectorConfig,
+        metrics: CollectorMetrics,
+        queue: FairQueue<DecodedMessage>,
+    ) -> Result<Collector> {
+        let tcp = match cfg.tcp {
+            Some(a) => Some(
+                TcpListener::bind(a)
+                    .await
+                    .with_context(|| format!("listening for IPFIX over TCP on {a}"))?,
+            ),
+            None => None,
+        };
+        let udp = match cfg.udp {
+            Some(a) => Some(
+                UdpSocket::bind(a)
+                    .await
+                    .with_context(|| format!("listening for IPFIX over UDP on {a}"))?,
+            ),
+            None => None,
+        };
+        let tls = match (cfg.tls, &cfg.tls_config) {
+            (Some(a), Some(c)) => Some((
+                TcpListener::bind(a)
+                    .await
+                    .with_context(|| format!("listening for IPFIX over TLS on {a}"))?,
+                c.clone(),
+            )),
+            (Some(a), None) => anyhow::bail!(
+                "a TLS listener on {a} needs a server configuration (CA, certificate and key files)"
+            ),
+            (None, _) => None,
+        };
+        Ok(Collector {
+            shared: Arc::new(Shared {
+                cfg,
+                metrics,
+                queue,
+                next_id: AtomicU64::new(1),
+                registry: Mutex::new(Registry {
+                    sessions: HashMap::new(),
+                    per_addr: HashMap::new(),
+                }),
+                template_bytes: AtomicUsize::new(0),
+                template_holders: AtomicUsize::new(0),
+                epoch: Instant::now(),
+            }),
+            tcp,
+            udp,
+            tls,
+        })
+    }
+
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp.as_ref().and_then(|l| l.local_addr().ok())
+    }
+    pub fn udp_addr(&self) -> Option<SocketAddr> {
+        self.udp.as_ref().and_then(|s| s.local_addr().ok())
+    }
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains (module docs) and returns.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        let mut tasks = JoinSet::new();
+        if let Some(l) = self.tcp {
+            tasks.spawn(accept_loop(l, None, self.shared.clone(), shutdown.clone()));
+        }
+        if let Some((l, c)) = self.tls {
+            tasks.spawn(accept_loop(
+                l,
+                Some(c),
+                self.shared.clone(),
+                shutdown.clone(),
+            ));
+        }
+        if let Some(s) = self.udp {
+            tasks.spawn(udp_loop(s, self.shared.clone(), shutdown.clone()));
+        }
+        drop(self.shared);
+        while let Some(r) = tasks.join_next().await {
+            r.context("collector task panicked")?;
+        }
+        Ok(())
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<watch::Receiver<Arc<ServerConfig>>>,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let transport = if tls.is_some() {
+        Transport::Tls
+    } else {
+        Transport::Tcp
+    };
+    let mut sessions = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            r = listener.accept() => {
+                let (sock, peer) = match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // Out of descriptors and the like: pause instead of spinning.
+                        crate::rate_limited!(warn, %transport, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+                let admitted = match shared.admit(id, peer.ip()) {
+                    Ok(a) => a,
+                    Err(reason) => {
+                        shared.metrics.sessions_rejected.get_or_create(&RejectLabels { reason }).inc();
+                        crate::rate_limited!(warn, %peer, %transport, ?reason, max = shared.cfg.limits.max_sessions, per_address = shared.cfg.limits.max_sessions_per_address, "IPFIX session refused; closing the new connection");
+                        continue;
+                    }
+                };
+                let info = shared.session_with_id(id, peer, transport);
+                let _ = sock.set_nodelay(true);
+                let span = tracing::info_span!("ipfix_session", id = info.id, %peer, %transport);
+                let tls = tls.as_ref().map(|c| c.borrow().clone());
+                sessions.spawn(
+                    stream_session(sock, tls, info, admitted, shared.clone(), shutdown.clone())
+                        .instrument(span),
+                );
+            }
+        }
+    }
+    while sessions.join_next().await.is_some() {}
+}
+
+async fn stream_session(
+    sock: TcpStream,
+    tls: Option<Arc<ServerConfig>>,
+    info: SessionInfo,
+    admitted: Admitted,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let mut guard = SessionGuard::new(&shared, Some(info.id));
+    tracing::debug!("session open");
+    let queue = shared.queue.session();
+    let mut ctx = StreamCtx {
+        info: &info,
+        shared: &shared,
+        queue: &queue,
+        admitted: &admitted,
+        guard: &mut guard,
+    };
+    let end = match tls {
+        None => read_stream(sock, &mut ctx, &shutdown).await,
+        Some(cfg) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+            let hs = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = admitted.stop.cancelled() => return,
+                r = tokio::time::timeout(shared.cfg.limits.handshake_timeout, acceptor.accept(sock)) => r,
+            };
+            match hs {
+                Ok(Ok(s)) => read_stream(s, &mut ctx, &shutdown).await,
+                Ok(Err(e)) => {
+                    shared.metrics.tls_handshake_failures.inc();
+                    crate::rate_limited!(warn, peer = %info.peer, error = %e, "TLS handshake failed; closing the connection");
+                    return;
+                }
+                Err(_) => {
+                    shared.metrics.tls_handshake_failures.inc();
+                    crate::rate_limited!(warn, peer = %info.peer, timeout = ?shared.cfg.limits.handshake_timeout, "TLS handshake not finished in time; closing the connection");
+                    return;
+                }
+            }
+        }
+    };
+    match end {
+        StreamEnd::Eof => tracing::debug!("closed by the exporter"),
+        StreamEnd::Shutdown => tracing::debug!("closed for shutdown"),
+        StreamEnd::ConsumerGone => tracing::debug!("consumer gone; closing"),
+        StreamEnd::Truncated(n) => {
+            tracing::info!(pending_bytes = n, "closed by the exporter inside a message")
+        }
+        StreamEnd::Io(e) => tracing::info!(error = %e, "session ended by a socket error"),
+        StreamEnd::Malformed(e) => shared.malformed(&info, &e),
+        StreamEnd::Closed(reason) => {
+            shared.closed(reason);
+            crate::rate_limited!(info, peer = %info.peer, ?reason, "IPFIX session closed");
+        }
+    }
+}
+
+enum StreamEnd {
+    Eof,
+    Shutdown,
+    ConsumerGone,
+    Truncated(usize),
+    Io(std::io::Error),
+    Malformed(DecodeError),
+    /// Closed by the collecting process (admission, deadlines, budget).
+    Closed(CloseReason),
+}
+
+/// What a stream session reads with.
+struct StreamCtx<'a> {
+    info: &'a SessionInfo,
+    shared: &'a Shared,
+    queue: &'a SessionQueue<DecodedMessage>,
+    admitted: &'a Admitted,
+    guard: &'a mut SessionGuard,
 }
 
 /// The clock, read at the edge and passed into the sans-IO decoder.
@@ -235,254 +737,372 @@ impl SessionDecoder {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
-struct SessionInfo {
-    id: SessionId,
-    peer: SocketAddr,
-    transport: Transport,
+/// Bytes a read asks for when nothing says how much more is coming.
+const READ_CHUNK: usize = 16 << 10;
+
+/// The length a message header at the front of `buf` declares, once its 4 bytes are in.
+fn declared_len(buf: &[u8]) -> Option<usize> {
+    (buf.len() >= 4).then(|| u16::from_be_bytes([buf[2], buf[3]]) as usize)
 }
 
-/// What every task shares.
-struct Shared {
-    cfg: CollectorConfig,
-    metrics: CollectorMetrics,
-    tx: mpsc::Sender<DecodedMessage>,
-    next_id: AtomicU64,
-    slots: Arc<Semaphore>,
+/// Why a session is winding down: it reads on and hands over whole messages until the exporter
+/// closes or `until`, then ends with `end`.
+struct Closing {
+    until: tokio::time::Instant,
+    end: fn() -> StreamEnd,
 }
 
-impl Shared {
-    fn session(&self, peer: SocketAddr, transport: Transport) -> SessionInfo {
-        self.metrics
-            .sessions
-            .get_or_create(&TransportLabels {
-                transport: transport.into(),
-            })
-            .inc();
-        SessionInfo {
-            id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            peer,
-            transport,
-        }
-    }
-
-    fn malformed(&self, info: &SessionInfo, e: &DecodeError) {
-        self.metrics
-            .malformed
-            .get_or_create(&MalformedLabels {
-                reason: MalformedReason::from(e),
-            })
-            .inc();
-        tracing::warn!(session = info.id, peer = %info.peer, transport = %info.transport, error = %e, "malformed IPFIX message; closing the session");
-    }
-}
-
-/// Keeps `sessions_open` right however a session ends.
-struct OpenGuard(CollectorMetrics);
-
-impl OpenGuard {
-    fn new(m: &CollectorMetrics) -> Self {
-        m.sessions_open.inc();
-        OpenGuard(m.clone())
-    }
-}
-
-impl Drop for OpenGuard {
-    fn drop(&mut self) {
-        self.0.sessions_open.dec();
-    }
-}
-
-/// Bound listeners, ready to [`run`](Collector::run).
-pub struct Collector {
-    shared: Arc<Shared>,
-    tcp: Option<TcpListener>,
-    udp: Option<UdpSocket>,
-    tls: Option<(TcpListener, watch::Receiver<Arc<ServerConfig>>)>,
-}
-
-impl Collector {
-    /// Binds the configured listeners (port 0 picks a free port; see the `*_addr` methods).
-    pub async fn bind(
-        cfg: CollectorConfig,
-        metrics: CollectorMetrics,
-        tx: mpsc::Sender<DecodedMessage>,
-    ) -> Result<Collector> {
-        let tcp = match cfg.tcp {
-            Some(a) => Some(
-                TcpListener::bind(a)
-                    .await
-                    .with_context(|| format!("listening for IPFIX over TCP on {a}"))?,
-            ),
-            None => None,
-        };
-        let udp = match cfg.udp {
-            Some(a) => Some(
-                UdpSocket::bind(a)
-                    .await
-                    .with_context(|| format!("listening for IPFIX over UDP on {a}"))?,
-            ),
-            None => None,
-        };
-        let tls = match (cfg.tls, &cfg.tls_config) {
-            (Some(a), Some(c)) => Some((
-                TcpListener::bind(a)
-                    .await
-                    .with_context(|| format!("listening for IPFIX over TLS on {a}"))?,
-                c.clone(),
-            )),
-            (Some(a), None) => anyhow::bail!(
-                "a TLS listener on {a} needs a server configuration (CA, certificate and key files)"
-            ),
-            (None, _) => None,
-        };
-        let slots = Arc::new(Semaphore::new(cfg.max_sessions));
-        Ok(Collector {
-            shared: Arc::new(Shared {
-                cfg,
-                metrics,
-                tx,
-                next_id: AtomicU64::new(1),
-                slots,
-            }),
-            tcp,
-            udp,
-            tls,
-        })
-    }
-
-    pub fn tcp_addr(&self) -> Option<SocketAddr> {
-        self.tcp.as_ref().and_then(|l| l.local_addr().ok())
-    }
-    pub fn udp_addr(&self) -> Option<SocketAddr> {
-        self.udp.as_ref().and_then(|s| s.local_addr().ok())
-    }
-    pub fn tls_addr(&self) -> Option<SocketAddr> {
-        self.tls.as_ref().and_then(|(l, _)| l.local_addr().ok())
-    }
-
-    /// Serves until `shutdown` is cancelled, then drains (module docs) and returns.
-    pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
-        let mut tasks = JoinSet::new();
-        if let Some(l) = self.tcp {
-            tasks.spawn(accept_loop(l, None, self.shared.clone(), shutdown.clone()));
-        }
-        if let Some((l, c)) = self.tls {
-            tasks.spawn(accept_loop(
-                l,
-                Some(c),
-                self.shared.clone(),
-                shutdown.clone(),
-            ));
-        }
-        if let Some(s) = self.udp {
-            tasks.spawn(udp_loop(s, self.shared.clone(), shutdown.clone()));
-        }
-        drop(self.shared);
-        while let Some(r) = tasks.join_next().await {
-            r.context("collector task panicked")?;
-        }
-        Ok(())
-    }
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    tls: Option<watch::Receiver<Arc<ServerConfig>>>,
-    shared: Arc<Shared>,
-    shutdown: CancellationToken,
-) {
-    let transport = if tls.is_some() {
-        Transport::Tls
-    } else {
-        Transport::Tcp
-    };
-    let mut sessions = JoinSet::new();
+async fn read_stream<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    ctx: &mut StreamCtx<'_>,
+    shutdown: &CancellationToken,
+) -> StreamEnd {
+    use tokio::time::Instant as TokioInstant;
+    let shared = ctx.shared;
+    let limits = shared.cfg.limits;
+    let mut dec = SessionDecoder::new(DecoderConfig {
+        template_lifetime: None,
+        ..shared.cfg.decoder.clone()
+    });
+    // Grows with what arrives: an idle session holds little.
+    let mut buf = BytesMut::new();
+    let mut partial_since: Option<TokioInstant> = None;
+    let mut last_complete = TokioInstant::now();
+    let mut closing: Option<Closing> = None;
+    // The last read filled the buffer: data is streaming in, read in large chunks.
+    let mut streaming = false;
     loop {
+        let mut completed = false;
+        loop {
+            let frame = match next_frame(&mut buf) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => return StreamEnd::Malformed(e),
+            };
+            completed = true;
+            let msg = match dec.decode(ctx.info, frame, &shared.metrics) {
+                Ok(m) => m,
+                Err(e) => return StreamEnd::Malformed(e),
+            };
+            if ctx.guard.templates(dec.decoder.template_bytes()) {
+                return StreamEnd::Closed(CloseReason::TemplateBudget);
+            }
+            last_complete = TokioInstant::now();
+            ctx.admitted
+                .last_active
+                .store(shared.millis(), Ordering::Relaxed);
+            if msg.is_empty() {
+                continue;
+            }
+            // Waiting here is the back-pressure: no read until this session's queue has room.
+            if ctx.queue.send(msg).await.is_err() {
+                return StreamEnd::ConsumerGone;
+            }
+            // Waiting for the consumer is not idleness.
+            ctx.admitted
+                .last_active
+                .store(shared.millis(), Ordering::Relaxed);
+        }
+        if buf.is_empty() {
+            partial_since = None;
+        } else if completed {
+            partial_since = Some(TokioInstant::now());
+        }
+        // Shutdown, eviction, idleness: close our sending side (TLS: close_notify) so the
+        // exporter sees the end and stops writing, then read on what it already wrote.
+        let wind_down = if closing.is_some() {
+            None
+        } else if shutdown.is_cancelled() {
+            Some((
+                StreamEnd::shutdown as fn() -> StreamEnd,
+                limits.drain_timeout,
+            ))
+        } else if ctx.admitted.stop.is_cancelled() {
+            Some((
+                StreamEnd::evicted as fn() -> StreamEnd,
+                limits.drain_timeout,
+            ))
+        } else {
+            None
+        };
+        if let Some((end, drain)) = wind_down {
+            let _ = tokio::time::timeout(Duration::from_secs(1), s.shutdown()).await;
+            closing = Some(Closing {
+                until: TokioInstant::now() + drain,
+                end,
+            });
+        }
+        let want = declared_len(&buf)
+            .map_or(0, |n| n.saturating_sub(buf.len()))
+            .max(if streaming {
+                2 * MAX_MESSAGE
+            } else {
+                READ_CHUNK
+            });
+        if buf.capacity() - buf.len() < want {
+            buf.reserve(want);
+        }
+        let spare = buf.capacity() - buf.len();
+        let deadline = match (&closing, partial_since) {
+            (Some(c), _) => c.until,
+            (None, Some(p)) => p + limits.message_timeout,
+            (None, None) => last_complete + limits.idle_timeout,
+        };
         tokio::select! {
-            _ = shutdown.cancelled() => break,
-            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
-            r = listener.accept() => {
-                let (sock, peer) = match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        // Out of descriptors and the like: pause instead of spinning.
-                        tracing::warn!(%transport, error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+            biased;
+            _ = ctx.admitted.stop.cancelled(), if closing.is_none() => {}
+            _ = shutdown.cancelled(), if closing.is_none() => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                return match (closing, partial_since) {
+                    (Some(c), _) => (c.end)(),
+                    (None, Some(_)) => StreamEnd::Closed(CloseReason::MessageTimeout),
+                    (None, None) => {
+                        // Idle: wind down like an eviction, so nothing in flight is lost.
+                        let _ = tokio::time::timeout(Duration::from_secs(1), s.shutdown()).await;
+                        closing = Some(Closing {
+                            until: TokioInstant::now() + limits.drain_timeout,
+                            end: StreamEnd::idle,
+                        });
                         continue;
                     }
                 };
-                let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
-                    shared.metrics.sessions_rejected.inc();
-                    tracing::warn!(%peer, %transport, max = shared.cfg.max_sessions, "too many IPFIX sessions; closing the new connection");
-                    continue;
-                };
-                let _ = sock.set_nodelay(true);
-                let info = shared.session(peer, transport);
-                let span = tracing::info_span!("ipfix_session", id = info.id, %peer, %transport);
-                let tls = tls.as_ref().map(|c| c.borrow().clone());
-                sessions.spawn(
-                    stream_session(sock, tls, info, permit, shared.clone(), shutdown.clone())
-                        .instrument(span),
-                );
+            }
+            r = s.read_buf(&mut buf) => match r {
+                Ok(0) if buf.is_empty() => {
+                    return closing.map_or(StreamEnd::Eof, |c| (c.end)());
+                }
+                Ok(0) => return StreamEnd::Truncated(buf.len()),
+                Ok(n) => {
+                    streaming = n == spare;
+                    partial_since = partial_since.or(Some(TokioInstant::now()));
+                }
+                Err(e) => return closing.map_or(StreamEnd::Io(e), |c| (c.end)()),
             }
         }
     }
-    while sessions.join_next().await.is_some() {}
 }
 
-async fn stream_session(
-    sock: TcpStream,
-    tls: Option<Arc<ServerConfig>>,
+impl StreamEnd {
+    fn shutdown() -> StreamEnd {
+        StreamEnd::Shutdown
+    }
+    fn evicted() -> StreamEnd {
+        StreamEnd::Closed(CloseReason::Evicted)
+    }
+    fn idle() -> StreamEnd {
+        StreamEnd::Closed(CloseReason::IdleTimeout)
+    }
+}
+
+/// One UDP exporter (address and port).
+struct UdpSession {
     info: SessionInfo,
-    _permit: OwnedSemaphorePermit,
-    shared: Arc<Shared>,
-    shutdown: CancellationToken,
-) {
-    let _open = OpenGuard::new(&shared.metrics);
-    tracing::debug!("session open");
-    let end = match tls {
-        None => read_stream(sock, &info, &shared, &shutdown).await,
-        Some(cfg) => {
-            let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-            let hs = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                r = tokio::time::timeout(shared.cfg.handshake_timeout, acceptor.accept(sock)) => r,
-            };
-            match hs {
-                Ok(Ok(s)) => read_stream(s, &info, &shared, &shutdown).await,
-                Ok(Err(e)) => {
-                    shared.metrics.tls_handshake_failures.inc();
-                    tracing::warn!(error = %e, "TLS handshake failed; closing the connection");
-                    return;
-                }
-                Err(_) => {
-                    shared.metrics.tls_handshake_failures.inc();
-                    tracing::warn!(timeout = ?shared.cfg.handshake_timeout, "TLS handshake not finished in time; closing the connection");
-                    return;
-                }
+    dec: SessionDecoder,
+    queue: SessionQueue<DecodedMessage>,
+    /// Its key in the idleness order.
+    seq: u64,
+    last_seen: Instant,
+    guard: SessionGuard,
+}
+
+/// The UDP exporters tracked: by address, in idleness order (oldest datagram first), and per
+/// source IP.
+struct UdpSessions {
+    by_addr: HashMap<SocketAddr, UdpSession>,
+    order: BTreeMap<u64, SocketAddr>,
+    per_ip: HashMap<IpAddr, Vec<SocketAddr>>,
+    seq: u64,
+}
+
+impl UdpSessions {
+    fn touch(&mut self, peer: SocketAddr) -> Option<&mut UdpSession> {
+        let s = self.by_addr.get_mut(&peer)?;
+        self.order.remove(&s.seq);
+        self.seq += 1;
+        s.seq = self.seq;
+        s.last_seen = Instant::now();
+        self.order.insert(s.seq, peer);
+        Some(s)
+    }
+
+    fn insert(&mut self, peer: SocketAddr, mut s: UdpSession) {
+        self.seq += 1;
+        s.seq = self.seq;
+        self.order.insert(s.seq, peer);
+        self.per_ip.entry(peer.ip()).or_default().push(peer);
+        self.by_addr.insert(peer, s);
+    }
+
+    fn remove(&mut self, peer: &SocketAddr) -> Option<UdpSession> {
+        let s = self.by_addr.remove(peer)?;
+        self.order.remove(&s.seq);
+        if let Some(v) = self.per_ip.get_mut(&peer.ip()) {
+            v.retain(|p| p != peer);
+            if v.is_empty() {
+                self.per_ip.remove(&peer.ip());
             }
         }
-    };
-    match end {
-        StreamEnd::Eof => tracing::debug!("closed by the exporter"),
-        StreamEnd::Shutdown => tracing::debug!("closed for shutdown"),
-        StreamEnd::ConsumerGone => tracing::debug!("consumer gone; closing"),
-        StreamEnd::Truncated(n) => {
-            tracing::info!(pending_bytes = n, "closed by the exporter inside a message")
+        Some(s)
+    }
+
+    /// The session seen least recently, of `ip` or of all.
+    fn idlest(&self, ip: Option<IpAddr>) -> Option<SocketAddr> {
+        match ip {
+            None => self.order.values().next().copied(),
+            Some(ip) => self
+                .per_ip
+                .get(&ip)?
+                .iter()
+                .min_by_key(|p| self.by_addr.get(p).map_or(0, |s| s.seq))
+                .copied(),
         }
-        StreamEnd::Io(e) => tracing::info!(error = %e, "session ended by a socket error"),
-        StreamEnd::Malformed(e) => shared.malformed(&info, &e),
     }
 }
 
-enum StreamEnd {
-    Eof,
-    Shutdown,
-    ConsumerGone,
-    Truncated(usize),
-    Io(std::io::Error),
-    Malformed(DecodeError),
+async fn udp_loop(sock: UdpSocket, shared: Arc<Shared>, shutdown: CancellationToken) {
+    let limits = shared.cfg.limits;
+    let lifetime = shared.cfg.udp_template_refresh.saturating_mul(3);
+    let dcfg = DecoderConfig {
+        template_lifetime: Some(lifetime),
+        ..shared.cfg.decoder.clone()
+    };
+    let mut sessions = UdpSessions {
+        by_addr: HashMap::new(),
+        order: BTreeMap::new(),
+        per_ip: HashMap::new(),
+        seq: 0,
+    };
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    let mut sweep =
+        tokio::time::interval(lifetime.clamp(Duration::from_secs(1), Duration::from_secs(60)));
+    let evicted = |reason| {
+        shared
+            .metrics
+            .udp_sessions_evicted
+            .get_or_create(&UdpEvictLabels { reason })
+            .inc();
+    };
+    loop {
+        let (n, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = sweep.tick() => {
+                // An exporter silent for a whole template lifetime has nothing left to decode.
+                let stale: Vec<SocketAddr> = sessions
+                    .order
+                    .values()
+                    .copied()
+                    .take_while(|p| sessions.by_addr.get(p).is_some_and(|s| s.last_seen.elapsed() >= lifetime))
+                    .collect();
+                for p in stale {
+                    if let Some(s) = sessions.remove(&p) {
+                        forget_exporter(&shared, &s.info);
+                    }
+                }
+                continue;
+            }
+            r = sock.recv_from(&mut buf) => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // ICMP errors from earlier sends and the like; nothing to do with the data.
+                    tracing::debug!(error = %e, "UDP receive error");
+                    continue;
+                }
+            }
+        };
+        if sessions.touch(peer).is_none() {
+            // A new exporter always gets a slot: its address's idlest session gives way when
+            // that address has its share, else the idlest of all when the table is full.
+            let victim = if sessions.per_ip.get(&peer.ip()).map_or(0, Vec::len)
+                >= limits.max_sessions_per_address
+            {
+                evicted(UdpEvictReason::PerAddress);
+                sessions.idlest(Some(peer.ip()))
+            } else if sessions.by_addr.len() >= limits.max_sessions {
+                evicted(UdpEvictReason::Full);
+                sessions.idlest(None)
+            } else {
+                None
+            };
+            if let Some(v) = victim
+                && let Some(s) = sessions.remove(&v)
+            {
+                forget_exporter(&shared, &s.info);
+            }
+            let info = shared.session(peer, Transport::Udp);
+            tracing::debug!(session = info.id, %peer, "UDP session open");
+            sessions.insert(
+                peer,
+                UdpSession {
+                    info,
+                    dec: SessionDecoder::new(dcfg.clone()),
+                    queue: shared.queue.session(),
+                    seq: 0,
+                    last_seen: Instant::now(),
+                    guard: SessionGuard::new(&shared, None),
+                },
+            );
+        }
+        let Some(s) = sessions.by_addr.get_mut(&peer) else {
+            continue;
+        };
+        // One copy of exactly the datagram, so the buffer is reused for the next one.
+        let bytes = Bytes::copy_from_slice(&buf[..n]);
+        let result = s.dec.decode(&s.info, bytes, &shared.metrics);
+        let over_budget = s.guard.templates(s.dec.decoder.template_bytes());
+        match result {
+            Ok(m) if m.is_empty() => {}
+            Ok(m) => {
+                let records = m.len() as u64;
+                match s.queue.try_send(m) {
+                    Ok(()) => {}
+                    Err(Refused::Full) => {
+                        shared
+                            .metrics
+                            .udp_dropped_messages
+                            .get_or_create(&UdpDropLabels {
+                                reason: UdpDropReason::QueueFull,
+                            })
+                            .inc();
+                        shared.metrics.udp_dropped_records.inc_by(records);
+                        shared
+                            .metrics
+                            .exporter_dropped_records
+                            .get_or_create(&exporter_label(&s.info))
+                            .inc_by(records);
+                    }
+                    Err(Refused::Closed) => return,
+                }
+            }
+            Err(e) => {
+                let info = s.info;
+                shared.malformed(&info, &e);
+                if let Some(s) = sessions.remove(&peer) {
+                    forget_exporter(&shared, &s.info);
+                }
+                continue;
+            }
+        }
+        if over_budget {
+            evicted(UdpEvictReason::TemplateBudget);
+            if let Some(s) = sessions.remove(&peer) {
+                forget_exporter(&shared, &s.info);
+            }
+        }
+    }
+}
+
+fn exporter_label(info: &SessionInfo) -> ExporterLabels {
+    ExporterLabels {
+        exporter: info.peer.to_string(),
+    }
+}
+
+/// A UDP exporter's session is gone: so is its per-exporter series.
+fn forget_exporter(shared: &Shared, info: &SessionInfo) {
+    shared
+        .metrics
+        .exporter_dropped_records
+        .remove(&exporter_label(info));
 }
 
 /// Largest IPFIX message; the read buffer always has room for one.
@@ -506,138 +1126,6 @@ fn next_frame(buf: &mut BytesMut) -> Result<Option<Bytes>, DecodeError> {
         return Ok(None);
     }
     Ok(Some(buf.split_to(length as usize).freeze()))
-}
-
-async fn read_stream<S: AsyncRead + Unpin>(
-    mut s: S,
-    info: &SessionInfo,
-    shared: &Shared,
-    shutdown: &CancellationToken,
-) -> StreamEnd {
-    let mut dec = SessionDecoder::new(DecoderConfig {
-        template_lifetime: None,
-        ..shared.cfg.decoder.clone()
-    });
-    let mut buf = BytesMut::with_capacity(2 * MAX_MESSAGE);
-    let mut stopping = false;
-    loop {
-        loop {
-            let frame = match next_frame(&mut buf) {
-                Ok(Some(f)) => f,
-                Ok(None) => break,
-                Err(e) => return StreamEnd::Malformed(e),
-            };
-            let msg = match dec.decode(info, frame, &shared.metrics) {
-                Ok(m) => m,
-                Err(e) => return StreamEnd::Malformed(e),
-            };
-            if msg.is_empty() {
-                continue;
-            }
-            // Waiting here is the back-pressure: no read until the consumer takes this.
-            if shared.tx.send(msg).await.is_err() {
-                return StreamEnd::ConsumerGone;
-            }
-        }
-        if stopping {
-            return StreamEnd::Shutdown;
-        }
-        if buf.capacity() - buf.len() < MAX_MESSAGE {
-            buf.reserve(MAX_MESSAGE);
-        }
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => stopping = true,
-            r = s.read_buf(&mut buf) => match r {
-                Ok(0) if buf.is_empty() => return StreamEnd::Eof,
-                Ok(0) => return StreamEnd::Truncated(buf.len()),
-                Ok(_) => {}
-                Err(e) => return StreamEnd::Io(e),
-            }
-        }
-    }
-}
-
-struct UdpSession {
-    info: SessionInfo,
-    dec: SessionDecoder,
-    last_seen: Instant,
-    _open: OpenGuard,
-}
-
-async fn udp_loop(sock: UdpSocket, shared: Arc<Shared>, shutdown: CancellationToken) {
-    let lifetime = shared.cfg.udp_template_refresh.saturating_mul(3);
-    let dcfg = DecoderConfig {
-        template_lifetime: Some(lifetime),
-        ..shared.cfg.decoder.clone()
-    };
-    let mut sessions: HashMap<SocketAddr, UdpSession> = HashMap::new();
-    let mut buf = vec![0u8; MAX_MESSAGE];
-    let mut sweep =
-        tokio::time::interval(lifetime.clamp(Duration::from_secs(1), Duration::from_secs(60)));
-    loop {
-        let (n, peer) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = sweep.tick() => {
-                // An exporter silent for a whole template lifetime has nothing left to decode.
-                sessions.retain(|_, s| s.last_seen.elapsed() < lifetime);
-                continue;
-            }
-            r = sock.recv_from(&mut buf) => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // ICMP errors from earlier sends and the like; nothing to do with the data.
-                    tracing::debug!(error = %e, "UDP receive error");
-                    continue;
-                }
-            }
-        };
-        if !sessions.contains_key(&peer) && sessions.len() >= shared.cfg.max_sessions {
-            shared
-                .metrics
-                .udp_dropped_messages
-                .get_or_create(&UdpDropLabels {
-                    reason: UdpDropReason::TooManySessions,
-                })
-                .inc();
-            continue;
-        }
-        let s = sessions.entry(peer).or_insert_with(|| {
-            let info = shared.session(peer, Transport::Udp);
-            tracing::debug!(session = info.id, %peer, "UDP session open");
-            UdpSession {
-                info,
-                dec: SessionDecoder::new(dcfg.clone()),
-                last_seen: Instant::now(),
-                _open: OpenGuard::new(&shared.metrics),
-            }
-        });
-        s.last_seen = Instant::now();
-        // One copy of exactly the datagram, so the buffer is reused for the next one.
-        let bytes = Bytes::copy_from_slice(&buf[..n]);
-        match s.dec.decode(&s.info, bytes, &shared.metrics) {
-            Ok(m) if m.is_empty() => {}
-            Ok(m) => match shared.tx.try_send(m) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(m)) => {
-                    shared
-                        .metrics
-                        .udp_dropped_messages
-                        .get_or_create(&UdpDropLabels {
-                            reason: UdpDropReason::ChannelFull,
-                        })
-                        .inc();
-                    shared.metrics.udp_dropped_records.inc_by(m.len() as u64);
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => return,
-            },
-            Err(e) => {
-                let info = s.info;
-                shared.malformed(&info, &e);
-                sessions.remove(&peer);
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -278,6 +278,11 @@ impl<T: Weigh> FairReceiver<T> {
         self.take().ok()
     }
 
+    /// Bytes queued by all sessions.
+    pub fn queued_bytes(&self) -> usize {
+        self.shared.lock().bytes
+    }
+
     /// `Err(true)`: ended; `Err(false)`: nothing queued now.
     fn take(&self) -> Result<T, bool> {
         let mut st = self.shared.lock();

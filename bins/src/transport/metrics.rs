@@ -83,10 +83,9 @@ pub struct MalformedLabels {
 /// Why a UDP datagram was not handed on.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 pub enum UdpDropReason {
-    /// The consumer's channel was full.
-    ChannelFull,
-    /// A new exporter address while `max_sessions` were already tracked.
-    TooManySessions,
+    /// Its session's queue (or the total) was full: the consumer is behind, and this exporter
+    /// sends more than its share.
+    QueueFull,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -94,13 +93,70 @@ pub struct UdpDropLabels {
     pub reason: UdpDropReason,
 }
 
+/// Why a connection was refused at accept.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum RejectReason {
+    /// `maxSessions` open and none idle long enough to give way.
+    Full,
+    /// `maxSessionsPerAddress` open from the peer's address.
+    PerAddress,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabels {
+    pub reason: RejectReason,
+}
+
+/// Why the collecting process closed (or forgot) a session.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum CloseReason {
+    /// No complete message for `idleTimeout`.
+    IdleTimeout,
+    /// A message (or a TLS handshake) begun and not finished within `messageTimeout`.
+    MessageTimeout,
+    /// The longest-idle session, closed to make room for a new one when full.
+    Evicted,
+    /// The session's templates passed its share of `maxTemplateBytes` over all sessions.
+    TemplateBudget,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CloseLabels {
+    pub reason: CloseReason,
+}
+
+/// Why a UDP exporter's session was forgotten before its template lifetime.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum UdpEvictReason {
+    /// `maxSessions` tracked: the idlest gave way to a new exporter.
+    Full,
+    /// `maxSessionsPerAddress` from one address: that address's idlest gave way.
+    PerAddress,
+    /// Its templates passed its share of `maxTemplateBytes`.
+    TemplateBudget,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UdpEvictLabels {
+    pub reason: UdpEvictReason,
+}
+
+/// An exporter by address, for per-exporter drop counters (series exist while its session does).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ExporterLabels {
+    pub exporter: String,
+}
+
 /// The collecting process.
 #[derive(Clone, Debug, Default)]
 pub struct CollectorMetrics {
     pub sessions_open: Gauge,
     pub sessions: Family<TransportLabels, Counter>,
-    /// Connections refused because `max_sessions` were open.
-    pub sessions_rejected: Counter,
+    /// Connections refused at accept, by reason.
+    pub sessions_rejected: Family<RejectLabels, Counter>,
+    /// Sessions closed by the collecting process, by reason (besides malformed input).
+    pub sessions_closed: Family<CloseLabels, Counter>,
+    pub udp_sessions_evicted: Family<UdpEvictLabels, Counter>,
     pub tls_handshake_failures: Counter,
     pub messages: Counter,
     pub records: Counter,
@@ -111,6 +167,12 @@ pub struct CollectorMetrics {
     pub sets_without_template: Counter,
     pub udp_dropped_messages: Family<UdpDropLabels, Counter>,
     pub udp_dropped_records: Counter,
+    /// UDP data records dropped, by exporter address.
+    pub exporter_dropped_records: Family<ExporterLabels, Counter>,
+    /// Bytes of decoded messages queued for the consumer, over all sessions.
+    pub queued_bytes: Gauge,
+    /// Heap bytes of every session's templates.
+    pub template_bytes: Gauge,
 }
 
 impl CollectorMetrics {
@@ -125,8 +187,18 @@ impl CollectorMetrics {
         r.register("sessions", "IPFIX sessions opened", self.sessions.clone());
         r.register(
             "sessions_rejected",
-            "Connections closed at once because max_sessions were open",
+            "Connections closed at accept, by reason: full (maxSessions open, none idle long enough to give way), per_address (maxSessionsPerAddress open from that address)",
             self.sessions_rejected.clone(),
+        );
+        r.register(
+            "sessions_closed",
+            "Sessions the collecting process closed, by reason: idle_timeout, message_timeout (a message or TLS handshake begun and not finished in time), evicted (idlest session, for a new one), template_budget",
+            self.sessions_closed.clone(),
+        );
+        r.register(
+            "udp_sessions_evicted",
+            "UDP exporters forgotten early (their templates with them), by reason: full, per_address, template_budget",
+            self.udp_sessions_evicted.clone(),
         );
         r.register(
             "tls_handshake_failures",
@@ -166,8 +238,23 @@ impl CollectorMetrics {
         );
         r.register(
             "udp_dropped_records",
-            "Data records in UDP messages dropped because the consumer's channel was full",
+            "Data records in UDP messages dropped because their exporter's queue was full",
             self.udp_dropped_records.clone(),
+        );
+        r.register(
+            "exporter_dropped_records",
+            "Data records in UDP messages dropped because their exporter's queue was full, by exporter address",
+            self.exporter_dropped_records.clone(),
+        );
+        r.register(
+            "queued_bytes",
+            "Bytes of decoded messages waiting for the consumer",
+            self.queued_bytes.clone(),
+        );
+        r.register(
+            "template_bytes",
+            "Heap bytes of the templates of every session",
+            self.template_bytes.clone(),
         );
     }
 }
