@@ -45,6 +45,8 @@ struct AgentMetrics {
     lost_events: Counter,
     destroy_events: Counter,
     metadata_updates: Counter,
+    metadata_names: Gauge,
+    metadata_name_bytes: Gauge,
 }
 
 impl AgentMetrics {
@@ -61,6 +63,8 @@ impl AgentMetrics {
             lost_events: Counter::default(),
             destroy_events: Counter::default(),
             metadata_updates: Counter::default(),
+            metadata_names: Gauge::default(),
+            metadata_name_bytes: Gauge::default(),
         };
         ops.register(|r| {
             r.register("conntrack_polls", "Conntrack dumps completed", m.polls.clone());
@@ -74,6 +78,8 @@ impl AgentMetrics {
             r.register("conntrack_lost_events", "Destroy events lost (kernel buffer overrun or full queue); the next dump reconciles", m.lost_events.clone());
             r.register("conntrack_destroy_events", "Destroy events received", m.destroy_events.clone());
             r.register("metadata_updates", "Kubernetes metadata updates applied", m.metadata_updates.clone());
+            r.register("metadata_names", "Names (Pods, Namespaces, Nodes, Services, labels) the metadata index holds; rebuilt with only the live ones when it doubles", m.metadata_names.clone());
+            r.register("metadata_name_bytes", "Text bytes of those names", m.metadata_name_bytes.clone());
         });
         m
     }
@@ -380,6 +386,9 @@ pub async fn run(
             Some(u) = async { match meta_rx.as_mut() { Some(r) => r.recv().await, None => None } } => {
                 core.handle_metadata(now(), u);
                 metrics.metadata_updates.inc();
+                let ms = core.metadata().stats();
+                metrics.metadata_names.set(ms.names as i64);
+                metrics.metadata_name_bytes.set(ms.name_bytes as i64);
             }
             Some(ev) = path.next_event() => {
                 let st = path.handle(ev, now(), &mut core);

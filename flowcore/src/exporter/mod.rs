@@ -82,6 +82,10 @@ type VerdictKey = (IpAddr, Option<PodId>, IpAddr, Option<PodId>, u8, u16);
 impl VerdictCache {
     const MAX: usize = 1 << 14;
 
+    fn clear(&mut self) {
+        self.map.clear();
+    }
+
     fn get_or_eval(
         &mut self,
         meta: &mut MetadataIndex,
@@ -350,10 +354,19 @@ impl FlowExporter {
     }
 
     /// Applies an informer event. Connections keep the classification they got when first seen;
-    /// records are enriched when built.
+    /// records are enriched when built. The names of records polled before this call are only
+    /// valid until it (encode each record as it is polled): the metadata's name table may be
+    /// rebuilt here ([`MetadataIndex::compact`]).
     pub fn handle_metadata(&mut self, now: Timestamp, update: MetadataUpdate) {
         self.verdicts.invalidate(&self.meta, &update);
         self.meta.apply(now, update);
+        let mut keep: Vec<&mut Sym> = vec![&mut self.local_node];
+        if let Some(c) = &mut self.cluster_id {
+            keep.push(c);
+        }
+        if self.meta.compact(&mut keep) {
+            self.verdicts.clear();
+        }
     }
 
     /// A complete conntrack table at `now`. Connections tracked but missing from it ended.

@@ -1254,3 +1254,51 @@ fn cached_verdicts_follow_metadata_changes() {
     );
     assert_eq!(ingress(&mut ex, 41006, 1), (None, None));
 }
+
+/// Pod churn rebuilds the metadata's name table; records built after it carry the same names
+/// (the Node, the cluster id, the Pods, the Service, the policy) as records built before.
+#[test]
+fn records_keep_their_names_across_a_name_table_rebuild() {
+    let snapshot = |ex: FlowExporter| {
+        let (ex, r) = one_record(
+            ex,
+            entry(
+                "10.1.1.10",
+                40000,
+                "10.96.0.10",
+                80,
+                Some(("10.1.1.11", 8080)),
+            ),
+        );
+        snapshot_of(&ex, &r)
+    };
+    let mut ex = cluster(ExporterConfig::default());
+    ex.handle_metadata(secs(0), MetadataUpdate::Policy(web_policy()));
+    for i in 0..20_000u32 {
+        let uid = format!("churn-{i}");
+        let addr = format!("10.1.2.{}", 100 + i % 100);
+        // One Pod a second, each deleted at once and forgotten after the grace period.
+        let t = secs(10 + i as u64);
+        ex.handle_metadata(
+            t,
+            MetadataUpdate::Pod(pod(
+                &uid,
+                "batch",
+                &format!("job-{i:06}"),
+                "n2",
+                &addr,
+                "job",
+            )),
+        );
+        ex.handle_metadata(t, MetadataUpdate::PodDeleted { uid });
+    }
+    assert!(ex.metadata().stats().compactions > 0);
+    assert!(
+        ex.metadata().stats().names < 10_000,
+        "{:?}",
+        ex.metadata().stats()
+    );
+    let mut with_policy = cluster(ExporterConfig::default());
+    with_policy.handle_metadata(secs(0), MetadataUpdate::Policy(web_policy()));
+    assert_eq!(snapshot(ex), snapshot(with_policy));
+}

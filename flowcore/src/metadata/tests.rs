@@ -323,3 +323,57 @@ mod robustness {
         }
     }
 }
+
+#[test]
+fn churned_pod_names_are_compacted_away_and_live_names_survive() {
+    let mut m = MetadataIndex::new(Duration::from_secs(60));
+    m.apply(
+        Timestamp::from_secs(1),
+        MetadataUpdate::Node(NodeInfo {
+            name: "node-a".into(),
+            addresses: vec![ip("192.168.0.1")],
+            pod_cidrs: vec![Cidr::new(ip("10.1.0.0"), 16)],
+        }),
+    );
+    m.apply(
+        Timestamp::from_secs(1),
+        MetadataUpdate::Pod(pod("keep", "long-lived", "node-a", "10.9.9.9", 1)),
+    );
+    let mut own = m.interner_mut().intern("node-a");
+    let mut peak = 0;
+    // 50,000 short-lived Pods, each deleted and expired.
+    for i in 0..50_000u64 {
+        let t = 10 + i;
+        let a = format!("10.1.{}.{}", (i / 250) % 250, i % 250 + 1);
+        m.apply(
+            Timestamp::from_secs(t),
+            MetadataUpdate::Pod(pod(
+                &format!("u{i}"),
+                &format!("job-{i:06}"),
+                "node-a",
+                &a,
+                t,
+            )),
+        );
+        m.apply(
+            Timestamp::from_secs(t),
+            MetadataUpdate::PodDeleted {
+                uid: format!("u{i}"),
+            },
+        );
+        m.compact(&mut [&mut own]);
+        peak = peak.max(m.stats().names);
+    }
+    let s = m.stats();
+    assert!(s.compactions > 0);
+    // Live: ~60 Pods in their grace period (name, labels) + the long-lived one + a few names.
+    assert!(peak < 10_000, "the table stays bounded: peak {peak} names");
+    assert_eq!(name_at(&m, "10.9.9.9", 5).as_deref(), Some("long-lived"));
+    assert_eq!(m.interner().resolve(own), "node-a");
+    for n in [
+        m.node_by_pod_cidr(ip("10.1.3.3")),
+        m.node_by_address(ip("192.168.0.1")),
+    ] {
+        assert_eq!(n.map(|n| m.interner().resolve(n)), Some("node-a"));
+    }
+}
