@@ -33,6 +33,7 @@ mod intern;
 mod record;
 #[cfg(test)]
 mod tests;
+mod tombs;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -50,6 +51,7 @@ pub use half::{
 pub use intern::{Interner, NameRefusal, Sym};
 use intern::{MetaId, MetaTable};
 pub use record::{AggregatedRecord, NodeCounters, PolicyInfo};
+use tombs::{Tombs, Tombstone};
 
 /// flowType values (DESIGN.md).
 pub const FLOW_TYPE_INTRA_NODE: u8 = 1;
@@ -260,15 +262,6 @@ impl Sides {
     }
 }
 
-/// What is remembered of a finished flow for `inactive_timeout`: the flow itself as last exported
-/// (per-Node start seconds, totals, end state, and its Kubernetes fields), so that a late or
-/// duplicated half neither starts it over and counts its bytes again, nor loses the fields the
-/// other Node reported (the Service only the source Node sees).
-struct Tombstone {
-    flow: Flow,
-    expires: Timestamp,
-}
-
 /// How far apart (seconds) two Nodes may report the same connection's start: their clocks differ,
 /// and each Node sees the connection begin when its first packet passes. Halves further apart are
 /// taken for different connections on the same 5-tuple (correlating them would mix two
@@ -386,8 +379,7 @@ pub struct Aggregator {
     metas: MetaTable,
     /// The aggregator's own view of the cluster, for filling in flows whose partner never came.
     metadata: Option<crate::metadata::MetadataIndex>,
-    tombstones: HashMap<CorrelationKey, Tombstone, foldhash::fast::FixedState>,
-    tombstone_order: VecDeque<(Timestamp, CorrelationKey)>,
+    tombstones: Tombs,
     stats: AggregatorStats,
 }
 
@@ -424,8 +416,7 @@ impl Aggregator {
             timers: BinaryHeap::new(),
             timer_seq: 0,
             out: VecDeque::new(),
-            tombstones: HashMap::with_hasher(foldhash::fast::FixedState::with_seed(cfg_seed)),
-            tombstone_order: VecDeque::new(),
+            tombstones: Tombs::new(cfg_seed),
             stats: AggregatorStats::default(),
         };
         agg.stats.names = agg.strings.len() as u64;
@@ -592,25 +583,16 @@ impl Aggregator {
         };
         const SCAN: usize = 4096;
         let mut evicted = 0;
-        // Tombstones of that exporter, oldest first (their queue entries go stale and are
-        // skipped when they come up), looking at a bounded stretch of the queue.
-        let mut i = 0;
-        let scan = self.tombstone_order.len().min(SCAN);
-        while evicted < PER_CALL && i < scan && !self.strings.relieved() {
-            let (t, k) = self.tombstone_order[i];
-            i += 1;
-            if self
-                .tombstones
-                .get(&k)
-                .is_some_and(|x| x.expires == t && x.flow.owner == heavy)
-                && let Some(old) = self.tombstones.remove(&k)
-            {
-                self.metas.release(old.flow.meta, &mut self.strings);
-                self.stats.tombstones_evicted += 1;
-                self.stats.evicted_for_names += 1;
-                evicted += 1;
-                self.strings.sweep();
-            }
+        // Tombstones of that exporter first, oldest first, in a bounded stretch of the queue.
+        while evicted < PER_CALL && !self.strings.relieved() {
+            let Some(old) = self.tombstones.remove_oldest_of(heavy, SCAN) else {
+                break;
+            };
+            self.metas.release(old.meta, &mut self.strings);
+            self.stats.tombstones_evicted += 1;
+            self.stats.evicted_for_names += 1;
+            evicted += 1;
+            self.strings.sweep();
         }
         while evicted < PER_CALL && !self.strings.relieved() {
             let Some(fid) = self.find_flow_of(heavy) else {
@@ -626,7 +608,7 @@ impl Aggregator {
             self.strings.give_up_relief();
         }
         self.prune_timers();
-        self.purge_tombstone_order();
+        self.tombstones.tidy();
     }
 
     /// A flow of exporter `owner` (the clock hand's next one), if it holds any.
@@ -719,9 +701,9 @@ impl Aggregator {
         in_flight: Option<&Side>,
     ) -> Option<Target> {
         let t = self.tombstones.get(&half.key)?;
-        match t.flow.sides.get(side_idx) {
+        match t.side(side_idx) {
             Some(side) if side.start_secs == half.start_secs => {
-                Some(if news(&mut self.stats, side, half) {
+                Some(if news(&mut self.stats, &side, half) {
                     Target::Late
                 } else {
                     Target::Ignore
@@ -734,11 +716,11 @@ impl Aggregator {
             }
             Some(_) => None,
             None => {
-                let other = t.flow.sides.iter().next()?;
+                let other = t.any_side()?;
                 let near = half.start_secs.abs_diff(other.start_secs);
                 let nearer =
                     in_flight.is_none_or(|f| near < half.start_secs.abs_diff(f.start_secs));
-                (nearer && may_be_one(half, other)).then_some(Target::Late)
+                (nearer && may_be_one(half, &other)).then_some(Target::Late)
             }
         }
     }
@@ -746,11 +728,12 @@ impl Aggregator {
     /// A late half of a finished flow: applied to its tombstone, and what it adds exported at once
     /// (with the fields the flow had), without waiting for a partner.
     fn late(&mut self, now: Timestamp, side_idx: usize, exporter: u16, half: &FlowHalf) {
-        let Some(mut t) = self.tombstones.remove(&half.key) else {
+        let Some(t) = self.tombstones.remove(&half.key) else {
             return;
         };
+        let mut flow = t.flow(now);
         apply(
-            &mut t.flow,
+            &mut flow,
             &mut self.metas,
             &mut self.strings,
             side_idx,
@@ -758,12 +741,11 @@ impl Aggregator {
             half,
             now,
         );
-        let reason = end_reason(&t.flow).unwrap_or(END_ACTIVE);
-        self.export_flow(&mut t.flow, now, reason);
+        let reason = end_reason(&flow).unwrap_or(END_ACTIVE);
+        self.export_flow(&mut flow, now, reason);
         // Its Node still talks about it: remembered for another inactive timeout.
-        t.expires = now + self.tombstone_life();
-        self.tombstone_order.push_back((t.expires, half.key));
-        self.tombstones.insert(half.key, t);
+        let expires = now + self.tombstone_life();
+        self.tombstones.insert(Tombstone::of(&flow, expires));
     }
 
     /// A half of an older connection than the one in flight on its 5-tuple, of which nothing is
@@ -1008,7 +990,7 @@ impl Aggregator {
     /// When `handle_timeout` is next due: a flow's export or a tombstone's expiry.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         let flow = self.timers.peek().map(|&Reverse((t, ..))| t);
-        let tomb = self.tombstone_order.front().map(|&(t, _)| t);
+        let tomb = self.tombstones.next_expiry();
         flow.into_iter().chain(tomb).min()
     }
 
@@ -1114,12 +1096,10 @@ impl Aggregator {
             return;
         }
         let expires = now + self.tombstone_life();
-        let key = flow.key;
         // The tombstone keeps the flow's metadata reference until it expires.
-        if let Some(old) = self.tombstones.insert(key, Tombstone { flow, expires }) {
-            self.metas.release(old.flow.meta, &mut self.strings);
+        if let Some(old) = self.tombstones.insert(Tombstone::of(&flow, expires)) {
+            self.metas.release(old.meta, &mut self.strings);
         }
-        self.tombstone_order.push_back((expires, key));
         if self.tombstones.len() > self.cfg.max_flows {
             self.expire_tombstones(now);
         }
@@ -1162,30 +1142,14 @@ impl Aggregator {
                 f.meta = remap(f.meta);
             }
             for t in self.tombstones.values_mut() {
-                t.flow.meta = remap(t.flow.meta);
+                t.meta = remap(t.meta);
             }
         }
-        if self.tombstones.capacity() > 4 * self.tombstones.len() + 4096 {
-            self.tombstones.shrink_to_fit();
-        }
-        if self.tombstone_order.capacity() > 4 * self.tombstone_order.len() + 4096 {
-            self.purge_tombstone_order();
-            self.tombstone_order.shrink_to_fit();
-        }
+        self.tombstones.tidy();
         if self.out.capacity() > 4 * self.out.len() + 4096 {
             self.out.shrink_to_fit();
         }
         self.strings.shrink();
-    }
-
-    /// Drops queue entries of tombstones that were evicted out of order, once they are the
-    /// majority (they are otherwise skipped when they reach the front).
-    fn purge_tombstone_order(&mut self) {
-        if self.tombstone_order.len() > 2 * self.tombstones.len() + 1024 {
-            let tombs = &self.tombstones;
-            self.tombstone_order
-                .retain(|(t, k)| tombs.get(k).is_some_and(|x| x.expires == *t));
-        }
     }
 
     /// How long a finished flow is remembered: an inactive timeout, and at least as long as a
@@ -1198,18 +1162,13 @@ impl Aggregator {
     /// Forgets finished flows whose grace time is over (all of them past `now`, or, when over the
     /// bound, the oldest until back under it).
     fn expire_tombstones(&mut self, now: Timestamp) {
-        while let Some(&(t, k)) = self.tombstone_order.front() {
-            if t > now && self.tombstones.len() <= self.cfg.max_flows {
-                break;
-            }
-            self.tombstone_order.pop_front();
-            if self.tombstones.get(&k).is_some_and(|x| x.expires == t)
-                && let Some(old) = self.tombstones.remove(&k)
-            {
+        let max = self.cfg.max_flows;
+        while let Some((t, old)) = self.tombstones.pop_oldest(|t, len| t <= now || len > max) {
+            if let Some(old) = old {
                 if t > now {
                     self.stats.tombstones_evicted += 1;
                 }
-                self.metas.release(old.flow.meta, &mut self.strings);
+                self.metas.release(old.meta, &mut self.strings);
                 self.stats.metadata_entries = self.metas.len() as u64;
             }
         }
