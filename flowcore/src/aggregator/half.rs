@@ -310,9 +310,7 @@ impl FlowHalf {
                 TcpState => {
                     h.tcp_state = match v {
                         FieldValue::String(b) | FieldValue::Octets(b) if !b.is_empty() => {
-                            let t = std::str::from_utf8(b)
-                                .ok()
-                                .and_then(crate::model::TcpState::from_name);
+                            let t = crate::model::TcpState::from_name_bytes(b);
                             if t.is_none() {
                                 refused.bad_tcp_state += 1;
                             }

@@ -147,6 +147,7 @@ impl Interner {
     /// `owner`. A name seen before is found by hash and byte comparison, without UTF-8 validation
     /// or allocation; a new one is refused when longer than `max_len` or over the budget (module
     /// docs).
+    #[inline]
     pub fn intern_wire(
         &mut self,
         b: &[u8],
@@ -159,9 +160,14 @@ impl Interner {
         if b.len() > max_len {
             return Err(NameRefusal::TooLong);
         }
-        if let Some(sym) = self.inner.get_bytes(b) {
-            return Ok(Sym::of(sym));
+        match self.inner.get_bytes(b) {
+            Some(sym) => Ok(Sym::of(sym)),
+            None => self.intern_new(b, owner),
         }
+    }
+
+    #[cold]
+    fn intern_new(&mut self, b: &[u8], owner: u16) -> Result<Sym, NameRefusal> {
         let len = cost(b.len());
         if self.bytes + len > self.max_bytes && owner != NO_OWNER {
             let charge = self.charges.get(owner as usize).copied().unwrap_or(0);
@@ -227,6 +233,16 @@ impl Interner {
     pub(crate) fn pin(&mut self, sym: Sym) {
         if let Some(r) = self.refs.get_mut(sym.index()) {
             *r = PINNED;
+        }
+    }
+
+    /// [`Self::sweep`] once enough names may be unreferenced: freeing is batched, so a name that
+    /// recurs in records but is never kept (a field the merge ignores) is not freed and
+    /// interned again for every record. Unreferenced names still count against the bound, and
+    /// the aggregator sweeps before it evicts anything for names, and every few seconds.
+    pub(crate) fn maybe_sweep(&mut self) {
+        if self.zero.len() >= 4096 {
+            self.sweep();
         }
     }
 

@@ -380,6 +380,8 @@ pub struct Aggregator {
     /// The aggregator's own view of the cluster, for filling in flows whose partner never came.
     metadata: Option<crate::metadata::MetadataIndex>,
     tombstones: Tombs,
+    /// When `handle_timeout` next looks for memory to give back.
+    next_tidy: Timestamp,
     stats: AggregatorStats,
 }
 
@@ -417,6 +419,7 @@ impl Aggregator {
             timer_seq: 0,
             out: VecDeque::new(),
             tombstones: Tombs::new(cfg_seed),
+            next_tidy: Timestamp::ZERO,
             stats: AggregatorStats::default(),
         };
         agg.stats.names = agg.strings.len() as u64;
@@ -564,9 +567,14 @@ impl Aggregator {
     /// After a record: names nobody holds any more are freed, and a name table over its bound
     /// sheds the heaviest exporter's flows.
     fn settle(&mut self, now: Timestamp) {
-        self.strings.sweep();
         if self.strings.needs_relief() {
-            self.relieve_names(now);
+            // Unreferenced names first; only then flows.
+            self.strings.sweep();
+            if !self.strings.relieved() {
+                self.relieve_names(now);
+            }
+        } else {
+            self.strings.maybe_sweep();
         }
         self.stats.names = self.strings.len() as u64;
         self.stats.name_bytes = self.strings.bytes() as u64;
@@ -998,7 +1006,13 @@ impl Aggregator {
     /// flood took once it is gone.
     pub fn handle_timeout(&mut self, now: Timestamp) {
         self.expire_tombstones(now);
-        self.compact();
+        if now >= self.next_tidy {
+            // Unreferenced names go, and tables shrink after a flood; every few seconds is soon
+            // enough.
+            self.next_tidy = now + Duration::from_secs(5);
+            self.strings.sweep();
+            self.compact();
+        }
         while let Some(&Reverse((t, fid, generation))) = self.timers.peek() {
             if t > now {
                 break;

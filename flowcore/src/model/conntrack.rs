@@ -90,9 +90,25 @@ impl TcpState {
     }
 
     pub fn from_name(s: &str) -> Option<TcpState> {
-        (0..=9)
-            .filter_map(TcpState::from_kernel)
-            .find(|t| t.name() == s)
+        TcpState::from_name_bytes(s.as_bytes())
+    }
+
+    /// [`TcpState::from_name`] of bytes off the wire (runs per record in the aggregator).
+    pub fn from_name_bytes(b: &[u8]) -> Option<TcpState> {
+        use TcpState::*;
+        Some(match b {
+            b"NONE" => None,
+            b"SYN_SENT" => SynSent,
+            b"SYN_RECV" => SynRecv,
+            b"ESTABLISHED" => Established,
+            b"FIN_WAIT" => FinWait,
+            b"CLOSE_WAIT" => CloseWait,
+            b"LAST_ACK" => LastAck,
+            b"TIME_WAIT" => TimeWait,
+            b"CLOSE" => Close,
+            b"SYN_SENT2" => SynSent2,
+            _ => return Option::None,
+        })
     }
 
     /// The connection is over from TCP's point of view: the exporter sends its end-of-flow record.
