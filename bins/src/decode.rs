@@ -169,7 +169,7 @@ pub fn run(args: DecodeArgs) -> anyhow::Result<()> {
     let d = &s.decoder;
     eprintln!(
         "flowlens decode: {} packets, {} IPFIX datagrams, {} TCP streams; {} messages, {} templates ({} options), {} records ({} options); \
-         {} sequence gaps ({} records missing), {} sets without template, {} errors",
+         {} sequence gaps ({} records missing), {} sets without template, {} fields of a nonstandard length (carried as octets), {} errors",
         s.packets,
         s.ipfix_datagrams,
         s.tcp_streams,
@@ -181,6 +181,7 @@ pub fn run(args: DecodeArgs) -> anyhow::Result<()> {
         d.sequence_gaps,
         d.records_missing,
         d.sets_without_template,
+        d.nonstandard_lengths,
         s.errors
     );
     Ok(())
