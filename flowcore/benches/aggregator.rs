@@ -42,6 +42,17 @@ const PODS: usize = 2000;
 /// Agent records (AgentV4 layout) for flows `range`: the source Node's half if `source`, else
 /// the destination Node's, with realistic names.
 fn agent_messages(range: std::ops::Range<u32>, source: bool, domain: u32) -> Vec<bytes::Bytes> {
+    agent_messages_with(range, source, domain, false)
+}
+
+/// `distinct`: every flow its own Pod pair (a million pairs out of 1,000 × 1,000 names), so no
+/// two flows share their metadata — what a hostile exporter can make the aggregator hold.
+fn agent_messages_with(
+    range: std::ops::Range<u32>,
+    source: bool,
+    domain: u32,
+    distinct: bool,
+) -> Vec<bytes::Bytes> {
     let mut enc = Encoder::new(EncoderConfig::stream(domain)).unwrap();
     enc.add_template(Layout::AgentV4.template_id(), Layout::AgentV4.fields())
         .unwrap();
@@ -49,7 +60,11 @@ fn agent_messages(range: std::ops::Range<u32>, source: bool, domain: u32) -> Vec
         .map(|p| format!("service-{:03}-7c9f8d6b5-{:05x}", p % 300, p * 7919))
         .collect();
     for i in range {
-        let (sp, dp) = (i as usize % PODS, (i as usize * 31 + 7) % PODS);
+        let (sp, dp) = if distinct {
+            (i as usize % 1000, 1000 + (i as usize / 1000) % 1000)
+        } else {
+            (i as usize % PODS, (i as usize * 31 + 7) % PODS)
+        };
         // Every flow its own 5-tuple: the client address counts up.
         let src = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i));
         let dst = IpAddr::V4(Ipv4Addr::from(0x0af4_0000 + dp as u32));
@@ -202,10 +217,10 @@ fn memory_report() {
         addr: IpAddr::V4(Ipv4Addr::new(192, 168, 0, n)),
         domain: n as u32,
     };
-    for both in [false, true] {
-        let src = agent_messages(0..FLOWS, true, 1);
+    for (both, distinct) in [(false, false), (true, false), (true, true)] {
+        let src = agent_messages_with(0..FLOWS, true, 1, distinct);
         let dst = if both {
-            agent_messages(0..FLOWS, false, 2)
+            agent_messages_with(0..FLOWS, false, 2, distinct)
         } else {
             Vec::new()
         };
@@ -230,10 +245,10 @@ fn memory_report() {
         let after = LIVE.load(Relaxed);
         println!(
             "aggregator memory ({}): {} flows in flight, {:.0} heap bytes per flow ({:.1} MiB)",
-            if both {
-                "correlated, both sides"
-            } else {
-                "awaiting the partner, one side"
+            match (both, distinct) {
+                (true, false) => "correlated, both sides",
+                (true, true) => "correlated, every flow its own Pod pair",
+                _ => "awaiting the partner, one side",
             },
             agg.len(),
             (after - before) as f64 / agg.len() as f64,
@@ -245,8 +260,8 @@ fn memory_report() {
             let n = agg.len();
             agg.flush_all(T0);
             while agg.poll_record().is_some() {}
-            // The emptied flow table's slots are given back at the next timer.
-            agg.handle_timeout(T0);
+            // The emptied flow table's slots are given back at the next tidy-up (every 5 s).
+            agg.handle_timeout(T0 + Duration::from_secs(6));
             let tombs = LIVE.load(Relaxed);
             agg.handle_timeout(T0 + Duration::from_secs(86_400));
             let expired = LIVE.load(Relaxed);

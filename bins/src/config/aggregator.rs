@@ -35,7 +35,10 @@ pub struct AggregatorFile {
     /// How long an inter-Node record waits for the other Node's before it goes out uncorrelated.
     pub correlation_timeout: GoDuration,
     /// In-flight flows at most, and as many finished flows remembered (tombstones). When full,
-    /// a new flow evicts (exports with reason 5) a flow of the exporter holding the most.
+    /// a new flow evicts (exports with reason 5) a flow of the exporter holding the most. A flow
+    /// and its tombstone take up to ~700 bytes when a peer makes every flow's metadata distinct
+    /// (`cargo bench -p flowcore --bench aggregator`), so the default 500,000 keeps the core
+    /// under ~350 MiB whatever the agents send.
     pub max_flows: usize,
     /// Bytes of interned names (Pods, Namespaces, Nodes, Services, policies, labels; text plus
     /// 64 bytes each) at most, charged to the exporter that sent each name; over it, names of
@@ -106,7 +109,7 @@ impl Default for AggregatorFile {
             active_flow_record_timeout: None,
             inactive_flow_record_timeout: Duration::from_secs(90).into(),
             correlation_timeout: Duration::from_secs(15).into(),
-            max_flows: 1_000_000,
+            max_flows: 500_000,
             max_name_bytes: 64 << 20,
             max_label_bytes: flowcore::aggregator::DEFAULT_MAX_LABEL_BYTES,
             cluster_id: String::new(),

@@ -19,7 +19,7 @@
 //! the aggregator's symbol convention (`Sym::EMPTY` = 0 is the empty string, so `FlowMeta`
 //! defaults to "nothing known").
 
-use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 /// A handle to an interned string. `Sym::EMPTY` is the empty string.
@@ -340,14 +340,17 @@ pub(crate) struct MetaId(u32);
 
 /// Reference-counted, deduplicated flow metadata. Many connections share one Pod pair, Service
 /// and policy set, so a flow holds a 4-byte id instead of ~100 bytes of symbols; the entry goes
-/// when its last flow does, and with it its references to the names.
+/// when its last flow does, and with it its references to the names. The entries live once, in
+/// a slab found through a hash table of 4-byte ids (a map keyed by the entries would hold each
+/// 88-byte entry twice): an attacker can make every flow's metadata distinct, so an entry's cost
+/// counts as much as a flow's.
 pub(crate) struct MetaTable {
     metas: Vec<super::FlowMeta>,
     refs: Vec<u32>,
     free: Vec<u32>,
+    index: hashbrown::HashTable<u32>,
     /// Keyed with the aggregator's per-process seed: the names in it come off the wire.
-    index: HashMap<super::FlowMeta, u32, foldhash::fast::FixedState>,
-    seed: u64,
+    hasher: foldhash::fast::FixedState,
 }
 
 impl MetaTable {
@@ -356,14 +359,22 @@ impl MetaTable {
             metas: Vec::new(),
             refs: Vec::new(),
             free: Vec::new(),
-            index: HashMap::with_hasher(foldhash::fast::FixedState::with_seed(seed)),
-            seed,
+            index: hashbrown::HashTable::new(),
+            hasher: foldhash::fast::FixedState::with_seed(seed),
         }
+    }
+
+    fn find(&self, m: &super::FlowMeta, h: u64) -> Option<u32> {
+        let (metas, refs) = (&self.metas, &self.refs);
+        self.index
+            .find(h, |&i| refs[i as usize] > 0 && metas[i as usize] == *m)
+            .copied()
     }
 
     /// A new reference to `m`.
     pub(crate) fn acquire(&mut self, m: super::FlowMeta, strings: &mut Interner) -> MetaId {
-        if let Some(&i) = self.index.get(&m) {
+        let h = self.hasher.hash_one(m);
+        if let Some(i) = self.find(&m, h) {
             self.refs[i as usize] += 1;
             return MetaId(i);
         }
@@ -382,7 +393,9 @@ impl MetaTable {
                 (self.metas.len() - 1) as u32
             }
         };
-        self.index.insert(m, i);
+        let (metas, hasher) = (&self.metas, &self.hasher);
+        self.index
+            .insert_unique(h, i, |&x| hasher.hash_one(metas[x as usize]));
         MetaId(i)
     }
 
@@ -392,7 +405,10 @@ impl MetaTable {
         *r -= 1;
         if *r == 0 {
             let m = self.metas[id.0 as usize];
-            self.index.remove(&m);
+            let h = self.hasher.hash_one(m);
+            if let Ok(e) = self.index.find_entry(h, |&x| x == id.0) {
+                e.remove();
+            }
             for s in m.syms() {
                 strings.release(s);
             }
@@ -437,11 +453,13 @@ impl MetaTable {
         self.metas = metas;
         self.refs = refs;
         self.free = Vec::new();
-        let mut index = HashMap::with_capacity_and_hasher(
-            live,
-            foldhash::fast::FixedState::with_seed(self.seed),
-        );
-        index.extend(self.metas.iter().enumerate().map(|(i, m)| (*m, i as u32)));
+        let (metas, hasher) = (&self.metas, &self.hasher);
+        let mut index = hashbrown::HashTable::with_capacity(live);
+        for i in 0..metas.len() as u32 {
+            index.insert_unique(hasher.hash_one(metas[i as usize]), i, |&x| {
+                hasher.hash_one(metas[x as usize])
+            });
+        }
         self.index = index;
         Some(move |id: MetaId| MetaId(remap[id.0 as usize]))
     }
