@@ -104,11 +104,6 @@ impl<'a> Batch<'a> {
     pub fn is_empty(&self) -> bool {
         self.runs.is_empty()
     }
-
-    /// Every record, run after run.
-    pub fn records(&self) -> impl Iterator<Item = &'a AggregatedRecord> + '_ {
-        self.runs.iter().flat_map(|r| r.records.iter())
-    }
 }
 
 pub trait Store: Send + Sync {
