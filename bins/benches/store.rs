@@ -9,15 +9,21 @@
 //! - `FLOWLENS_BENCH_DIR` (a fresh temp dir; kept when given, so queries can be re-run with
 //!   `FLOWLENS_BENCH_RECORDS=0`)
 //! - `FLOWLENS_BENCH_RUNS` (20): runs per query; `FLOWLENS_BENCH_QUERIES=0` skips the queries
+//! - `FLOWLENS_BENCH_EXPORTERS` (2): records come in runs of 64 (an IPFIX message's worth)
+//!   from this many exporters, exporter k sending k+1 runs in every n(n+1)/2, as the collector
+//!   writes them; 0 inserts them with no exporter, as tools do
+//! - `FLOWLENS_BENCH_RETENTION` (1): at the end, time a prune of names, retention by size down
+//!   to 90 % of the store (fair between the exporters), and a prune after it; 0 skips it
 
 #[path = "../examples/bench_support/mod.rs"]
 mod bench_support;
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use flowlens_bins::collector::query::*;
 use flowlens_bins::collector::synth::Synth;
-use flowlens_bins::collector::{SqliteConfig, SqliteStore, Store};
+use flowlens_bins::collector::{Batch, SqliteConfig, SqliteStore, Store};
 
 use bench_support::{T0, app, bench, env, thread_cpu_ns};
 
@@ -32,6 +38,14 @@ fn main() {
     let pods = env("FLOWLENS_BENCH_PODS", 500) as usize;
     let hours = env("FLOWLENS_BENCH_HOURS", 24).max(1);
     let runs = env("FLOWLENS_BENCH_RUNS", 20).max(1) as usize;
+    let exporters = env("FLOWLENS_BENCH_EXPORTERS", 2).min(200) as usize;
+    let ips: Vec<IpAddr> = (0..exporters)
+        .map(|k| IpAddr::V4(Ipv4Addr::new(10, 255, 0, k as u8 + 1)))
+        .collect();
+    // Run k of every n(n+1)/2 goes to exporter j where k falls in j's share (j+1 runs).
+    let shares: Vec<usize> = (0..exporters)
+        .flat_map(|j| std::iter::repeat_n(j, j + 1))
+        .collect();
     let dir = match std::env::var("FLOWLENS_BENCH_DIR") {
         Ok(d) => d.into(),
         Err(_) => {
@@ -43,7 +57,7 @@ fn main() {
     let store = SqliteStore::open(SqliteConfig::new(&dir)).expect("open store");
     let span = hours * 3600;
     println!(
-        "store bench: {records} records in batches of {batch}, {nodes} Nodes, {pods} Pods, over {hours} h, at {}",
+        "store bench: {records} records in batches of {batch}, {nodes} Nodes, {pods} Pods, over {hours} h, from {exporters} exporters, at {}",
         store.path().display()
     );
 
@@ -61,7 +75,15 @@ fn main() {
         let step = (n as u64 * span / records).max(1);
         let recs = synth.batch(n, start as u32, step as u32);
         let (t, cpu) = (Instant::now(), thread_cpu_ns());
-        store.insert(&recs, start + step).expect("insert");
+        if exporters == 0 {
+            store.insert(&recs, start + step).expect("insert");
+        } else {
+            let mut b = Batch::new(start + step);
+            for (k, run) in recs.chunks(64).enumerate() {
+                b.push(Some(ips[shares[k % shares.len()]]), run);
+            }
+            store.insert_batch(&b).expect("insert");
+        }
         insert_time += t.elapsed();
         insert_cpu_ns += thread_cpu_ns().saturating_sub(cpu);
         done += n as u64;
@@ -102,13 +124,76 @@ fn main() {
         st.bytes.unwrap_or(0) as f64 / (1 << 20) as f64,
         t.elapsed().as_millis()
     );
-    let Some(newest) = st.newest_end_secs else {
-        return;
-    };
-    if env("FLOWLENS_BENCH_QUERIES", 1) == 0 {
-        return;
+    if let Some(newest) = st.newest_end_secs
+        && env("FLOWLENS_BENCH_QUERIES", 1) != 0
+    {
+        queries(&store, newest, span, runs, nodes, pods);
     }
+    if env("FLOWLENS_BENCH_RETENTION", 1) != 0
+        && let (Some(oldest), Some(newest)) = (st.oldest_end_secs, st.newest_end_secs)
+    {
+        retention(store, &dir, oldest, newest);
+    }
+}
 
+/// Times what retention costs on the filled store: a prune of names that finds nothing to
+/// free (the whole-store read it always does), retention by age of the oldest tenth of the
+/// time span, size retention down to 90 % of what is left (fair between the exporters), and a
+/// prune after.
+fn retention(store: SqliteStore, dir: &std::path::Path, oldest: u64, newest: u64) {
+    println!("-- retention");
+    let t = Instant::now();
+    let n = store.prune_names().expect("prune");
+    println!(
+        "prune names, nothing to free: {n} names deleted in {} ms",
+        t.elapsed().as_millis()
+    );
+    drop(store);
+    let keep = (newest - oldest) * 9 / 10;
+    let store = SqliteStore::open(SqliteConfig {
+        max_age: Some(Duration::from_secs(keep)),
+        ..SqliteConfig::new(dir)
+    })
+    .expect("open store");
+    let t = Instant::now();
+    let r = store.enforce_retention(newest).expect("retention");
+    println!(
+        "retention by age, oldest tenth: {} records, {} rollup rows, in {} ms",
+        r.deleted_records,
+        r.deleted_rollup_rows,
+        t.elapsed().as_millis()
+    );
+    let bytes = store.stats().expect("stats").bytes.unwrap_or(0);
+    drop(store);
+    let store = SqliteStore::open(SqliteConfig {
+        max_bytes: Some(bytes / 10 * 9),
+        ..SqliteConfig::new(dir)
+    })
+    .expect("open store");
+    let t = Instant::now();
+    let r = store.enforce_retention(0).expect("retention");
+    let by: Vec<String> = r
+        .deleted_by
+        .iter()
+        .map(|d| format!("{} {}", d.exporter, d.records))
+        .collect();
+    println!(
+        "retention by size to 90 %: {} records ({}), {} rollup rows, in {} ms; exporters now hold {:?}",
+        r.deleted_records,
+        by.join(", "),
+        r.deleted_rollup_rows,
+        t.elapsed().as_millis(),
+        r.exporters.unwrap_or_default()
+    );
+    let t = Instant::now();
+    let n = store.prune_names().expect("prune");
+    println!(
+        "prune names after it: {n} names deleted in {} ms",
+        t.elapsed().as_millis()
+    );
+}
+
+fn queries(store: &SqliteStore, newest: u64, span: u64, runs: usize, nodes: usize, pods: usize) {
     let hour = TimeRange::new(newest + 1 - 3600, newest + 1);
     let day = TimeRange::new(newest + 1 - span.min(86_400), newest + 1);
     let pod = |i: usize| NamedRef {

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::collector::clickhouse::ClickHouseStore;
 use crate::collector::ingest::{Ingest, IngestConfig};
-use crate::collector::{QueryMetrics, SqliteConfig, SqliteStore, Store};
+use crate::collector::{QueryMetrics, RetentionMetrics, SqliteConfig, SqliteStore, Store};
 use crate::config::collector::{CollectorConfig, StoreBackend, StoreChoice};
 use crate::ops::{HttpServer, Ops};
 use crate::transport::collector::Collector;
@@ -103,13 +103,16 @@ pub async fn start_with(
             )
         }
     };
-    let retention = crate::collector::spawn_retention(store.clone(), Duration::from_secs(60));
+    let rmetrics = RetentionMetrics::default();
+    let retention =
+        crate::collector::spawn_retention(store.clone(), Duration::from_secs(60), rmetrics.clone());
     let cmetrics = CollectorMetrics::default();
     let stored = Counter::<u64>::default();
     let store_errors = Counter::<u64>::default();
     let qmetrics = QueryMetrics::default();
     ops.register(|r| {
         qmetrics.register(r);
+        rmetrics.register(r);
         cmetrics.register(r, "ipfix_collect");
         r.register(
             "records_stored",
@@ -190,7 +193,14 @@ pub async fn start_with(
                 if names.bytes() > NAME_CACHE_BYTES {
                     names = Interner::default();
                 }
-                if ingest.send(batch).await.is_err() {
+                // The exporter is the session's peer address, which the peer cannot choose
+                // (unlike the records' originalExporter fields); port-free, so one exporter
+                // stays one exporter across reconnects.
+                if ingest
+                    .send(Some(m.peer.ip().to_canonical()), batch)
+                    .await
+                    .is_err()
+                {
                     tracing::error!("the store writer stopped; records are no longer stored");
                     break;
                 }

@@ -458,11 +458,7 @@ fn unused<T>() -> Result<T, StoreError> {
 }
 
 impl Store for GateStore {
-    fn insert(
-        &self,
-        _: &[flowcore::aggregator::AggregatedRecord],
-        _: u64,
-    ) -> Result<(), StoreError> {
+    fn insert_batch(&self, _: &flowlens_bins::collector::Batch<'_>) -> Result<(), StoreError> {
         unused()
     }
     fn flows(&self, _: &FlowQuery) -> Result<Vec<FlowRow>, StoreError> {

@@ -973,7 +973,11 @@ async fn retention_runs_periodically() {
     store
         .insert(&Synth::new(1, 2, 4).batch(100, T0, 600), T0 as u64)
         .unwrap();
-    let task = flowlens_bins::collector::spawn_retention(store.clone(), Duration::from_millis(20));
+    let task = flowlens_bins::collector::spawn_retention(
+        store.clone(),
+        Duration::from_millis(20),
+        Default::default(),
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while store.stats().unwrap().records > 0 {
         assert!(

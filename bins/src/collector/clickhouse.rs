@@ -26,11 +26,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use flowcore::aggregator::AggregatedRecord;
 
 use super::fold::{self, *};
 use super::query::*;
-use super::store::{Store, StoreError};
+use super::store::{Batch, Store, StoreError};
 use crate::clickhouse::rowbinary::{DecodeError, Reader};
 use crate::clickhouse::schema::{self, FLOW_COLUMNS, ROLLUPS};
 use crate::clickhouse::{ClickHouseClient, ClickHouseConfig, Error, quote};
@@ -649,12 +648,42 @@ fn flow_row(r: &mut Reader<'_>) -> Result<FlowRow, DecodeError> {
         cluster_id: r.string()?,
         from_source_node: node(r)?,
         from_destination_node: node(r)?,
+        exporter_address: None,
     })
 }
 
+/// Joins the small RowBinary chunks of many runs (the ingest writer's runs are an IPFIX
+/// message each, tens of records) into chunks of about [`COALESCE_BYTES`] for one INSERT.
+fn coalesce(chunks: impl Iterator<Item = Bytes>) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    let mut buf: Vec<u8> = Vec::new();
+    for c in chunks {
+        if !buf.is_empty() && buf.len() + c.len() > COALESCE_BYTES {
+            out.push(Bytes::from(std::mem::take(&mut buf)));
+        }
+        buf.extend_from_slice(&c);
+    }
+    if !buf.is_empty() {
+        out.push(Bytes::from(buf));
+    }
+    out
+}
+
+const COALESCE_BYTES: usize = 4 << 20;
+
 impl Store for ClickHouseStore {
-    fn insert(&self, batch: &[AggregatedRecord], received_at: u64) -> Result<(), StoreError> {
-        let chunks = self.client.encode(batch, received_at);
+    fn insert_batch(&self, batch: &Batch<'_>) -> Result<(), StoreError> {
+        // The exporter of each run is not stored: the ClickHouse tables are shared with the
+        // aggregator's ClickHouse exporter (which has no IPFIX peer to name) and have no column
+        // for it, and their retention is by age only (TTL or whole days), which needs no
+        // per-exporter counts.
+        let chunks = match batch.runs() {
+            [one] => self.client.encode(one.records, batch.received_at),
+            runs => coalesce(
+                runs.iter()
+                    .flat_map(|r| self.client.encode(r.records, batch.received_at)),
+            ),
+        };
         let c = self.client.clone();
         self.run_raw(async move { c.insert_encoded(chunks).await })
             .map_err(|e| self.err("insert", e))
@@ -1052,6 +1081,14 @@ impl Store for ClickHouseStore {
                 report.deleted_rollup_rows += rows;
             }
             report.cutoff_secs = report.cutoff_secs.max(day as u64);
+        }
+        // No exporter is stored here (see `insert_batch`): all under the unknown one.
+        if report.deleted_records > 0 {
+            report.deleted_by.push(ExporterDeleted {
+                reason: RetentionReason::Age,
+                exporter: String::new(),
+                records: report.deleted_records,
+            });
         }
         Ok(report)
     }

@@ -5,8 +5,11 @@
 //! records per insert run ~2.7× faster than 1 k — while IPFIX messages carry tens of records.
 //! The queue is bounded in records, so a store slower than the network pushes back on
 //! `send` (and through it on the TCP peers) instead of growing memory; nothing is dropped
-//! without being counted.
+//! without being counted. Each send names its exporter (the IPFIX peer), and the records keep
+//! it into the store: coalescing joins many peers' messages into one transaction of runs
+//! ([`Batch`]), not one transaction per peer.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -15,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use flowcore::aggregator::AggregatedRecord;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::store::Store;
+use super::store::{Batch, Store};
 
 #[derive(Clone, Debug)]
 pub struct IngestConfig {
@@ -52,6 +55,7 @@ pub struct IngestStats {
 pub struct Closed;
 
 struct Msg {
+    exporter: Option<IpAddr>,
     records: Vec<AggregatedRecord>,
     _permit: OwnedSemaphorePermit,
 }
@@ -86,8 +90,13 @@ impl Ingest {
         })
     }
 
-    /// Queues `records`, waiting while the queue is full.
-    pub async fn send(&self, records: Vec<AggregatedRecord>) -> Result<(), Closed> {
+    /// Queues `records` received from `exporter` (the IPFIX peer's address; `None` when
+    /// unknown), waiting while the queue is full.
+    pub async fn send(
+        &self,
+        exporter: Option<IpAddr>,
+        records: Vec<AggregatedRecord>,
+    ) -> Result<(), Closed> {
         if records.is_empty() {
             return Ok(());
         }
@@ -104,6 +113,7 @@ impl Ingest {
             .fetch_add(records.len() as u64, Ordering::Relaxed);
         self.tx
             .send(Msg {
+                exporter,
                 records,
                 _permit: permit,
             })
@@ -139,21 +149,26 @@ fn writer(
     stats: Arc<IngestStats>,
 ) {
     let max = cfg.max_batch.max(1);
-    let mut batch: Vec<AggregatedRecord> = Vec::with_capacity(max);
     // Permits are released only after the write, so queued + in-flight stays bounded.
     let mut held: Vec<Msg> = Vec::new();
     let mut open = true;
     while open {
         // Block for the first message, then gather more until full or the delay is up.
-        match rx.recv() {
-            Ok(m) => held.push(m),
+        let mut gathered = match rx.recv() {
+            Ok(m) => {
+                held.push(m);
+                held[0].records.len()
+            }
             Err(_) => break,
-        }
+        };
         let deadline = Instant::now() + cfg.max_delay;
-        while held.iter().map(|m| m.records.len()).sum::<usize>() < max {
+        while gathered < max {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
-                Ok(m) => held.push(m),
+                Ok(m) => {
+                    gathered += m.records.len();
+                    held.push(m);
+                }
                 Err(mpsc::RecvTimeoutError::Timeout) => break,
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     open = false;
@@ -161,27 +176,41 @@ fn writer(
                 }
             }
         }
-        for m in &mut held {
-            batch.append(&mut m.records);
-        }
-        // A single huge message is written in slices of max_batch.
-        for chunk in batch.chunks(max) {
-            match store.insert(chunk, now_secs()) {
-                Ok(()) => {
-                    stats
-                        .records_stored
-                        .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                    stats.transactions.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    stats
-                        .records_failed
-                        .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                    tracing::error!(error = %e, records = chunk.len(), "store insert failed; records lost");
+        // Runs point into the messages (no copy); a message larger than what is left of a
+        // transaction is split across two, so every transaction holds at most max_batch.
+        let mut batch = Batch::new(now_secs());
+        let mut n = 0;
+        for m in &held {
+            let mut recs = &m.records[..];
+            while !recs.is_empty() {
+                let take = (max - n).min(recs.len());
+                batch.push(m.exporter, &recs[..take]);
+                recs = &recs[take..];
+                n += take;
+                if n == max {
+                    write(&*store, &batch, &stats);
+                    batch = Batch::new(now_secs());
+                    n = 0;
                 }
             }
         }
-        batch.clear();
+        if n > 0 {
+            write(&*store, &batch, &stats);
+        }
         held.clear();
+    }
+}
+
+fn write(store: &dyn Store, batch: &Batch<'_>, stats: &IngestStats) {
+    let n = batch.len() as u64;
+    match store.insert_batch(batch) {
+        Ok(()) => {
+            stats.records_stored.fetch_add(n, Ordering::Relaxed);
+            stats.transactions.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => {
+            stats.records_failed.fetch_add(n, Ordering::Relaxed);
+            tracing::error!(error = %e, records = n, "store insert failed; records lost");
+        }
     }
 }

@@ -347,8 +347,44 @@ pub struct StoreStats {
 pub struct RetentionReport {
     pub deleted_records: u64,
     pub deleted_rollup_rows: u64,
-    /// Everything older than this is gone (0 if nothing was deleted).
+    /// Everything older than this is gone (0 if nothing was deleted by minute; records taken
+    /// from one exporter by size retention are not counted here).
     pub cutoff_secs: u64,
+    /// `deleted_records` by reason and exporter, where the store knows them.
+    pub deleted_by: Vec<ExporterDeleted>,
+    /// Names (`dict` rows) no record or rollup row referred to any more, deleted.
+    pub deleted_names: u64,
+    /// Records each exporter holds after the pass, by address ("" for the unknown exporter),
+    /// when the store keeps them (`None`: it does not).
+    pub exporters: Option<Vec<(String, u64)>>,
+}
+
+/// Records one retention pass deleted from one exporter for one reason.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExporterDeleted {
+    pub reason: RetentionReason,
+    /// The exporter's address; "" when unknown.
+    pub exporter: String,
+    pub records: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RetentionReason {
+    /// Older than `retention`.
+    Age,
+    /// The store was over `maxStoreBytes`.
+    Size,
+}
+
+impl RetentionReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetentionReason::Age => "age",
+            RetentionReason::Size => "size",
+        }
+    }
 }
 
 /// One stored flow record, flat, keys named after the IPFIX information elements so that
@@ -409,6 +445,10 @@ pub struct FlowRow {
     pub original_exporter_address: Option<String>,
     pub original_observation_domain_id: u32,
     pub cluster_id: String,
+    /// The address of the IPFIX peer that sent the record to this collector (the aggregator),
+    /// as the collector saw it; absent when unknown (records stored before flowlens kept it,
+    /// seeded by tools, or in ClickHouse, which does not keep it).
+    pub exporter_address: Option<String>,
 }
 
 /// One Node's counters within a [`FlowRow`].

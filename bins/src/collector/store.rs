@@ -6,6 +6,7 @@
 //! its queries by its [`super::query::QueryLimits`] (time and groups held in memory) and says
 //! so with [`StoreError::Deadline`] / [`StoreError::TooLarge`].
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use flowcore::aggregator::AggregatedRecord;
@@ -45,10 +46,76 @@ pub enum StoreError {
     TooLarge { op: &'static str, bound: String },
 }
 
+/// Records that came from one exporter, in the order received.
+#[derive(Clone, Copy, Debug)]
+pub struct Run<'a> {
+    /// The address of the IPFIX peer whose session carried them, as the collecting process
+    /// saw it — never the records' `originalExporter*` fields, which the peer writes itself.
+    /// `None`: records that came another way (seeded by a tool or a test), stored as the
+    /// unknown exporter.
+    pub exporter: Option<IpAddr>,
+    pub records: &'a [AggregatedRecord],
+}
+
+/// What [`Store::insert_batch`] writes in one transaction: runs of records, each with its
+/// exporter (one exporter may have several runs; the writer coalesces many peers' messages).
+#[derive(Clone, Debug, Default)]
+pub struct Batch<'a> {
+    /// Unix seconds the collector received the records.
+    pub received_at: u64,
+    runs: Vec<Run<'a>>,
+}
+
+impl<'a> Batch<'a> {
+    pub fn new(received_at: u64) -> Batch<'a> {
+        Batch {
+            received_at,
+            runs: Vec::new(),
+        }
+    }
+
+    /// A batch of one run.
+    pub fn of(
+        exporter: Option<IpAddr>,
+        records: &'a [AggregatedRecord],
+        received_at: u64,
+    ) -> Batch<'a> {
+        let mut b = Batch::new(received_at);
+        b.push(exporter, records);
+        b
+    }
+
+    /// Appends a run (an empty one is left out).
+    pub fn push(&mut self, exporter: Option<IpAddr>, records: &'a [AggregatedRecord]) {
+        if !records.is_empty() {
+            self.runs.push(Run { exporter, records });
+        }
+    }
+
+    pub fn runs(&self) -> &[Run<'a>] {
+        &self.runs
+    }
+
+    /// Records in all runs.
+    pub fn len(&self) -> usize {
+        self.runs.iter().map(|r| r.records.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.runs.is_empty()
+    }
+}
+
 pub trait Store: Send + Sync {
-    /// Stores a batch atomically: the records and every rollup they add to, or none of them.
-    /// `received_at` (Unix seconds) is when the collector received the batch.
-    fn insert(&self, batch: &[AggregatedRecord], received_at: u64) -> Result<(), StoreError>;
+    /// Stores a batch atomically: the records (each with its exporter, where the store keeps
+    /// it) and every rollup they add to, or none of them.
+    fn insert_batch(&self, batch: &Batch<'_>) -> Result<(), StoreError>;
+
+    /// [`Self::insert_batch`] for records of no known exporter (tools, tests, seeding).
+    /// `received_at` (Unix seconds) is when the collector received them.
+    fn insert(&self, records: &[AggregatedRecord], received_at: u64) -> Result<(), StoreError> {
+        self.insert_batch(&Batch::of(None, records, received_at))
+    }
 
     /// Flow records, newest first, from the record table (the Flow Records dashboard).
     fn flows(&self, q: &FlowQuery) -> Result<Vec<FlowRow>, StoreError>;

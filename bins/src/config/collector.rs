@@ -50,7 +50,8 @@ pub struct CollectorFile {
     pub data_dir: PathBuf,
     /// Records older than this are deleted.
     pub retention: GoDuration,
-    /// And the store is kept under this size (bytes).
+    /// And the store is kept under this size (bytes): the oldest records of the exporters
+    /// holding the most go first (see `collector::sqlite`'s retention).
     pub max_store_bytes: u64,
     /// The HTTP API and dashboards.
     pub http_addr: String,

@@ -272,7 +272,8 @@ pub fn openapi() -> Value {
                     "destinationServicePortName": { "type": "string" },
                     "ingressNetworkPolicyName": { "type": "string" }, "egressNetworkPolicyName": { "type": "string" },
                     "tcpState": { "type": "string" }, "correlated": { "type": "boolean" },
-                    "fromSourceNode": { "type": "object", "nullable": true }, "fromDestinationNode": { "type": "object", "nullable": true }
+                    "fromSourceNode": { "type": "object", "nullable": true }, "fromDestinationNode": { "type": "object", "nullable": true },
+                    "exporterAddress": { "type": "string", "nullable": true, "description": "Address of the IPFIX peer that sent the record to the collector; null when unknown." }
                 } }));
     schemas.insert("Top".into(), obj(json!({ "by": { "type": "string" }, "rows": { "type": "array", "items": obj(merge(json!({
                 "src": { "type": "string", "description": "Pod `ns/name`, Node, Service `ns/name:port` or IP." },

@@ -1,11 +1,13 @@
 //! Batched insert: every record into `flows`, and the batch's per-minute and per-hour sums into
 //! each rollup, in one transaction with cached prepared statements.
 //!
-//! Names become `dict` ids through an in-memory cache, so a record costs hash lookups rather
-//! than text in every row and key. Rollups are summed in memory per batch with integer keys
-//! and upserted once per key in key order, which walks each rollup B-tree front to back.
+//! Names become `dict` ids through an in-memory cache ([`Dict`]), so a record costs hash
+//! lookups rather than text in every row and key. Rollups are summed in memory per batch with
+//! integer keys and upserted once per key in key order, which walks each rollup B-tree front to
+//! back. Each record keeps its exporter (`flows.exporter`), and `exporters` gains the batch's
+//! count per exporter in the same transaction.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -16,6 +18,7 @@ use rusqlite::{Connection, OptionalExtension, Statement};
 use super::codec::{self, RestIds};
 use super::schema::{self, ROLLUPS};
 use crate::collector::query::Traffic;
+use crate::collector::store::Batch;
 
 /// SQLite integers are i64; a counter past i64::MAX (only a corrupt peer sends one) is clamped
 /// rather than failing the whole batch.
@@ -31,7 +34,7 @@ const FLOW_TYPE_FROM_EXTERNAL: u8 = 4;
 /// The Fx hash (rustc's): a multiply and rotate per word. The maps it serves are keyed by
 /// names and ids the writer itself bounds, and hashing is a visible share of the insert.
 #[derive(Default, Clone, Copy)]
-struct Fx(u64);
+pub(super) struct Fx(u64);
 
 impl Fx {
     fn add(&mut self, w: u64) {
@@ -70,6 +73,7 @@ impl Hasher for Fx {
 }
 
 type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<Fx>>;
+pub(super) type FxSet<K> = HashSet<K, BuildHasherDefault<Fx>>;
 
 /// Names cached beyond this many are dropped and re-read from `dict` as they recur, which
 /// bounds the writer's memory however many names a cluster churns through.
@@ -303,11 +307,66 @@ impl Rollups {
     }
 }
 
+/// Names to `dict` ids: a cache in front of the table.
+///
+/// Retention deletes names nothing refers to any more (`super::retention`): it marks what is
+/// referred to from a read snapshot while inserts go on, then deletes the rest. So that no
+/// insert refers to a name it is about to delete, marking starts by emptying the cache and
+/// noting in `touched` every id handed out from then on (each passes through the table once,
+/// so this costs nothing per record); those are kept. The cache thus never holds an id that
+/// was deleted.
+#[derive(Default)]
+pub struct Dict {
+    cache: FxMap<Box<str>, i64>,
+    touched: Option<FxSet<i64>>,
+}
+
+impl Dict {
+    /// The `dict` id of `s`, adding it if new.
+    fn id(&mut self, tx: &Connection, s: &str) -> rusqlite::Result<i64> {
+        if s.is_empty() {
+            return Ok(0);
+        }
+        if let Some(&id) = self.cache.get(s) {
+            return Ok(id);
+        }
+        let found = tx
+            .prepare_cached("SELECT id FROM dict WHERE s = ?1")?
+            .query_row([s], |r| r.get(0))
+            .optional()?;
+        let id = match found {
+            Some(id) => id,
+            None => tx
+                .prepare_cached("INSERT INTO dict (s) VALUES (?1) RETURNING id")?
+                .query_row([s], |r| r.get(0))?,
+        };
+        if let Some(t) = &mut self.touched {
+            t.insert(id);
+        }
+        if self.cache.len() >= DICT_CACHE_MAX {
+            self.cache.clear();
+        }
+        self.cache.insert(s.into(), id);
+        Ok(id)
+    }
+
+    /// Starts noting the ids handed out (see the type's comment).
+    pub fn begin_mark(&mut self) {
+        self.cache.clear();
+        self.touched = Some(FxSet::default());
+    }
+
+    /// Stops noting ids; returns those handed out since [`Self::begin_mark`].
+    pub fn end_mark(&mut self) -> FxSet<i64> {
+        self.touched.take().unwrap_or_default()
+    }
+}
+
 /// The writer's state between batches: the name cache, reused buffers, and the rollup sums
 /// of committed records not yet written (see [`insert_batch`]).
 #[derive(Default)]
 pub struct Scratch {
-    dict: FxMap<Box<str>, i64>,
+    pub dict: Dict,
     rest: Vec<u8>,
     pending: Rollups,
     /// The last `flows.id` that `pending` covers.
@@ -322,33 +381,8 @@ pub struct Scratch {
 impl Scratch {
     /// Forgets cached ids: after a failed transaction some may name rows that were rolled back.
     pub fn reset(&mut self) {
-        self.dict.clear();
+        self.dict.cache.clear();
     }
-}
-
-/// The `dict` id of `s`, adding it if new.
-fn intern(tx: &Connection, dict: &mut FxMap<Box<str>, i64>, s: &str) -> rusqlite::Result<i64> {
-    if s.is_empty() {
-        return Ok(0);
-    }
-    if let Some(&id) = dict.get(s) {
-        return Ok(id);
-    }
-    let found = tx
-        .prepare_cached("SELECT id FROM dict WHERE s = ?1")?
-        .query_row([s], |r| r.get(0))
-        .optional()?;
-    let id = match found {
-        Some(id) => id,
-        None => tx
-            .prepare_cached("INSERT INTO dict (s) VALUES (?1) RETURNING id")?
-            .query_row([s], |r| r.get(0))?,
-    };
-    if dict.len() >= DICT_CACHE_MAX {
-        dict.clear();
-    }
-    dict.insert(s.into(), id);
-    Ok(id)
 }
 
 /// Rollup sums are written at most this long after their records' transaction, in the
@@ -370,34 +404,69 @@ const MAX_PENDING_SPAN_SECS: u64 = 180;
 /// re-reads the records after `rolled_upto`.
 pub fn insert_batch(
     conn: &mut Connection,
-    batch: &[AggregatedRecord],
-    received_at: u64,
+    batch: &Batch<'_>,
     scratch: &mut Scratch,
 ) -> rusqlite::Result<()> {
-    let out = insert_tx(conn, batch, received_at, scratch);
+    let out = insert_tx(conn, batch, scratch);
     if out.is_err() {
         scratch.reset();
     }
     out
 }
 
+/// One exporter's share of a batch: its `dict` id, records, and the `flows.id` of the first.
+struct Source {
+    id: i64,
+    records: i64,
+    first_row: i64,
+}
+
 fn insert_tx(
     conn: &mut Connection,
-    batch: &[AggregatedRecord],
-    received_at: u64,
+    batch: &Batch<'_>,
     scratch: &mut Scratch,
 ) -> rusqlite::Result<()> {
+    let received_at = batch.received_at;
     if scratch.recover_due {
         recover(conn)?;
         scratch.recover_due = false;
     }
     let tx = conn.transaction()?;
     let mut rollups = Rollups::default();
+    let mut sources: Vec<Source> = Vec::new();
     {
         let mut st = tx.prepare_cached(&schema::insert_flow_sql())?;
-        for r in batch {
+        // Runs are an IPFIX message each: consecutive runs mostly share their exporter.
+        let mut last: Option<(Option<IpAddr>, usize)> = None;
+        for (run, r) in batch
+            .runs()
+            .iter()
+            .flat_map(|run| run.records.iter().map(move |r| (run, r)))
+        {
+            let k = match last {
+                Some((ip, k)) if ip == run.exporter => k,
+                _ => {
+                    let id = match run.exporter {
+                        Some(ip) => scratch.dict.id(&tx, &ip.to_string())?,
+                        None => 0,
+                    };
+                    let k = match sources.iter().position(|s| s.id == id) {
+                        Some(k) => k,
+                        None => {
+                            sources.push(Source {
+                                id,
+                                records: 0,
+                                first_row: 0,
+                            });
+                            sources.len() - 1
+                        }
+                    };
+                    last = Some((run.exporter, k));
+                    k
+                }
+            };
             let dict = &mut scratch.dict;
-            let mut id = |s: &str| intern(&tx, dict, s);
+            let mut id = |s: &str| dict.id(&tx, s);
             let ids = Ids {
                 src_ns: id(&r.src_namespace)?,
                 src_pod: id(&r.src_pod)?,
@@ -421,16 +490,31 @@ fn insert_tx(
             };
             scratch.rest.clear();
             codec::encode(&mut scratch.rest, r, received_at, &rest_ids);
-            bind_flow(&mut st, r, &ids, &scratch.rest)?;
+            let src = &mut sources[k];
+            bind_flow(&mut st, r, &ids, src.id, &scratch.rest)?;
             st.raw_execute()?;
+            if src.records == 0 {
+                src.first_row = tx.last_insert_rowid();
+            }
+            src.records += 1;
             rollups.add(&Contribution::of(r), &ids);
         }
     }
+    // Before any other INSERT changes it.
+    let last_id = tx.last_insert_rowid();
     tx.execute(
         "UPDATE meta SET value = value + ?1 WHERE key = 'records'",
         [batch.len() as i64],
     )?;
-    let last_id = tx.last_insert_rowid();
+    {
+        let mut st = tx.prepare_cached(
+            "INSERT INTO exporters (id, records, low_id) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (id) DO UPDATE SET records = records + excluded.records",
+        )?;
+        for s in &sources {
+            st.execute([s.id, s.records, s.first_row])?;
+        }
+    }
     let every = scratch.flush_every.unwrap_or(FLUSH_EVERY);
     let p = &scratch.pending;
     let first = match (p.first_end, rollups.first_end) {
@@ -608,6 +692,7 @@ fn bind_flow(
     st: &mut Statement<'_>,
     r: &AggregatedRecord,
     d: &Ids,
+    exporter: i64,
     rest: &[u8],
 ) -> rusqlite::Result<()> {
     let (mut a, mut b) = ([0u8; 16], [0u8; 16]);
@@ -630,7 +715,8 @@ fn bind_flow(
         st.raw_bind_parameter(8 + n, v)?;
     }
     st.raw_bind_parameter(19, rest)?;
-    debug_assert_eq!(19, schema::FLOW_COLUMNS.len());
+    st.raw_bind_parameter(20, exporter)?;
+    debug_assert_eq!(20, schema::FLOW_COLUMNS.len());
     Ok(())
 }
 

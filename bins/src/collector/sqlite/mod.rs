@@ -5,21 +5,26 @@
 //! Every read runs under the store's [`QueryLimits`]: a progress handler interrupts SQLite once
 //! the deadline has passed (checked every [`PROGRESS_OPS`] virtual-machine steps, so also while
 //! Rust folds the rows), and the folds in `read.rs` stop at `max_groups`.
+//!
+//! Each record keeps the exporter it came from, and retention by size is fair between
+//! exporters (see `retention`).
 
 mod codec;
 mod insert;
 mod read;
+mod retention;
 mod schema;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use flowcore::aggregator::AggregatedRecord;
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
 use super::query::*;
-use super::store::{Store, StoreError};
+use super::retention::exporter_label;
+use super::store::{Batch, Store, StoreError};
 
 /// File name inside the data directory.
 pub const DB_FILE: &str = "flows.sqlite";
@@ -37,7 +42,8 @@ pub struct SqliteConfig {
     pub dir: PathBuf,
     /// Records whose flowEndSeconds is older than this are deleted (whole minutes).
     pub max_age: Option<Duration>,
-    /// Oldest minutes are deleted until the data (not counting free pages) fits.
+    /// Records are deleted until the data (not counting free pages) fits: the oldest of the
+    /// exporters holding the most first (see `retention`).
     pub max_bytes: Option<u64>,
     /// Deadline and memory bound of every read.
     pub query: QueryLimits,
@@ -59,6 +65,16 @@ pub struct SqliteStore {
     cfg: SqliteConfig,
     writer: Mutex<(Connection, insert::Scratch)>,
     readers: Mutex<Vec<Connection>>,
+    /// Held through a retention pass (and a prune of names, which leaves `writer` while it
+    /// reads): passes never overlap.
+    retention: Mutex<RetentionState>,
+}
+
+/// What retention remembers between passes.
+struct RetentionState {
+    /// Records or rollup rows were deleted since the last prune of names (true at open: a
+    /// crash may have come between the two).
+    deleted_since_prune: bool,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -118,14 +134,24 @@ impl SqliteStore {
                 |r| r.get(0),
             )
             .ok();
+        let mut c = c;
         if let Some(found) = written.filter(|v| *v != schema::SCHEMA_VERSION) {
-            return Err(open_err(
-                &path,
-                VersionMismatch {
-                    found,
-                    expected: schema::SCHEMA_VERSION,
-                },
-            ));
+            let Some(sql) = schema::migrate_sql(found) else {
+                return Err(open_err(
+                    &path,
+                    VersionMismatch {
+                        found,
+                        expected: schema::SCHEMA_VERSION,
+                    },
+                ));
+            };
+            migrate(&mut c, &sql).map_err(|e| open_err(&path, e))?;
+            tracing::info!(
+                path = %path.display(),
+                from = found,
+                to = schema::SCHEMA_VERSION,
+                "store: schema migrated"
+            );
         }
         c.execute_batch(&schema::ddl())
             .map_err(|e| open_err(&path, e))?;
@@ -153,7 +179,6 @@ impl SqliteStore {
             ));
         }
         // Rollup sums a crash kept from being written are re-read from the records.
-        let mut c = c;
         let recovered = insert::recover(&mut c).map_err(|e| open_err(&path, e))?;
         if recovered > 0 {
             tracing::info!(records = recovered, "store: rollups recovered from records");
@@ -163,7 +188,55 @@ impl SqliteStore {
             cfg,
             writer: Mutex::new((c, insert::Scratch::default())),
             readers: Mutex::new(Vec::new()),
+            retention: Mutex::new(RetentionState {
+                deleted_since_prune: true,
+            }),
         })
+    }
+
+    /// Records each exporter holds, by address ("" for the unknown exporter), the most first.
+    pub fn exporters(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.read("exporters", exporter_names)
+    }
+
+    /// Deletes the names (`dict` rows) no record or rollup row refers to any more, now
+    /// (retention does it by itself when `dict` has doubled since the last time). Returns how
+    /// many went. Reads the whole store, without holding up inserts but for the deletion.
+    pub fn prune_names(&self) -> Result<u64, StoreError> {
+        let mut state = self.retention.lock().unwrap_or_else(|p| p.into_inner());
+        let n = self.prune_names_locked()?;
+        state.deleted_since_prune = false;
+        Ok(n)
+    }
+
+    /// [`Self::prune_names`] with the retention lock held.
+    fn prune_names_locked(&self) -> Result<u64, StoreError> {
+        self.prune_names_with(|| {})
+    }
+
+    /// The prune, running `meanwhile` between reading what is in use and deleting the rest:
+    /// where inserts that go on during a prune land (tests put one there).
+    fn prune_names_with(&self, meanwhile: impl FnOnce()) -> Result<u64, StoreError> {
+        let err = |e| self.err("pruning names", e);
+        {
+            let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            w.1.dict.begin_mark();
+        }
+        // From here every id the writer hands out is noted, and kept.
+        let marked = connect(&self.path, false).and_then(|c| {
+            retention::unreferenced_names(&c).map_err(|e| self.err("pruning names", e))
+        });
+        meanwhile();
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        // Nothing is interned while the writer is held, so what was handed out is complete.
+        let (c, scratch) = &mut *w;
+        let keep = scratch.dict.end_mark();
+        let candidates = marked?;
+        let n = retention::delete_names(c, &candidates, &keep).map_err(err)?;
+        retention::name_count(c)
+            .and_then(|left| retention::set_names_after_prune(c, left))
+            .map_err(err)?;
+        Ok(n)
     }
 
     pub fn path(&self) -> &Path {
@@ -230,39 +303,6 @@ impl SqliteStore {
         }
         out
     }
-
-    /// Bytes of the database file in use (pages not on the free list).
-    fn used_bytes(c: &Connection) -> rusqlite::Result<u64> {
-        let q = |p: &str| c.query_row(&format!("PRAGMA {p}"), [], |r| r.get::<_, i64>(0));
-        let used = q("page_count")? - q("freelist_count")?;
-        Ok((used.max(0) as u64) * q("page_size")?.max(0) as u64)
-    }
-
-    /// Deletes every record and rollup row before `cutoff` (a minute boundary).
-    fn delete_before(c: &mut Connection, cutoff: u64) -> rusqlite::Result<(u64, u64)> {
-        let tx = c.transaction()?;
-        let cut = cutoff.min(i64::MAX as u64) as i64;
-        let records = tx.execute("DELETE FROM flows WHERE end_secs < ?1", [cut])? as u64;
-        let mut rollup = 0;
-        for (t, _) in schema::ROLLUPS {
-            rollup += tx.execute(&format!("DELETE FROM {t} WHERE minute < ?1"), [cut])? as u64;
-            // An hour row goes once its whole hour is before the cutoff; the hour holding the
-            // cutoff keeps its sums until then (queries read it only for whole hours).
-            rollup += tx.execute(
-                &format!(
-                    "DELETE FROM {t}{} WHERE minute + 3600 <= ?1",
-                    schema::HOURLY
-                ),
-                [cut],
-            )? as u64;
-        }
-        tx.execute(
-            "UPDATE meta SET value = value - ?1 WHERE key = 'records'",
-            [records as i64],
-        )?;
-        tx.commit()?;
-        Ok((records, rollup))
-    }
 }
 
 impl Drop for SqliteStore {
@@ -275,10 +315,13 @@ impl Drop for SqliteStore {
 }
 
 impl Store for SqliteStore {
-    fn insert(&self, batch: &[AggregatedRecord], received_at: u64) -> Result<(), StoreError> {
+    fn insert_batch(&self, batch: &Batch<'_>) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let (c, scratch) = &mut *w;
-        insert::insert_batch(c, batch, received_at, scratch).map_err(|e| self.err("insert", e))
+        insert::insert_batch(c, batch, scratch).map_err(|e| self.err("insert", e))
     }
 
     fn flows(&self, q: &FlowQuery) -> Result<Vec<FlowRow>, StoreError> {
@@ -328,64 +371,205 @@ impl Store for SqliteStore {
                 records,
                 oldest_end_secs: oldest,
                 newest_end_secs: newest,
-                bytes: Some(Self::used_bytes(c)?),
+                bytes: Some(retention::used_bytes(c)?),
                 rollup_rows: read::rollup_rows(c)?,
             })
         })
     }
 
     fn enforce_retention(&self, now: u64) -> Result<RetentionReport, StoreError> {
-        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let (c, scratch) = &mut *w;
-        // Pending sums would otherwise land after their minutes were deleted.
-        insert::flush(c, scratch).map_err(|e| self.err("rollup flush", e))?;
-        let mut report = RetentionReport::default();
-        let apply = |c: &mut Connection, cutoff: u64, report: &mut RetentionReport| {
-            let (r, u) = Self::delete_before(c, cutoff)?;
-            report.deleted_records += r;
-            report.deleted_rollup_rows += u;
-            report.cutoff_secs = report.cutoff_secs.max(cutoff);
-            rusqlite::Result::Ok(())
-        };
-        if let Some(age) = self.cfg.max_age {
-            let cutoff = now.saturating_sub(age.as_secs()) / 60 * 60;
-            apply(c, cutoff, &mut report).map_err(|e| self.err("retention by age", e))?;
-        }
-        if let Some(max) = self.cfg.max_bytes {
-            // Each round deletes the oldest share of the time span proportional to the excess
-            // (at least one minute), so a large excess takes a few rounds, not one per minute.
-            for _ in 0..16 {
-                let step = || -> rusqlite::Result<Option<u64>> {
-                    let used = Self::used_bytes(c)?;
-                    if used <= max {
-                        return Ok(None);
-                    }
-                    let (_, oldest, newest) = read::record_span(c)?;
-                    let (Some(old), Some(new)) = (oldest, newest) else {
-                        // Only rollups left: drop their oldest minute.
-                        let m: Option<i64> =
-                            c.query_row("SELECT MIN(minute) FROM r_node_pair", [], |r| r.get(0))?;
-                        return Ok(m.map(|m| m.max(0) as u64 + 60));
-                    };
-                    let span = new - old + 60;
-                    let share = (used - max) as f64 / used as f64;
-                    let cut = old + ((span as f64 * share).ceil() as u64).max(60);
-                    Ok(Some(cut.div_ceil(60) * 60))
-                };
-                match step().map_err(|e| self.err("retention by size", e))? {
-                    Some(cutoff) => apply(c, cutoff, &mut report)
-                        .map_err(|e| self.err("retention by size", e))?,
-                    None => break,
-                }
+        let mut state = self.retention.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tally = retention::Tally::default();
+        let (mut report, prune) = {
+            let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            let (c, scratch) = &mut *w;
+            // Pending sums would otherwise land after their minutes were deleted.
+            insert::flush(c, scratch).map_err(|e| self.err("rollup flush", e))?;
+            if let Some(age) = self.cfg.max_age {
+                let cutoff = now.saturating_sub(age.as_secs()) / 60 * 60;
+                retention::delete_before(c, cutoff, RetentionReason::Age, &mut tally)
+                    .map_err(|e| self.err("retention by age", e))?;
             }
+            if let Some(max) = self.cfg.max_bytes {
+                retention::by_size(c, max, &mut tally)
+                    .map_err(|e| self.err("retention by size", e))?;
+            }
+            let report = report(c, &tally).map_err(|e| self.err("retention report", e))?;
+            if !tally.within_share.is_empty() {
+                // Named before a prune can take the names of exporters that are gone.
+                let mut hit = Vec::new();
+                for (&id, &n) in &tally.within_share {
+                    let name = name_of(c, id).map_err(|e| self.err("retention report", e))?;
+                    hit.push(format!("{} ({n})", exporter_label(&name)));
+                }
+                hit.sort();
+                let all: Vec<String> = report
+                    .deleted_by
+                    .iter()
+                    .filter(|d| d.reason == RetentionReason::Size)
+                    .map(|d| format!("{} ({})", exporter_label(&d.exporter), d.records))
+                    .collect();
+                tracing::warn!(
+                    records = tally.within_share.values().sum::<u64>(),
+                    from = hit.join(", "),
+                    all = all.join(", "),
+                    max_store_bytes = self.cfg.max_bytes.unwrap_or(0),
+                    "store over maxStoreBytes: retention by size deleted records of exporters holding no more than an even share (all exporters were at the same level, or the store is too small for their share)"
+                );
+            }
+            if tally.deleted_records() + tally.rollup_rows > 0 {
+                state.deleted_since_prune = true;
+            }
+            let prune = state.deleted_since_prune
+                && retention::name_count(c)
+                    .and_then(|n| retention::prune_due(c, n))
+                    .map_err(|e| self.err("retention", e))?;
+            (report, prune)
+        };
+        if prune {
+            let t = Instant::now();
+            report.deleted_names = self.prune_names_locked()?;
+            state.deleted_since_prune = false;
+            tracing::info!(
+                deleted_names = report.deleted_names,
+                took_ms = t.elapsed().as_millis() as u64,
+                "store: unused names pruned"
+            );
         }
         Ok(report)
     }
 }
 
+/// Applies the schema change `sql` (from [`schema::migrate_sql`]) and what version 4 adds, in
+/// one transaction: a crash leaves the store at the old version, to be migrated again.
+fn migrate(c: &mut Connection, sql: &str) -> rusqlite::Result<()> {
+    let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute_batch(sql)?;
+    tx.execute_batch(&schema::ddl())?;
+    // Every record written so far came from the unknown exporter. The count kept in `meta`
+    // saves reading them (`records` is there since version 3; COUNT(*) if not).
+    tx.execute(
+        "INSERT INTO meta (key, value) SELECT 'records', (SELECT COUNT(*) FROM flows) \
+         WHERE NOT EXISTS (SELECT 1 FROM meta WHERE key = 'records')",
+        [],
+    )?;
+    tx.execute(
+        "INSERT OR IGNORE INTO exporters (id, records, low_id) \
+         SELECT 0, value, 0 FROM meta WHERE key = 'records' AND value > 0",
+        [],
+    )?;
+    tx.execute(
+        "UPDATE meta SET value = ?1 WHERE key = 'schema_version'",
+        [schema::SCHEMA_VERSION],
+    )?;
+    tx.commit()
+}
+
+/// Exporters by address and records held, the most first.
+fn exporter_names(c: &Connection) -> rusqlite::Result<Vec<(String, u64)>> {
+    let mut out = Vec::new();
+    for h in retention::held(c)? {
+        out.push((name_of(c, h.id)?, h.records));
+    }
+    Ok(out)
+}
+
+fn name_of(c: &Connection, id: i64) -> rusqlite::Result<String> {
+    if id == 0 {
+        return Ok(String::new());
+    }
+    Ok(c.prepare_cached("SELECT s FROM dict WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()?
+        .unwrap_or_default())
+}
+
+/// The report of a pass, exporters by address (read before names are pruned).
+fn report(c: &Connection, t: &retention::Tally) -> rusqlite::Result<RetentionReport> {
+    let mut names: HashMap<i64, String> = HashMap::new();
+    let mut deleted_by = Vec::new();
+    for (&(reason, id), &records) in &t.records {
+        let exporter = match names.get(&id) {
+            Some(n) => n.clone(),
+            None => names.entry(id).or_insert(name_of(c, id)?).clone(),
+        };
+        deleted_by.push(ExporterDeleted {
+            reason,
+            exporter,
+            records,
+        });
+    }
+    deleted_by.sort_by(|a, b| (a.reason, &a.exporter).cmp(&(b.reason, &b.exporter)));
+    Ok(RetentionReport {
+        deleted_records: t.deleted_records(),
+        deleted_rollup_rows: t.rollup_rows,
+        cutoff_secs: t.cutoff,
+        deleted_by,
+        deleted_names: 0,
+        exporters: Some(exporter_names(c)?),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::collector::synth::Synth;
+
+    /// A name nothing refers to when the prune reads the store, used again by an insert before
+    /// the prune deletes: kept, and the record reads back with it.
+    #[test]
+    fn a_name_used_again_while_a_prune_reads_is_kept() {
+        let dir =
+            std::env::temp_dir().join(format!("flowlens-sqlite-prune-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = SqliteStore::open(SqliteConfig {
+            max_age: Some(Duration::from_secs(3600)),
+            ..SqliteConfig::new(&dir)
+        })
+        .unwrap();
+        let t0 = 1_767_225_600u32;
+        let mut old = Synth::new(1, 2, 4).batch(10, t0, 60);
+        for r in &mut old {
+            r.src_labels = "gone-then-back".into();
+        }
+        store.insert(&old, t0 as u64).unwrap();
+        let exporter: std::net::IpAddr = "127.0.0.9".parse().unwrap();
+        let mut new = Synth::new(2, 2, 4).batch(10, t0 + 7200, 60);
+        new[3].src_labels = "gone-then-back".into();
+        // Retention takes the old records; the name stays in `dict` until a prune.
+        let now = t0 as u64 + 7200;
+        assert_eq!(store.enforce_retention(now).unwrap().deleted_records, 10);
+        let deleted = store
+            .prune_names_with(|| {
+                store
+                    .insert_batch(&Batch::of(Some(exporter), &new, now))
+                    .unwrap();
+            })
+            .unwrap();
+        assert!(deleted > 0, "the old records' other names go");
+        let rows = store
+            .flows(&FlowQuery {
+                filter: FlowFilter::default(),
+                limit: 100,
+                offset: 0,
+            })
+            .unwrap();
+        assert_eq!(rows.len(), 10);
+        assert_eq!(
+            rows.iter()
+                .filter(|r| r.source_pod_labels == "gone-then-back")
+                .count(),
+            1
+        );
+        assert!(
+            rows.iter()
+                .all(|r| r.exporter_address.as_deref() == Some("127.0.0.9"))
+        );
+        // Nothing else was left behind, and nothing in use went.
+        assert_eq!(store.prune_names().unwrap(), 0);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn a_read_past_its_deadline_is_interrupted() {

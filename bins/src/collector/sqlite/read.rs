@@ -843,6 +843,10 @@ fn flow_row(row: &Row<'_>, names: &mut Names<'_>) -> rusqlite::Result<FlowRow> {
         cluster_id: name(rest.cluster_id)?,
         from_source_node: node(rest.from_source),
         from_destination_node: node(rest.from_destination),
+        exporter_address: match g(20)? {
+            0 => None,
+            id => Some(name(id)?),
+        },
     })
 }
 

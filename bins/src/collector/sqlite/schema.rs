@@ -3,12 +3,17 @@
 //! Every name (namespace, Pod, Node, Service, policy, rule, labels, TCP state, cluster id) is
 //! interned in `dict` and stored as its integer id: rows are small, keys compare as integers,
 //! and a batch's rollup keys hash as integers. Id 0 is the empty string. Addresses are BLOBs
-//! of 4 or 16 bytes (empty when absent). `dict` only grows: a name costs one row however
-//! often it recurs, and retention leaves it (Pod names churn slowly next to records).
+//! of 4 or 16 bytes (empty when absent). A name costs one row however often it recurs;
+//! retention deletes the rows no record or rollup row refers to any more (see
+//! `super::retention`), so a flood of unique names does not outlive its records.
 //!
 //! `flows` holds one row per record with the columns the Flow Records filters need and every
 //! other field packed into `rest` (see [`super::codec`]). Its only index is `end_secs`: every
 //! Flow Records page walks it newest first and filters as it goes, which a time range bounds.
+//! `flows.exporter` is the `dict` id of the address of the IPFIX peer that sent the record (0:
+//! unknown — records written before version 4, or by tools), and `exporters` counts each
+//! exporter's records, updated in the transactions that insert and delete them, so size
+//! retention picks the exporter holding the most without scanning `flows`.
 //!
 //! The `r_*` rollups hold per-minute sums of the records' delta counters, keyed by the minute
 //! of flowEndSeconds: deltas add up to the bytes moved, where totals would count a long flow
@@ -17,9 +22,9 @@
 //! rows for closed hours only. Every rollup's primary key starts with `minute`, so a
 //! dashboard's time range is one range scan.
 
-/// Bumped when the layout changes; a store written by another version is refused rather than
-/// misread.
-pub const SCHEMA_VERSION: i64 = 3;
+/// Bumped when the layout changes; a store written by another version is migrated when
+/// [`migrate_sql`] knows how, refused otherwise rather than misread.
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// The `flows` columns in insert order (after `id`). `insert.rs` binds in exactly this order
 /// and `read.rs` reads in exactly this order. Names are `dict` ids; IPs BLOBs.
@@ -43,7 +48,23 @@ pub const FLOW_COLUMNS: &[&str] = &[
     "eg_ns",
     "eg_name",
     "rest",
+    // Last: version 4 added it with ALTER TABLE, which appends.
+    "exporter",
 ];
+
+/// How `flows.exporter` is declared, by a new store and by the migration from version 3 alike.
+/// Rows of version 3 read as 0, the unknown exporter.
+const EXPORTER_COLUMN: &str = "exporter INTEGER NOT NULL DEFAULT 0";
+
+/// The SQL that brings a store written by schema version `from` to [`SCHEMA_VERSION`], run in
+/// one transaction before [`ddl`], or `None` when there is no way.
+pub fn migrate_sql(from: i64) -> Option<String> {
+    match from {
+        // Adding a column with a constant default rewrites no row: instant on any size.
+        3 => Some(format!("ALTER TABLE flows ADD COLUMN {EXPORTER_COLUMN};\n")),
+        _ => None,
+    }
+}
 
 /// The rollup tables: name, key columns (after `minute`). Metric columns are the same in all.
 /// Key columns are `dict` ids except `ext_ip` and `cluster_ip` (address BLOBs) and
@@ -97,6 +118,15 @@ pub const ROLLUPS: &[(&str, &[&str])] = &[
     ("r_pod", &["ns", "pod"]),
 ];
 
+/// Rollup key columns that are not `dict` ids: addresses and small integers.
+pub const NOT_NAMES: &[&str] = &[
+    "flow_type",
+    "cluster_ip",
+    "ext_ip",
+    "eg_action",
+    "in_action",
+];
+
 /// Suffix of the hourly twin of each rollup table.
 pub const HOURLY: &str = "_h";
 
@@ -112,9 +142,16 @@ pub fn ddl() -> String {
     s.push_str("CREATE TABLE IF NOT EXISTS flows (id INTEGER PRIMARY KEY");
     for c in FLOW_COLUMNS {
         s.push_str(", ");
-        s.push_str(c);
+        s.push_str(if *c == "exporter" { EXPORTER_COLUMN } else { c });
     }
     s.push_str(");\n");
+    // Per exporter (`dict` id of its address; 0 unknown): records held, and an id at or below
+    // its oldest record's (`flows.id` grows with each insert), where size retention starts
+    // looking for that oldest record. A row goes when its count reaches 0.
+    s.push_str(
+        "CREATE TABLE IF NOT EXISTS exporters (id INTEGER PRIMARY KEY, \
+         records INTEGER NOT NULL, low_id INTEGER NOT NULL);\n",
+    );
     // One index: each costs insert throughput (a Pod or IP index cost ~45 % of the insert
     // rate); filters walk this one backwards instead.
     s.push_str("CREATE INDEX IF NOT EXISTS flows_end ON flows (end_secs);\n");
