@@ -109,6 +109,7 @@ pub async fn start_with(
     let cmetrics = CollectorMetrics::default();
     let stored = Counter::<u64>::default();
     let store_errors = Counter::<u64>::default();
+    let records_invalid = Counter::<u64>::default();
     let qmetrics = QueryMetrics::default();
     ops.register(|r| {
         qmetrics.register(r);
@@ -123,6 +124,11 @@ pub async fn start_with(
             "store_errors",
             "Batches the store failed to write (logged)",
             store_errors.clone(),
+        );
+        r.register(
+            "records_invalid",
+            "Data records received that are not flow records (no 5-tuple); not stored",
+            records_invalid.clone(),
         );
     });
     let (ipfix_addr, collector_task, mut rx) = if choice.ingest {
@@ -188,6 +194,12 @@ pub async fn start_with(
                     .records()
                     .filter_map(|rec| AggregatedRecord::from_ipfix(&rec, &mut names).ok())
                     .collect();
+                // A data record that is not a flow record (no 5-tuple): counted, never stored.
+                let invalid = m.len() - batch.len();
+                if invalid > 0 {
+                    records_invalid.inc_by(invalid as u64);
+                    crate::rate_limited!(warn, peer = %m.peer, records = invalid, "data records without a 5-tuple; not stored");
+                }
                 // The names are only a cache that lets a batch's records share their text; a
                 // flood of distinct names starts it over instead of growing it.
                 if names.bytes() > NAME_CACHE_BYTES {
