@@ -188,7 +188,29 @@ pub async fn start_with(
             let istats = ingest.stats().clone();
             let mut names = Interner::default();
             let mut seen = (0u64, 0u64);
-            while let Some(m) = rx.recv().await {
+            // The writer's counters reach the metrics each message, and each second while no
+            // message comes (the last batch of a burst is written after its message).
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let report = |seen: &mut (u64, u64)| {
+                let (ok, failed) = (
+                    istats.records_stored.load(Relaxed),
+                    istats.records_failed.load(Relaxed),
+                );
+                stored.inc_by(ok - seen.0);
+                store_errors.inc_by(failed - seen.1);
+                *seen = (ok, failed);
+            };
+            loop {
+                let m = tokio::select! {
+                    m = rx.recv() => match m {
+                        Some(m) => m,
+                        None => break,
+                    },
+                    _ = tick.tick() => {
+                        report(&mut seen);
+                        continue;
+                    }
+                };
                 cmetrics.queued_bytes.set(rx.queued_bytes() as i64);
                 let batch: Vec<AggregatedRecord> = m
                     .records()
@@ -216,13 +238,7 @@ pub async fn start_with(
                     tracing::error!("the store writer stopped; records are no longer stored");
                     break;
                 }
-                let (ok, failed) = (
-                    istats.records_stored.load(Relaxed),
-                    istats.records_failed.load(Relaxed),
-                );
-                stored.inc_by(ok - seen.0);
-                store_errors.inc_by(failed - seen.1);
-                seen = (ok, failed);
+                report(&mut seen);
             }
             // Everything received is written before the collector reports done.
             tokio::task::spawn_blocking(move || ingest.close()).await?;

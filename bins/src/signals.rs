@@ -1,4 +1,5 @@
-//! SIGINT / SIGTERM as a future: the signal for a clean shutdown (flush, then exit).
+//! SIGINT / SIGTERM as a future: the signal for a clean shutdown (flush, then exit), and the
+//! [`Deadline`] that bounds it.
 
 /// Resolves on the first SIGINT or SIGTERM.
 pub async fn wait() {
@@ -57,5 +58,30 @@ pub fn exit(name: &str, res: anyhow::Result<()>) -> std::process::ExitCode {
             eprintln!("{name}: error: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// When a shutdown must be done: set once, when it begins, to that moment plus the grace period;
+/// every part of the shutdown (a flush, a sink's final drain) reads the same one, so the whole
+/// fits the grace period rather than each part having its own. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct Deadline(std::sync::Arc<std::sync::OnceLock<tokio::time::Instant>>);
+
+impl Deadline {
+    /// Starts the clock (the first call wins).
+    pub fn start(&self, grace: std::time::Duration) {
+        let _ = self.0.set(tokio::time::Instant::now() + grace);
+    }
+
+    /// The deadline once the shutdown has begun.
+    pub fn get(&self) -> Option<tokio::time::Instant> {
+        self.0.get().copied()
+    }
+
+    /// The deadline, or `grace` from now if the shutdown clock was not started (a sink stopped
+    /// by other means).
+    pub fn or_from_now(&self, grace: std::time::Duration) -> tokio::time::Instant {
+        self.get()
+            .unwrap_or_else(|| tokio::time::Instant::now() + grace)
     }
 }

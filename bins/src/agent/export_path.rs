@@ -175,8 +175,12 @@ impl ExportPath {
     /// number of messages at a time, until each is written or `grace` is over. Messages that fail
     /// (no session, a lost connection) are retried as the core schedules them (a timer tick after
     /// the failure), over whatever session the transport has by then. Returns what was settled
-    /// and how many connections were left without their final record written.
-    pub async fn finish(&mut self, core: &mut FlowExporter, grace: Duration) -> (Settled, usize) {
+    /// and what was left (see [`Unfinished`]).
+    pub async fn finish(
+        &mut self,
+        core: &mut FlowExporter,
+        grace: Duration,
+    ) -> (Settled, Unfinished) {
         let mut total = Settled::default();
         let mut add = |s: Settled| {
             total.exported += s.exported;
@@ -201,7 +205,31 @@ impl ExportPath {
             }
         }
         let st = core.stats();
-        (total, st.tracked + st.ending)
+        let handed_over = self.in_flight.values().map(Vec::len).sum::<usize>();
+        let left = st.tracked + st.ending;
+        (
+            total,
+            Unfinished {
+                not_sent: left.saturating_sub(handed_over),
+                handed_over: handed_over.min(left),
+            },
+        )
+    }
+}
+
+/// Final records not known written when the shutdown's grace ran out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Unfinished {
+    /// Never handed to the transport.
+    pub not_sent: usize,
+    /// Handed to the transport without an outcome yet: the transport may still write them as it
+    /// stops.
+    pub handed_over: usize,
+}
+
+impl Unfinished {
+    pub fn total(&self) -> usize {
+        self.not_sent + self.handed_over
     }
 }
 

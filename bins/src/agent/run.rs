@@ -356,15 +356,22 @@ pub async fn run(
                             c.clear();
                             let _ = dump_reuse.send(c);
                         }
-                        Some(DumpMsg::End(stats)) => break Ok(stats),
+                        Some(DumpMsg::End(stats)) => break Ok(Some(stats)),
                         Some(DumpMsg::Failed(e)) => break Err(e),
                         None => break Err(anyhow::anyhow!("the conntrack dump thread stopped")),
                     }
-                    msg = dump_res.recv().await;
+                    // A dump of a million entries takes seconds: a shutdown abandons it (no
+                    // end_dump, so nothing ends for missing from it) rather than waiting.
+                    msg = tokio::select! {
+                        biased;
+                        _ = shutdown.cancelled() => break Ok(None),
+                        m = dump_res.recv() => m,
+                    };
                 };
                 let took = dump_started.take().map(|t| t.elapsed());
                 match outcome {
-                    Ok(stats) => {
+                    Ok(None) => {}
+                    Ok(Some(stats)) => {
                         core.end_dump(t);
                         metrics.polls.inc();
                         metrics.conntrack_entries.set(stats.entries as i64);
@@ -419,15 +426,18 @@ pub async fn run(
     metrics.records_exported.inc_by(st.exported);
     metrics.records_failed.inc_by(st.failed);
     let _ = http.await;
-    if left > 0 {
+    if left.total() > 0 {
         tracing::error!(
-            connections = left,
+            not_sent = left.not_sent,
+            handed_to_transport = left.handed_over,
             grace = ?cfg.shutdown_grace,
-            "shut down with final records not delivered; their last deltas are lost"
+            "shut down with final records not known delivered: those not sent lose their last deltas; those handed to the transport may still be written as it stops"
         );
         anyhow::bail!(
-            "{left} of {tracked} connections' final records were not delivered within shutdownGracePeriod ({:?}); raise shutdownGracePeriod (and terminationGracePeriodSeconds) or check the aggregator",
-            cfg.shutdown_grace
+            "{} of {tracked} connections' final records were not sent within shutdownGracePeriod ({:?}) and {} more were still being written; raise shutdownGracePeriod (and terminationGracePeriodSeconds) or check the aggregator",
+            left.not_sent,
+            cfg.shutdown_grace,
+            left.handed_over
         );
     }
     tracing::info!(connections = tracked, took = ?started.elapsed(), "every final record delivered");

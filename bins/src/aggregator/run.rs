@@ -230,6 +230,17 @@ pub async fn run(
         None => Vec::new(),
     };
 
+    // The whole shutdown (reading what agents sent, the flush, the sinks' last writes) fits
+    // shutdownGracePeriod from the signal.
+    let deadline = crate::signals::Deadline::default();
+    {
+        let (d, grace, stop) = (deadline.clone(), cfg.sinks.shutdown_grace, shutdown.clone());
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            d.start(grace);
+        });
+    }
+
     // Sinks, each on its own task or thread behind a queue bounded by records.
     let mut sinks: Vec<SinkSender> = Vec::new();
     let mut sink_tasks = Vec::new();
@@ -241,6 +252,7 @@ pub async fn run(
             max_bytes: cfg.sinks.replay_bytes,
         };
         sc.drain_timeout = cfg.sinks.shutdown_grace;
+        sc.deadline = deadline.clone();
         sink_tasks.push(crate::sinks::ipfix::spawn(
             sc,
             rx,
@@ -254,6 +266,7 @@ pub async fn run(
         let (tx, rx) = crate::sinks::queue("clickhouse", cfg.sinks.queue_records, smetrics.clone());
         let mut sc = crate::sinks::clickhouse::ClickHouseSinkConfig::new(ch.clone(), *max_rows);
         sc.drain_timeout = cfg.sinks.shutdown_grace;
+        sc.deadline = deadline.clone();
         sink_tasks.push(crate::sinks::clickhouse::spawn(sc, rx, smetrics.clone()));
         sinks.push(tx);
     }
@@ -289,7 +302,7 @@ pub async fn run(
         for u in &metadata {
             core.handle_metadata(now(), u.clone());
         }
-        let (sinks, m) = (sinks.clone(), m.clone());
+        let (sinks, m, deadline) = (sinks.clone(), m.clone(), deadline.clone());
         let thread = std::thread::Builder::new()
             .name(format!("aggregator-core-{idx}"))
             .spawn(move || {
@@ -297,7 +310,14 @@ pub async fn run(
                     .enable_time()
                     .build()
                     .expect("a current-thread runtime");
-                rt.block_on(shard_loop(core, rx, sinks, m, Shard { idx, of: shards }));
+                rt.block_on(shard_loop(
+                    core,
+                    rx,
+                    sinks,
+                    m,
+                    Shard { idx, of: shards },
+                    deadline,
+                ));
             })
             .context("spawning an aggregator core thread")?;
         shard_tx.push(tx);
@@ -422,6 +442,7 @@ async fn shard_loop(
     sinks: Vec<SinkSender>,
     m: AggMetrics,
     shard: Shard,
+    deadline: crate::signals::Deadline,
 ) {
     let mut seen = Seen::default();
     loop {
@@ -441,16 +462,35 @@ async fn shard_loop(
             },
             _ = sleep => core.handle_timeout(now()),
         }
-        emit(&mut core, &sinks).await;
+        emit(&mut core, &sinks, None).await;
         update_metrics(&core, &mut seen, &m);
     }
-    // Shutdown: every flow in flight, a batch at a time, at the pace the sinks take them.
+    // Shutdown: every flow in flight, a batch at a time, at the pace the sinks take them, until
+    // the shutdown's deadline; what is left then is counted for every sink.
     let flows = core.len();
     let started = std::time::Instant::now();
-    while core.flush_some(now(), crate::sinks::MAX_BATCH) {
-        emit(&mut core, &sinks).await;
+    let until = deadline.get();
+    loop {
+        let more = core.flush_some(now(), crate::sinks::MAX_BATCH);
+        if !emit(&mut core, &sinks, until).await {
+            let mut left = core.len() as u64;
+            while core.poll_record().is_some() {
+                left += 1;
+            }
+            for s in &sinks {
+                s.dropped_at_shutdown(left);
+            }
+            tracing::error!(
+                shard = shard.idx,
+                flows_left = left,
+                "shutdownGracePeriod over before every flow in flight was handed to the sinks"
+            );
+            break;
+        }
+        if !more {
+            break;
+        }
     }
-    emit(&mut core, &sinks).await;
     update_metrics(&core, &mut seen, &m);
     tracing::info!(shard = shard.idx, flows, took = ?started.elapsed(), "flows in flight handed to the sinks");
 }
@@ -482,8 +522,13 @@ const MAX_MESSAGES_PER_TURN: usize = 16;
 
 /// Hands what the core produced to every sink, in shared batches of at most
 /// [`crate::sinks::MAX_BATCH`] records (dropped by the sinks, off this thread), waiting while a
-/// sink's queue is full. Without sinks they are dropped here.
-async fn emit(core: &mut Aggregator, sinks: &[SinkSender]) {
+/// sink's queue is full — until `until`, if given: then the batch is counted dropped by the sinks
+/// that did not take it, and `false` returned. Without sinks the records are dropped here.
+async fn emit(
+    core: &mut Aggregator,
+    sinks: &[SinkSender],
+    until: Option<tokio::time::Instant>,
+) -> bool {
     loop {
         let mut out = Vec::new();
         while out.len() < crate::sinks::MAX_BATCH
@@ -492,14 +537,25 @@ async fn emit(core: &mut Aggregator, sinks: &[SinkSender]) {
             out.push(r);
         }
         if out.is_empty() {
-            return;
+            return true;
         }
         if sinks.is_empty() {
             continue;
         }
         let batch: Batch = Arc::new(out);
-        for s in sinks {
-            s.push(&batch).await;
+        for (i, s) in sinks.iter().enumerate() {
+            match until {
+                None => s.push(&batch).await,
+                Some(t) => {
+                    if tokio::time::timeout_at(t, s.push(&batch)).await.is_err() {
+                        // This sink and the ones after it never got the batch.
+                        for s in &sinks[i..] {
+                            s.dropped_at_shutdown(batch.len() as u64);
+                        }
+                        return false;
+                    }
+                }
+            }
         }
     }
 }

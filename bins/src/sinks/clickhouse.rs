@@ -13,7 +13,7 @@
 //!   short of `clickhouseBufferRows`, so its queue fills and the core waits; nothing is dropped
 //!   for a slow server, only for an absent one.
 //! - **Shutdown**: when the core loop closes the queue (after its final flush), everything held is
-//!   inserted, retrying for at most `drain_timeout`; what is left then is counted
+//!   inserted, retrying until the shutdown's deadline (or `drain_timeout`); what is left then is counted
 //!   (`reason="shutdown"`).
 //! - **Metrics**: `sink_records_out`, `sink_batches` (INSERTs), `sink_errors` (failed connects
 //!   and INSERTs), `sink_dropped`, all labelled `sink="clickhouse"`; `sink_queued_records` with
@@ -39,8 +39,10 @@ pub struct ClickHouseSinkConfig {
     /// Rows held at most (waiting for a batch or a retry, and being inserted).
     pub max_rows: usize,
     pub backoff: BackoffConfig,
-    /// How long shutdown may spend inserting what is held.
+    /// How long shutdown may spend inserting what is held, when `deadline` was not started.
     pub drain_timeout: Duration,
+    /// The shutdown's deadline.
+    pub deadline: crate::signals::Deadline,
 }
 
 impl ClickHouseSinkConfig {
@@ -53,6 +55,7 @@ impl ClickHouseSinkConfig {
                 max: Duration::from_secs(30),
             },
             drain_timeout: Duration::from_secs(10),
+            deadline: Default::default(),
         }
     }
 }
@@ -185,7 +188,7 @@ async fn run(cfg: ClickHouseSinkConfig, mut rx: SinkReceiver, metrics: SinkMetri
                         metrics.drop_records(SINK, "buffer_full", dropped as u64);
                     }
                 }
-                None => deadline = Some(Instant::now() + cfg.drain_timeout),
+                None => deadline = Some(cfg.deadline.or_from_now(cfg.drain_timeout)),
             },
             _ = async {
                 match wake {

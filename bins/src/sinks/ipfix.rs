@@ -8,8 +8,9 @@
 //! a slow collector slows the pipeline down, it never costs records.
 //!
 //! Shutdown: when the core loop drops its queue sender (after its final flush), the sink writes
-//! what it holds for at most `drain_timeout`, counts the rest (`reason="shutdown"`), and stops
-//! the exporter.
+//! what it holds until the shutdown's deadline (`shutdownGracePeriod` from the signal; or
+//! `drain_timeout` from then if no shutdown clock runs), counts the rest (`reason="shutdown"`),
+//! and stops the exporter.
 
 use std::time::Duration;
 
@@ -35,8 +36,10 @@ pub struct IpfixSinkConfig {
     pub replay: ReplayConfig,
     /// UDP: templates are sent again this often (RFC 7011 §8.4).
     pub template_refresh: Duration,
-    /// How long shutdown may spend writing what is held.
+    /// How long shutdown may spend writing what is held, when `deadline` was not started.
     pub drain_timeout: Duration,
+    /// The shutdown's deadline.
+    pub deadline: crate::signals::Deadline,
 }
 
 impl IpfixSinkConfig {
@@ -46,6 +49,7 @@ impl IpfixSinkConfig {
             replay: ReplayConfig::default(),
             template_refresh: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(5),
+            deadline: Default::default(),
         }
     }
 }
@@ -130,7 +134,7 @@ async fn run(
         report(&replay, &mut seen, &metrics, &gauges);
     }
     // Drain what is held, for a bounded time.
-    let deadline = tokio::time::Instant::now() + cfg.drain_timeout;
+    let deadline = cfg.deadline.or_from_now(cfg.drain_timeout);
     while !replay.is_empty() {
         replay.pump();
         report(&replay, &mut seen, &metrics, &gauges);

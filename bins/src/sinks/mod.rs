@@ -190,6 +190,13 @@ impl SinkSender {
     }
 }
 
+impl SinkSender {
+    /// Records the core could not hand over before the shutdown's deadline.
+    pub fn dropped_at_shutdown(&self, n: u64) {
+        self.metrics.drop_records(self.sink, "shutdown", n);
+    }
+}
+
 /// The sink's end. The channel closes when the core loop drops its sender (shutdown, after the
 /// final flush was handed over).
 pub struct SinkReceiver {

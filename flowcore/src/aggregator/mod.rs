@@ -382,6 +382,8 @@ pub struct Aggregator {
     tombstones: Tombs,
     /// When `handle_timeout` next looks for memory to give back.
     next_tidy: Timestamp,
+    /// Where the shutdown flush resumes.
+    flush_cursor: usize,
     stats: AggregatorStats,
 }
 
@@ -420,6 +422,7 @@ impl Aggregator {
             out: VecDeque::new(),
             tombstones: Tombs::new(cfg_seed),
             next_tidy: Timestamp::ZERO,
+            flush_cursor: 0,
             stats: AggregatorStats::default(),
         };
         agg.stats.names = agg.strings.len() as u64;
@@ -1051,25 +1054,37 @@ impl Aggregator {
         self.settle(now);
     }
 
-    /// Exports every flow in flight with `END_FORCED` and forgets them (shutdown).
+    /// Ends every flow in flight with a last record, `END_FORCED` (also a flow with nothing new
+    /// since its last export: its record says it ended), and forgets them, remembering each as
+    /// a tombstone.
     pub fn flush_all(&mut self, now: Timestamp) {
-        while self.flush_some(now, usize::MAX) {}
+        self.flush_cursor = 0;
+        while self.flush(now, usize::MAX, true) {}
     }
 
-    /// Exports up to `max` flows in flight with `END_FORCED` and forgets them, so a shutdown
-    /// can stream a large table out in bounded batches (drain [`Self::poll_record`] between
-    /// calls). Returns whether flows are left.
+    /// Shutdown: ends up to `max` flows in flight like [`Self::flush_all`], without tombstones
+    /// (the process is going), so a shutdown streams a large table out in bounded batches (drain
+    /// [`Self::poll_record`] between calls). Returns whether flows are left.
     pub fn flush_some(&mut self, now: Timestamp, max: usize) -> bool {
-        // In id order, so the output order does not depend on hashing.
+        self.flush(now, max, false)
+    }
+
+    fn flush(&mut self, now: Timestamp, max: usize, tombstones: bool) -> bool {
+        // In id order from where the last call stopped (a pass, not a rescan per batch), so the
+        // output order does not depend on hashing; once round if flows were added behind.
         let mut n = 0;
-        for fid in 0..self.flows.len() as u32 {
+        let len = self.flows.len();
+        let start = self.flush_cursor;
+        for step in 0..len {
             if n == max {
                 break;
             }
-            if self.flows[fid as usize].is_some() {
-                self.finish(fid, now, END_FORCED);
+            let fid = (start + step) % len;
+            if self.flows[fid].is_some() {
+                self.finish_as(fid as u32, now, END_FORCED, tombstones);
                 n += 1;
             }
+            self.flush_cursor = (fid + 1) % len;
         }
         self.prune_timers();
         self.settle(now);
@@ -1087,7 +1102,8 @@ impl Aggregator {
         let Some(flow) = self.flows[fid as usize].as_mut() else {
             return;
         };
-        if flow.dirty || flow.last_export().is_none() {
+        // A forced end always says so, even with nothing new since the last export.
+        if flow.dirty || flow.last_export().is_none() || reason == END_FORCED {
             if flow.awaiting_partner {
                 // The partner will not come now: exported uncorrelated (and filled in).
                 flow.stop_awaiting();
