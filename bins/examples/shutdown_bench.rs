@@ -27,7 +27,10 @@
 //! `tracked_connection_count`), it gets SIGTERM; measured: SIGTERM to exit, the exit status, the
 //! distinct connections with a flowEndReason 4 record at the receiver (expected: N; duplicates
 //! and records of unknown connections are counted too), peak RSS (VmHWM from /proc, sampled until
-//! exit, and ru_maxrss from wait4).
+//! exit, and ru_maxrss from wait4). `--at burst`: the SIGTERM comes instead once the first
+//! exports (every connection is new, so each gets an idle export 15 s after the first dump) have
+//! begun, with records in flight; `--at steady`: once every connection has been exported once;
+//! `--at mid-dump`: after that, while a conntrack dump is in progress (the dump thread runs).
 //!
 //! `aggregator N… [--dirty]`: per N, `flowlens collector` (SQLite store in a temporary directory,
 //! IPFIX over TCP) and `flowlens-aggregator` (TCP in, IPFIX over TCP to that collector, the
@@ -61,7 +64,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bench_support::free_port;
 use flowcore::ipfix::flow_record::write_flow_record;
@@ -317,8 +320,8 @@ fn log(msg: impl AsRef<str>) {
 }
 
 fn clock_hms() -> String {
-    let s = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
+    let s = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     format!("{:02}:{:02}:{:02}", (s / 3600) % 24, (s / 60) % 60, s % 60)
 }
@@ -451,21 +454,59 @@ fn binary(env: &str, name: &str) -> PathBuf {
 }
 
 /// SIGTERM to `p`, then waits (at most `limit`) for its exit, sampling VmHWM meanwhile.
-/// Returns the exit, the time from the signal to the exit and the last VmHWM read (kB).
-fn terminate(p: &Proc, limit: Duration) -> (Option<Exit>, Duration, u64) {
+/// Returns the exit, the time from the signal to the exit, the last VmHWM read (kB) and the
+/// wall-clock time the signal was sent.
+fn terminate(p: &Proc, limit: Duration) -> (Option<Exit>, Duration, u64, SystemTime) {
     let mut hwm = proc_status_kb(p.pid, "VmHWM");
+    let wall = SystemTime::now();
     let sent = p
         .signal(libc::SIGTERM, false)
         .expect("the process is running");
     loop {
         if let Some(e) = p.wait_exit(Duration::from_millis(20)) {
-            return (Some(e), e.at.duration_since(sent), hwm);
+            return (Some(e), e.at.duration_since(sent), hwm, wall);
         }
         hwm = hwm.max(proc_status_kb(p.pid, "VmHWM"));
         if sent.elapsed() > limit {
-            return (None, sent.elapsed(), hwm);
+            return (None, sent.elapsed(), hwm, wall);
         }
     }
+}
+
+/// Seconds from `since` to the timestamp that starts the first log line containing `what`
+/// (`2026-12-08T00:58:38.973969Z …`, UTC), compared by time of day.
+fn log_delay(lines: &[String], what: &str, since: SystemTime) -> Option<f64> {
+    let l = lines.iter().find(|l| l.contains(what))?;
+    let t = l
+        .split_whitespace()
+        .next()?
+        .split_once('T')?
+        .1
+        .trim_end_matches('Z');
+    let mut hms = t.split(':');
+    let (h, m, s): (f64, f64, f64) = (
+        hms.next()?.parse().ok()?,
+        hms.next()?.parse().ok()?,
+        hms.next()?.parse().ok()?,
+    );
+    let at = h * 3600.0 + m * 60.0 + s;
+    let sent = since.duration_since(UNIX_EPOCH).ok()?.as_secs_f64() % 86_400.0;
+    Some((at - sent).rem_euclid(86_400.0))
+}
+
+/// CPU time (ns, schedstat) of `pid`'s thread named `comm`.
+fn thread_cpu(pid: i32, comm: &str) -> Option<u64> {
+    let task = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+        .map(|t| t.path())
+        .find(|t| std::fs::read_to_string(t.join("comm")).is_ok_and(|c| c.trim() == comm))?;
+    std::fs::read_to_string(task.join("schedstat"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// One line of the results table.
@@ -789,7 +830,20 @@ fn recv_agent(addr: &str, n: u32) {
     });
 }
 
-fn agent_run(n: u32, grace: Option<&str>) -> Row {
+/// When the agent gets its SIGTERM.
+#[derive(Clone, Copy, Debug)]
+enum At {
+    /// Right after its first dump, every connection tracked and nothing exported yet.
+    FirstDump,
+    /// Once the first exports (idle, every connection) have begun: records in flight.
+    Burst,
+    /// Once every connection has been exported once.
+    Steady,
+    /// After `Steady`, while a conntrack dump is in progress (its thread runs).
+    MidDump,
+}
+
+fn agent_run(n: u32, at: At, grace: Option<&str>) -> Row {
     log(format!(
         "agent N = {n}: filling a namespace's conntrack table"
     ));
@@ -862,10 +916,68 @@ fn agent_run(n: u32, grace: Option<&str>) -> Row {
             }
         },
     );
+    // Later moments: while the first exports are under way (every connection is new, so each
+    // gets an idle export `idleFlowExportTimeout` after the first dump), or once they are done.
+    let m = match at {
+        At::FirstDump => m,
+        At::Burst => wait_for(
+            Duration::from_secs(120),
+            Duration::from_millis(10),
+            "the first exports to begin",
+            || {
+                let m = scrape()?;
+                let e = m.get("flowlens_agent_records_exported_total");
+                if e > 0 {
+                    Ok(m)
+                } else {
+                    Err(format!("exported {e}"))
+                }
+            },
+        ),
+        At::Steady | At::MidDump => wait_for(
+            Duration::from_secs(180),
+            Duration::from_millis(200),
+            "every connection's first export",
+            || {
+                let m = scrape()?;
+                let e = m.get("flowlens_agent_records_exported_total");
+                if e >= u64::from(n) {
+                    Ok(m)
+                } else {
+                    Err(format!("exported {e}"))
+                }
+            },
+        ),
+    };
+    if let At::MidDump = at {
+        // Well into a dump: its thread has run 300 ms since it was last seen idle (a dump of
+        // 1M entries takes seconds; its first chunk reaches the loop after a few ms).
+        let mut idle = (u64::MAX, 0u64);
+        wait_for(
+            Duration::from_secs(60),
+            Duration::from_millis(5),
+            "a conntrack dump in progress",
+            || {
+                let cpu = thread_cpu(agent.pid, "conntrack-dump").ok_or("no dump thread")?;
+                // (CPU when last seen idle, CPU at the previous look).
+                if cpu == idle.1 || idle.0 == u64::MAX {
+                    idle.0 = cpu;
+                }
+                idle.1 = cpu;
+                let ran = cpu - idle.0;
+                if ran >= 300_000_000 {
+                    Ok(())
+                } else {
+                    Err(format!("the dump thread ran {} ms", ran / 1_000_000))
+                }
+            },
+        );
+    }
     let before = recv.count();
     log(format!(
-        "agent tracks {} connections after its first dump ({:.1} s after start; dump took {:.2} s; records exported before SIGTERM {}, received {}); load {}; SIGTERM",
+        "agent tracks {} connections ({:?}: {:.1} s after start; conntrack dumps so far took {:.2} s; records exported before SIGTERM {}, received {}); load {}; SIGTERM",
         m.get("flowlens_agent_tracked_connection_count"),
+        at,
         started.elapsed().as_secs_f64(),
         m.value("flowlens_agent_conntrack_poll_seconds_sum"),
         m.get("flowlens_agent_records_exported_total"),
@@ -873,7 +985,7 @@ fn agent_run(n: u32, grace: Option<&str>) -> Row {
         loadavg(),
     ));
     let limit = Duration::from_secs(25 + 120);
-    let (exit, took, hwm) = terminate(&agent, limit);
+    let (exit, took, hwm, sent) = terminate(&agent, limit);
     let status = exit.map_or_else(
         || format!("still running after {limit:?}"),
         |e| e.describe(),
@@ -904,8 +1016,13 @@ fn agent_run(n: u32, grace: Option<&str>) -> Row {
         c.dup4,
         c.foreign4
     );
-    for l in agent.shutdown_lines() {
+    let lines = agent.shutdown_lines();
+    for l in &lines {
         println!("  agent log: {l}");
+    }
+    // A dump in progress is processed to its end before the loop sees the signal.
+    if let Some(d) = log_delay(&lines, "shutting down: sending", sent) {
+        notes += &format!("; shutdown began {d:.2} s after SIGTERM");
     }
     if exit.is_none() {
         notes += "; killed";
@@ -913,7 +1030,12 @@ fn agent_run(n: u32, grace: Option<&str>) -> Row {
     drop(recv.stdin);
     drop(recv.proc);
     Row {
-        what: "agent".into(),
+        what: match at {
+            At::FirstDump => "agent".into(),
+            At::Burst => "agent --at burst".into(),
+            At::Steady => "agent --at steady".into(),
+            At::MidDump => "agent --at mid-dump".into(),
+        },
         n: u64::from(n),
         took,
         status,
@@ -1228,7 +1350,7 @@ fn aggregator_run(n: u32, dirty: bool, grace: Option<&str>) -> Row {
         loadavg(),
     ));
     let limit = Duration::from_secs(25 + 180);
-    let (exit, took, hwm) = terminate(&agg, limit);
+    let (exit, took, hwm, sent) = terminate(&agg, limit);
     let status = exit.map_or_else(
         || format!("still running after {limit:?}"),
         |e| e.describe(),
@@ -1237,9 +1359,11 @@ fn aggregator_run(n: u32, dirty: bool, grace: Option<&str>) -> Row {
         "aggregator: {status} {:.2} s after SIGTERM",
         took.as_secs_f64()
     ));
-    for l in agg.shutdown_lines() {
+    let lines = agg.shutdown_lines();
+    for l in &lines {
         println!("  aggregator log: {l}");
     }
+    let handed = log_delay(&lines, "flows in flight handed", sent);
     let _ = reader.join();
 
     // The collector: once the aggregator's session has closed (everything it wrote decoded), it
@@ -1260,7 +1384,7 @@ fn aggregator_run(n: u32, dirty: bool, grace: Option<&str>) -> Row {
             }
         },
     );
-    let (cexit, ctook, _) = terminate(&collector, Duration::from_secs(120));
+    let (cexit, ctook, _, _) = terminate(&collector, Duration::from_secs(120));
     let cstatus = cexit.map_or("still running".to_string(), |e| e.describe());
     log(format!(
         "collector decoded {decoded} records in all; session closed {:.1} s after the aggregator's exit; collector {cstatus} {:.1} s after SIGTERM",
@@ -1284,6 +1408,9 @@ fn aggregator_run(n: u32, dirty: bool, grace: Option<&str>) -> Row {
         }
         a
     });
+    if let Some(d) = handed {
+        notes += &format!("flows handed to the sinks {d:.2} s after SIGTERM; ");
+    }
     notes += &format!(
         "collector decoded {decoded}, store rows {} (by reason 1..5: {:?}); reason 4 duplicates {}, unknown rows {}; deltas {} the fed counters",
         sc.rows,
@@ -1317,7 +1444,7 @@ fn aggregator_run(n: u32, dirty: bool, grace: Option<&str>) -> Row {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: shutdown_bench agent N… [--grace DURATION]\n       shutdown_bench aggregator N… [--dirty] [--grace DURATION]\n(root; the release binaries built first: cargo build --release -p bins --bins --example shutdown_bench)"
+        "usage: shutdown_bench agent N… [--at first-dump|burst|steady|mid-dump] [--grace DURATION]\n       shutdown_bench aggregator N… [--dirty] [--grace DURATION]\n(root; the release binaries built first: cargo build --release -p bins --bins --example shutdown_bench)"
     );
     std::process::exit(2)
 }
@@ -1336,11 +1463,21 @@ fn main() {
     }
     let mut sizes = Vec::new();
     let mut dirty = false;
+    let mut at = At::FirstDump;
     let mut grace = None;
     let mut it = args.iter().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
             "--dirty" => dirty = true,
+            "--at" => {
+                at = match it.next().map(String::as_str) {
+                    Some("first-dump") => At::FirstDump,
+                    Some("burst") => At::Burst,
+                    Some("steady") => At::Steady,
+                    Some("mid-dump") => At::MidDump,
+                    _ => usage(),
+                }
+            }
             "--grace" => grace = Some(it.next().cloned().unwrap_or_else(|| usage())),
             s => sizes.push(s.parse::<u32>().unwrap_or_else(|_| usage())),
         }
@@ -1363,7 +1500,7 @@ fn main() {
                 loadavg()
             ));
             for n in sizes {
-                rows.push(agent_run(n, grace.as_deref()));
+                rows.push(agent_run(n, at, grace.as_deref()));
             }
         }
         "aggregator" => {
