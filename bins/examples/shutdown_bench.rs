@@ -42,14 +42,19 @@
 //! This program plays one agent (Node `node-a`, agent template layout, one TCP session): N
 //! records of N distinct intra-Node (flowType 1) TCP connections, flowEndReason 2 (active). An
 //! intra-Node flow is exported on its first record, so before the SIGTERM the collector holds N
-//! records and the aggregator N clean flows. `--dirty`: a second record per flow with higher
-//! counters follows, which the aggregator holds unexported (the active timeout is 1 h), so every
-//! flow in flight has something to deliver at shutdown. Waited for: `flows_in_flight` = N,
-//! `records_out` = N, `sink_records_out{sink="ipfix"}` = N and the collector's
-//! `records_stored` = N. Then SIGTERM to the aggregator; measured as for the agent; then the
-//! collector is stopped once it has stored every record it decoded, and the store is read back:
-//! records by flowEndReason, distinct flows with a reason-4 record (expected: N), and the sum of
-//! every record's deltas against the counters the flows were fed (exactly once: equal).
+//! records and the aggregator N clean flows (nothing unexported; flowcore's shutdown flush gives
+//! such a flow no last record, so this run receives no reason-4 records). `--dirty`: a second
+//! record per flow with higher counters follows, which the aggregator holds unexported (the
+//! active timeout is 1 h), so every flow in flight has something to deliver at shutdown. Waited
+//! for: `flows_in_flight` = N, `records_out` = N, `sink_records_out{sink="ipfix"}` = N and the
+//! collector's `ipfix_collect_records` = N (its `records_stored` lags: it moves only when a later
+//! message arrives). Then SIGTERM to the aggregator; measured as for the agent; then, once the
+//! aggregator's session to the collector has closed (everything it wrote decoded), the collector
+//! is stopped (storing what it holds) and its store is read back: records by flowEndReason,
+//! distinct flows with a reason-4 record, and the sum of every record's deltas against the
+//! counters the flows were fed (exactly once: equal).
+//!
+//! `--grace DURATION` sets `shutdownGracePeriod` of the agent or aggregator under test.
 //!
 //! Everything created is removed by drop guards, also on failure: processes (their process
 //! groups: TERM, then KILL), namespaces, temporary directories, `nf_conntrack_max`. Waiting is
