@@ -1281,6 +1281,10 @@ fn aggregator_run(n: u32, dirty: bool, grace: Option<&str>) -> Row {
     if let Some(g) = grace {
         yaml += &format!("shutdownGracePeriod: {g}\n");
     }
+    // The default maxFlows (500,000) holds fewer: raised to hold every flow of the run.
+    if n > 500_000 {
+        yaml += &format!("maxFlows: {n}\n");
+    }
     std::fs::write(&acfg, &yaml).expect("write aggregator config");
     let (agg, _, _) = Proc::spawn(
         Command::new(binary("FLOWLENS_AGGREGATOR_BIN", "flowlens-aggregator"))
