@@ -151,6 +151,9 @@ impl Report {
 /// An attack ready to run.
 pub type Attack = Box<dyn FnOnce(&Target, &Ctl) -> Report + Send>;
 
+/// How long a held connection's connect may take: past it the daemon's backlog is full.
+const HOLD_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
 fn connect(dst: SocketAddr) -> std::io::Result<TcpStream> {
     http::connect_from(ATTACKER_ADDR, dst, Duration::from_secs(3))
 }
@@ -697,6 +700,9 @@ pub struct HoldConnections {
     pub count: usize,
     pub opening: Opening,
     pub reopen_per_sweep: usize,
+    /// Not engaged before this long: e.g. one handshake timeout, so that the daemon has freed
+    /// the first slots and the attacker holds them again (the steady state).
+    pub engage_after: Duration,
 }
 
 const PARTIAL_HELLO: &[u8] = &[
@@ -705,7 +711,7 @@ const PARTIAL_HELLO: &[u8] = &[
 ];
 
 fn open_held(dst: SocketAddr, opening: Opening) -> std::io::Result<TcpStream> {
-    let mut s = connect(dst)?;
+    let mut s = http::connect_from(ATTACKER_ADDR, dst, HOLD_CONNECT_TIMEOUT)?;
     if opening == Opening::PartialClientHello {
         s.write_all(PARTIAL_HELLO)?;
     }
@@ -715,53 +721,79 @@ fn open_held(dst: SocketAddr, opening: Opening) -> std::io::Result<TcpStream> {
 pub fn hold_connections(p: HoldConnections) -> Attack {
     Box::new(move |t, ctl| {
         let mut r = Report::default();
-        let mut socks: Vec<Option<TcpStream>> = Vec::with_capacity(p.count);
-        for _ in 0..p.count {
-            if ctl.stopped() {
-                break;
+        let open = |r: &mut Report| match open_held(t.aggregator, p.opening) {
+            Ok(s) => {
+                r.connections += 1;
+                Some(s)
             }
-            match open_held(t.aggregator, p.opening) {
-                Ok(s) => {
-                    r.connections += 1;
-                    socks.push(Some(s));
-                }
-                Err(_) => {
-                    r.connect_failures += 1;
-                    socks.push(None);
-                }
+            Err(_) => {
+                r.connect_failures += 1;
+                None
             }
-        }
-        ctl.engaged();
-        while !ctl.stopped() {
-            let sweep = Instant::now();
-            let mut reopened = 0;
-            for slot in socks.iter_mut() {
-                if let Some(s) = slot
-                    && closed(s)
-                {
-                    r.closed_by_peer += 1;
-                    *slot = None;
-                }
-                if slot.is_none() && reopened < p.reopen_per_sweep {
-                    reopened += 1;
-                    match open_held(t.aggregator, p.opening) {
-                        Ok(s) => {
-                            r.connections += 1;
-                            *slot = Some(s);
-                        }
-                        Err(_) => r.connect_failures += 1,
-                    }
-                }
-            }
-            std::thread::sleep(Duration::from_millis(100).saturating_sub(sweep.elapsed()));
-        }
-        for s in socks.iter_mut().flatten() {
-            if !closed(s) {
-                r.open_at_end += 1;
-            }
-        }
+        };
+        r.open_at_end = hold(
+            p.count,
+            p.reopen_per_sweep,
+            p.engage_after,
+            ctl,
+            &mut r,
+            open,
+            |_, _| true,
+        );
         r
     })
+}
+
+/// Keeps `count` connections open until stopped. Every 100 ms a sweep drops those the daemon
+/// closed (counted), lets `tend` act on the live ones (given the sweep's number; false: it
+/// found the connection gone),
+/// and opens missing ones with `open` — at most `reopen` per sweep and for at most a second, so
+/// that a daemon whose backlog is full (connects time out) does not stall the sweep. Engaged
+/// once a sweep has tried every slot, or after 5 s, but not before `engage_after`. Returns how
+/// many are open at the end.
+fn hold(
+    count: usize,
+    reopen: usize,
+    engage_after: Duration,
+    ctl: &Ctl,
+    r: &mut Report,
+    mut open: impl FnMut(&mut Report) -> Option<TcpStream>,
+    mut tend: impl FnMut(&mut TcpStream, u64) -> bool,
+) -> u64 {
+    let mut socks: Vec<Option<TcpStream>> = (0..count).map(|_| None).collect();
+    let t0 = Instant::now();
+    let mut n = 0u64;
+    while !ctl.stopped() {
+        let sweep = Instant::now();
+        n += 1;
+        let mut opened = 0;
+        let mut tried_all = true;
+        for slot in socks.iter_mut() {
+            if let Some(s) = slot
+                && (closed(s) || !tend(s, n))
+            {
+                r.closed_by_peer += 1;
+                *slot = None;
+            }
+            if slot.is_none() {
+                if opened < reopen && sweep.elapsed() < Duration::from_secs(1) {
+                    opened += 1;
+                    *slot = open(r);
+                } else {
+                    tried_all = false;
+                }
+            }
+        }
+        if (tried_all || t0.elapsed() >= Duration::from_secs(5)) && t0.elapsed() >= engage_after {
+            ctl.engaged();
+        }
+        std::thread::sleep(Duration::from_millis(100).saturating_sub(sweep.elapsed()));
+    }
+    socks
+        .iter_mut()
+        .flatten()
+        .map(|s| u64::from(!closed(s)))
+        .sum()
 }
 
 /// `count` connections that each send an IPFIX header claiming 65,535 bytes and 4 bytes of
@@ -1007,48 +1039,30 @@ pub fn slow_headers(p: SlowHeaders) -> Attack {
     Box::new(move |t, ctl| {
         let mut r = Report::default();
         let start = b"GET /api/stats HTTP/1.1\r\nHost: x\r\n";
-        let open = |r: &mut Report| match connect(t.collector_http) {
-            Ok(mut s) => {
-                let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
-                if s.write_all(start).is_ok() {
-                    r.connections += 1;
-                    Some(s)
-                } else {
-                    r.closed_by_peer += 1;
-                    None
-                }
-            }
-            Err(_) => {
-                r.connect_failures += 1;
+        let open = |r: &mut Report| {
+            let mut s =
+                match http::connect_from(ATTACKER_ADDR, t.collector_http, HOLD_CONNECT_TIMEOUT) {
+                    Ok(s) => s,
+                    Err(_) => {
+                        r.connect_failures += 1;
+                        return None;
+                    }
+                };
+            let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
+            if s.write_all(start).is_ok() {
+                r.connections += 1;
+                Some(s)
+            } else {
+                r.closed_by_peer += 1;
                 None
             }
         };
-        let mut socks: Vec<Option<TcpStream>> = (0..p.count)
-            .map(|_| if ctl.stopped() { None } else { open(&mut r) })
-            .collect();
-        ctl.engaged();
-        let mut last = Instant::now();
-        while !ctl.stopped() {
-            let drip = last.elapsed() >= p.every;
-            if drip {
-                last = Instant::now();
-            }
-            let mut reopened = 0;
-            for slot in socks.iter_mut() {
-                if let Some(s) = slot
-                    && (closed(s) || drip && s.write_all(b"X").is_err())
-                {
-                    r.closed_by_peer += 1;
-                    *slot = None;
-                }
-                if slot.is_none() && reopened < 64 {
-                    reopened += 1;
-                    *slot = open(&mut r);
-                }
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        r.open_at_end = socks.iter().filter(|s| s.is_some()).count() as u64;
+        // One more header byte per connection every `every` (sweeps are 100 ms apart).
+        let every = (p.every.as_millis() / 100).max(1) as u64;
+        let tend = |s: &mut TcpStream, sweep: u64| {
+            !sweep.is_multiple_of(every) || s.write_all(b"X").is_ok()
+        };
+        r.open_at_end = hold(p.count, usize::MAX, Duration::ZERO, ctl, &mut r, open, tend);
         r
     })
 }

@@ -562,7 +562,8 @@ pub struct Delivery {
     pub wrong: Vec<String>,
     /// Stored records of these flows with flowEndReason 5 (evicted for lack of resources).
     pub evicted_records: usize,
-    /// Flows whose end-of-flow record the exporter never managed to write (locked out).
+    /// Of the missing flows, those whose end-of-flow record the exporter could not write (it
+    /// was locked out) as far as `flows` says.
     pub never_written: usize,
 }
 
@@ -579,6 +580,12 @@ impl Delivery {
                 self.missing.len(),
                 list(&self.missing)
             );
+            if self.never_written > 0 {
+                s += &format!(
+                    " — the exporter could not write the end of {} of them",
+                    self.never_written
+                );
+            }
         }
         if !self.doubled.is_empty() {
             s += &format!(
@@ -602,12 +609,6 @@ impl Delivery {
         if self.evicted_records > 0 {
             s += &format!("; {} records evicted (reason 5)", self.evicted_records);
         }
-        if self.never_written > 0 {
-            s += &format!(
-                "; the exporter could not write the end of {} flows",
-                self.never_written
-            );
-        }
         s
     }
 }
@@ -628,7 +629,6 @@ fn num(r: &Value, k: &str) -> u64 {
 pub fn check(rows: &[Value], flows: &[Flow]) -> Delivery {
     let mut d = Delivery {
         expected: flows.len(),
-        never_written: flows.iter().filter(|f| !f.ended).count(),
         ..Delivery::default()
     };
     for f in flows {
@@ -647,6 +647,7 @@ pub fn check(rows: &[Value], flows: &[Flow]) -> Delivery {
         match ends.len() {
             0 => {
                 d.missing.push(f.port);
+                d.never_written += usize::from(!f.ended);
                 continue;
             }
             1 => {}

@@ -228,6 +228,47 @@ impl Drop for Sampler {
     }
 }
 
+/// Whether each daemon's RSS is back under its baseline + [`RSS_SETTLE_SLACK_BYTES`], and when
+/// (from the attack's end); gives up at [`RSS_SETTLE_DEADLINE`].
+struct Settle {
+    since: Instant,
+    pending: [bool; 2],
+}
+
+impl Settle {
+    fn new(since: Instant) -> Settle {
+        Settle {
+            since,
+            pending: [true, true],
+        }
+    }
+
+    fn done(&self) -> bool {
+        !self.pending.iter().any(|p| *p) || self.since.elapsed() >= RSS_SETTLE_DEADLINE
+    }
+
+    fn poll(&mut self, daemons: [(&mut Daemon, &mut DaemonFigures); 2]) {
+        if self.done() {
+            return;
+        }
+        for (i, (d, f)) in daemons.into_iter().enumerate() {
+            if !self.pending[i] {
+                continue;
+            }
+            match d.mem() {
+                None => self.pending[i] = false,
+                Some(m) => {
+                    f.settled_rss = m.rss;
+                    if m.rss <= f.baseline.rss + RSS_SETTLE_SLACK_BYTES {
+                        f.settled_in = Some(self.since.elapsed());
+                        self.pending[i] = false;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// A scrape that retries for a while (a daemon under attack may refuse a few), else empty.
 fn scrape_patiently(addr: std::net::SocketAddr, alive: &mut dyn FnMut() -> bool) -> Vec<Sample> {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -416,44 +457,26 @@ impl Scenario {
             f.log_lines = d.log_lines().saturating_sub(lines);
         }
 
-        // 5. Every flow stored exactly once (the RSS settles meanwhile).
+        // 5. Every flow stored exactly once; the RSS settles meanwhile (polled with the store).
         let ledger = exporter.finish();
         let flows: Vec<Flow> = ledger.finished_flows();
+        let mut settle = Settle::new(t_stop);
         let mut after = {
-            let c = &mut collector.daemon;
+            let (a, c) = (&mut aggregator.daemon, &mut collector.daemon);
+            let (fa, fc) = (&mut fig_a, &mut fig_c);
             exporter::wait_stored(collector.http, &flows, AFTER_DEADLINE, || {
+                settle.poll([(&mut *a, &mut *fa), (&mut *c, &mut *fc)]);
                 c.exited().is_none()
             })
         };
-
-        // Settling, within RSS_SETTLE_DEADLINE of the attack's end.
-        let mut pending = [true, true];
-        loop {
-            for (i, (d, f)) in [
+        while !settle.done() {
+            settle.poll([
                 (&mut aggregator.daemon, &mut fig_a),
                 (&mut collector.daemon, &mut fig_c),
-            ]
-            .into_iter()
-            .enumerate()
-            {
-                if !pending[i] {
-                    continue;
-                }
-                match d.mem() {
-                    None => pending[i] = false,
-                    Some(m) => {
-                        f.settled_rss = m.rss;
-                        if m.rss <= f.baseline.rss + RSS_SETTLE_SLACK_BYTES {
-                            f.settled_in = Some(t_stop.elapsed());
-                            pending[i] = false;
-                        }
-                    }
-                }
+            ]);
+            if !settle.done() {
+                std::thread::sleep(Duration::from_millis(250));
             }
-            if !pending.iter().any(|p| *p) || t_stop.elapsed() >= RSS_SETTLE_DEADLINE {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(250));
         }
 
         // The peak over the whole run (a daemon may still be growing while it drains).
