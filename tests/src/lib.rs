@@ -16,6 +16,7 @@ use flowcore::ie::DataType;
 use flowcore::ipfix::{EncodeError, Encoder, FieldSpec, Layout};
 use flowcore::model::Timestamp;
 
+pub mod abuse;
 pub mod decode_cmp;
 pub mod e2e;
 pub mod pcap;
@@ -537,35 +538,41 @@ pub fn flowlens_bin() -> PathBuf {
             if let Some(p) = std::env::var_os("FLOWLENS_BIN") {
                 return p.into();
             }
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let mut cmd = Command::new(cargo);
-            cmd.args(["build", "-q", "-p", "bins", "--bin", "flowlens"])
-                .current_dir(env!("CARGO_MANIFEST_DIR"));
-            // Cargo runs tests with this package's CARGO_MANIFEST_DIR, CARGO_PKG_* … set; build
-            // scripts that watch them (ring's watches CARGO_MANIFEST_DIR) would otherwise be
-            // rebuilt here, and again by the next ordinary build.
-            for (k, _) in std::env::vars_os() {
-                let k = k.to_string_lossy();
-                if k.starts_with("CARGO_PKG_")
-                    || k.starts_with("CARGO_BIN_")
-                    || [
-                        "CARGO_MANIFEST_DIR",
-                        "CARGO_MANIFEST_PATH",
-                        "CARGO_CRATE_NAME",
-                        "CARGO_PRIMARY_PACKAGE",
-                        "CARGO_TARGET_TMPDIR",
-                        "OUT_DIR",
-                    ]
-                    .contains(&k.as_ref())
-                {
-                    cmd.env_remove(k.as_ref());
-                }
-            }
-            let st = cmd.status().expect("run cargo build -p bins");
-            assert!(st.success(), "cargo build -p bins --bin flowlens failed");
+            cargo_build(&["-p", "bins", "--bin", "flowlens"]);
             target_dir().join("debug/flowlens")
         })
         .clone()
+}
+
+/// Runs `cargo build -q ARGS…` for this workspace (a no-op when up to date); panics if it fails.
+pub fn cargo_build(args: &[&str]) {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "-q"])
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    // Cargo runs tests with this package's CARGO_MANIFEST_DIR, CARGO_PKG_* … set; build
+    // scripts that watch them (ring's watches CARGO_MANIFEST_DIR) would otherwise be
+    // rebuilt here, and again by the next ordinary build.
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_BIN_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_CRATE_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "OUT_DIR",
+            ]
+            .contains(&k.as_ref())
+        {
+            cmd.env_remove(k.as_ref());
+        }
+    }
+    let st = cmd.status().expect("run cargo build");
+    assert!(st.success(), "cargo build {} failed", args.join(" "));
 }
 
 impl Val {
