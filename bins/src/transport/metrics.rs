@@ -81,7 +81,7 @@ pub struct MalformedLabels {
 }
 
 /// Why a UDP datagram was not handed on.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum UdpDropReason {
     /// Its session's queue (or the total) was full: the consumer is behind, and this exporter
     /// sends more than its share.
@@ -94,7 +94,7 @@ pub struct UdpDropLabels {
 }
 
 /// Why a connection was refused at accept.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum RejectReason {
     /// `maxSessions` open and none idle long enough to give way.
     Full,
@@ -108,7 +108,7 @@ pub struct RejectLabels {
 }
 
 /// Why the collecting process closed (or forgot) a session.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum CloseReason {
     /// No complete message for `idleTimeout`.
     IdleTimeout,
@@ -126,7 +126,7 @@ pub struct CloseLabels {
 }
 
 /// Why a UDP exporter's session was forgotten before its template lifetime.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum UdpEvictReason {
     /// `maxSessions` tracked: the idlest gave way to a new exporter.
     Full,
@@ -140,6 +140,37 @@ pub enum UdpEvictReason {
 pub struct UdpEvictLabels {
     pub reason: UdpEvictReason,
 }
+
+/// Label values in snake case (`per_address`), as Prometheus names go.
+macro_rules! snake_label {
+    ($t:ty { $($v:ident => $s:literal),* $(,)? }) => {
+        impl prometheus_client::encoding::EncodeLabelValue for $t {
+            fn encode(
+                &self,
+                e: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
+            ) -> Result<(), std::fmt::Error> {
+                use std::fmt::Write;
+                e.write_str(match self {
+                    $(<$t>::$v => $s,)*
+                })
+            }
+        }
+    };
+}
+
+snake_label!(UdpDropReason { QueueFull => "queue_full" });
+snake_label!(RejectReason { Full => "full", PerAddress => "per_address" });
+snake_label!(CloseReason {
+    IdleTimeout => "idle_timeout",
+    MessageTimeout => "message_timeout",
+    Evicted => "evicted",
+    TemplateBudget => "template_budget",
+});
+snake_label!(UdpEvictReason {
+    Full => "full",
+    PerAddress => "per_address",
+    TemplateBudget => "template_budget",
+});
 
 /// An exporter by address, for per-exporter drop counters (series exist while its session does).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -377,11 +408,23 @@ mod tests {
             })
             .inc();
         e.queue_drops.inc();
+        c.sessions_rejected
+            .get_or_create(&RejectLabels {
+                reason: RejectReason::PerAddress,
+            })
+            .inc();
+        c.sessions_closed
+            .get_or_create(&CloseLabels {
+                reason: CloseReason::MessageTimeout,
+            })
+            .inc();
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &r).unwrap();
         for want in [
             "flowlens_aggregator_ipfix_records_total 3",
             "flowlens_aggregator_ipfix_malformed_total{reason=\"BadSetLength\"} 1",
+            "flowlens_aggregator_ipfix_sessions_rejected_total{reason=\"per_address\"} 1",
+            "flowlens_aggregator_ipfix_sessions_closed_total{reason=\"message_timeout\"} 1",
             "flowlens_agent_export_queue_drops_total 1",
             "flowlens_agent_export_session_up 0",
         ] {
