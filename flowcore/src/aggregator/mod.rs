@@ -1054,9 +1054,8 @@ impl Aggregator {
         self.settle(now);
     }
 
-    /// Ends every flow in flight with a last record, `END_FORCED` (also a flow with nothing new
-    /// since its last export: its record says it ended), and forgets them, remembering each as
-    /// a tombstone.
+    /// Ends every flow in flight with a last record, `END_FORCED`, if it has anything not yet
+    /// exported (or was never exported), and forgets them, remembering each as a tombstone.
     pub fn flush_all(&mut self, now: Timestamp) {
         self.flush_cursor = 0;
         while self.flush(now, usize::MAX, true) {}
@@ -1102,8 +1101,11 @@ impl Aggregator {
         let Some(flow) = self.flows[fid as usize].as_mut() else {
             return;
         };
-        // A forced end always says so, even with nothing new since the last export.
-        if flow.dirty || flow.last_export().is_none() || reason == END_FORCED {
+        // A flow with nothing new since its last export gets no last record, also at a forced
+        // end: a restart of this aggregator ends no connection (the agents go on exporting it
+        // to the replacement), and a zero-delta record per flow held would double a rollout's
+        // traffic and the store's rows.
+        if flow.dirty || flow.last_export().is_none() {
             if flow.awaiting_partner {
                 // The partner will not come now: exported uncorrelated (and filled in).
                 flow.stop_awaiting();
