@@ -380,8 +380,11 @@ pub struct Aggregator {
     /// The aggregator's own view of the cluster, for filling in flows whose partner never came.
     metadata: Option<crate::metadata::MetadataIndex>,
     tombstones: Tombs,
-    /// When `handle_timeout` next looks for memory to give back.
+    /// When `handle_timeout` next looks for memory to give back …
     next_tidy: Timestamp,
+    /// … if anything was added or removed since it last did (a timer then, so that what the
+    /// last expiry freed is given back without waiting for the next record).
+    untidy: bool,
     /// Where the shutdown flush resumes.
     flush_cursor: usize,
     stats: AggregatorStats,
@@ -422,6 +425,7 @@ impl Aggregator {
             out: VecDeque::new(),
             tombstones: Tombs::new(cfg_seed),
             next_tidy: Timestamp::ZERO,
+            untidy: false,
             flush_cursor: 0,
             stats: AggregatorStats::default(),
         };
@@ -528,6 +532,7 @@ impl Aggregator {
 
     fn handle_half_of(&mut self, now: Timestamp, id: ExporterId, exporter: u16, half: FlowHalf) {
         self.stats.records_in += 1;
+        self.untidy = true;
         let side_idx = self.side_of(id, &half);
         self.exporters[exporter as usize].counters.records_in += 1;
         self.expire_tombstones(now);
@@ -1002,25 +1007,30 @@ impl Aggregator {
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         let flow = self.timers.peek().map(|&Reverse((t, ..))| t);
         let tomb = self.tombstones.next_expiry();
-        flow.into_iter().chain(tomb).min()
+        let tidy = self.untidy.then_some(self.next_tidy);
+        flow.into_iter().chain(tomb).chain(tidy).min()
     }
 
     /// Exports what is due at `now`, forgets expired tombstones, and gives back the memory a
     /// flood took once it is gone.
     pub fn handle_timeout(&mut self, now: Timestamp) {
-        self.expire_tombstones(now);
+        if self.expire_tombstones(now) {
+            self.untidy = true;
+        }
         if now >= self.next_tidy {
             // Unreferenced names go, and tables shrink after a flood; every few seconds is soon
             // enough.
             self.next_tidy = now + Duration::from_secs(5);
             self.strings.sweep();
             self.compact();
+            self.untidy = false;
         }
         while let Some(&Reverse((t, fid, generation))) = self.timers.peek() {
             if t > now {
                 break;
             }
             self.timers.pop();
+            self.untidy = true;
             let Some(flow) = self.flows.get_mut(fid as usize).and_then(|f| f.as_mut()) else {
                 continue;
             };
@@ -1193,9 +1203,12 @@ impl Aggregator {
 
     /// Forgets finished flows whose grace time is over (all of them past `now`, or, when over the
     /// bound, the oldest until back under it).
-    fn expire_tombstones(&mut self, now: Timestamp) {
+    /// Whether any went.
+    fn expire_tombstones(&mut self, now: Timestamp) -> bool {
         let max = self.cfg.max_flows;
+        let mut any = false;
         while let Some((t, old)) = self.tombstones.pop_oldest(|t, len| t <= now || len > max) {
+            any = true;
             if let Some(old) = old {
                 if t > now {
                     self.stats.tombstones_evicted += 1;
@@ -1204,6 +1217,7 @@ impl Aggregator {
                 self.stats.metadata_entries = self.metas.len() as u64;
             }
         }
+        any
     }
 
     fn export(&mut self, fid: u32, now: Timestamp, reason: u8) {
