@@ -11,6 +11,7 @@ pub mod config;
 pub mod conntrack_cmd;
 pub mod decode;
 pub mod demo;
+pub mod memory;
 pub mod observe;
 pub mod ops;
 pub mod ratelog;

@@ -46,6 +46,7 @@ where
             wait().await;
             sig.cancel();
         });
+        crate::memory::spawn_trimmer();
         run(cfg, ops, shutdown).await
     })
 }
