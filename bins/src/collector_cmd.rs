@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::Context;
 use flowcore::aggregator::{AggregatedRecord, Interner};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -75,7 +76,10 @@ pub async fn start_with(
 ) -> anyhow::Result<Running> {
     // Bound first: a port in use fails start-up naming httpAddr before anything else starts.
     let server = HttpServer::bind("httpAddr", cfg.http_addr, cfg.http, &ops).await?;
-    let mut ingest_cfg = IngestConfig::default();
+    let mut ingest_cfg = IngestConfig {
+        queue_bytes: cfg.ingest_queue_bytes,
+        ..IngestConfig::default()
+    };
     let store: Arc<dyn Store> = match &choice.backend {
         StoreBackend::Sqlite => Arc::new(
             SqliteStore::open(SqliteConfig {
@@ -92,6 +96,7 @@ pub async fn start_with(
                 max_batch: ch.batch_rows,
                 max_delay: ch.flush_interval.into(),
                 queue_records: ingest_cfg.queue_records.max(2 * ch.batch_rows),
+                queue_bytes: cfg.ingest_queue_bytes,
             };
             let ch = (**ch).clone();
             let url = ch.url.clone();
@@ -106,10 +111,12 @@ pub async fn start_with(
     let rmetrics = RetentionMetrics::default();
     let retention =
         crate::collector::spawn_retention(store.clone(), Duration::from_secs(60), rmetrics.clone());
+    let release = crate::collector::spawn_release(store.clone());
     let cmetrics = CollectorMetrics::default();
     let stored = Counter::<u64>::default();
     let store_errors = Counter::<u64>::default();
     let records_invalid = Counter::<u64>::default();
+    let ingest_queued = Gauge::<i64>::default();
     let qmetrics = QueryMetrics::default();
     ops.register(|r| {
         qmetrics.register(r);
@@ -129,6 +136,11 @@ pub async fn start_with(
             "records_invalid",
             "Data records received that are not flow records (no 5-tuple); not stored",
             records_invalid.clone(),
+        );
+        r.register(
+            "ingest_queued_bytes",
+            "Bytes of received records not yet written to the store (bounded by ingestQueueBytes; at the bound, reading the IPFIX sessions waits)",
+            ingest_queued.clone(),
         );
     });
     let (ipfix_addr, collector_task, mut rx) = if choice.ingest {
@@ -212,6 +224,7 @@ pub async fn start_with(
                     }
                 };
                 cmetrics.queued_bytes.set(rx.queued_bytes() as i64);
+                let names_before = names.bytes();
                 let batch: Vec<AggregatedRecord> = m
                     .records()
                     .filter_map(|rec| AggregatedRecord::from_ipfix(&rec, &mut names).ok())
@@ -222,6 +235,9 @@ pub async fn start_with(
                     records_invalid.inc_by(invalid as u64);
                     crate::rate_limited!(warn, peer = %m.peer, records = invalid, "data records without a 5-tuple; not stored");
                 }
+                // What this batch added to the names: the queue charges it (a name seen before
+                // is shared, not copied).
+                let new_names = names.bytes().saturating_sub(names_before);
                 // The names are only a cache that lets a batch's records share their text; a
                 // flood of distinct names starts it over instead of growing it.
                 if names.bytes() > NAME_CACHE_BYTES {
@@ -231,7 +247,7 @@ pub async fn start_with(
                 // (unlike the records' originalExporter fields); port-free, so one exporter
                 // stays one exporter across reconnects.
                 if ingest
-                    .send(Some(m.peer.ip().to_canonical()), batch)
+                    .send_sized(Some(m.peer.ip().to_canonical()), batch, new_names)
                     .await
                     .is_err()
                 {
@@ -253,6 +269,7 @@ pub async fn start_with(
             tracing::warn!(error = %format!("{e:#}"), "HTTP server stopped with an error");
         }
         retention.abort();
+        release.abort();
         Ok(())
     });
     Ok(Running {

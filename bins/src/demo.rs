@@ -295,6 +295,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             data_dir: data_dir.clone(),
             retention: Duration::from_secs(24 * 3600),
             max_store_bytes: 2 << 30,
+            ingest_queue_bytes: crate::collector::IngestConfig::default().queue_bytes,
             http_addr: args.http,
             log: Default::default(),
             http: Default::default(),

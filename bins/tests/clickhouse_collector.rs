@@ -36,6 +36,7 @@ fn collector_cfg(name: &str) -> CollectorConfig {
         data_dir: std::env::temp_dir().join(format!("flowlens-chc-{name}-{}", std::process::id())),
         retention: Duration::from_secs(86400),
         max_store_bytes: 1 << 30,
+        ingest_queue_bytes: 64 << 20,
         http_addr: "127.0.0.1:0".parse().unwrap(),
         log: Default::default(),
         http: Default::default(),

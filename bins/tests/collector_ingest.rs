@@ -22,6 +22,8 @@ async fn coalesces_sends_and_stores_everything_on_close() {
         max_batch: 1000,
         max_delay: Duration::from_millis(100),
         queue_records: 5000,
+        // Smaller than the last batch alone: records and bytes both bound the queue.
+        queue_bytes: 1 << 20,
     };
     let ing = Ingest::spawn(s.clone(), cfg).unwrap();
     let mut synth = Synth::new(9, 3, 12);
@@ -30,7 +32,7 @@ async fn coalesces_sends_and_stores_everything_on_close() {
             .await
             .unwrap();
     }
-    // Larger than the whole queue: must not wait forever.
+    // Larger than the whole queue, in records and in bytes: must not wait forever.
     ing.send(None, synth.batch(12_000, 1_767_300_000, 600))
         .await
         .unwrap();
@@ -68,6 +70,7 @@ async fn records_keep_the_exporter_that_sent_them() {
         // The records are from 2026-01-01: keep them from the retention pass.
         retention: Duration::from_secs(3650 * 86_400),
         max_store_bytes: 1 << 30,
+        ingest_queue_bytes: 64 << 20,
         http_addr: "127.0.0.1:0".parse().unwrap(),
         log: Default::default(),
         http: Default::default(),

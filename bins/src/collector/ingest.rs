@@ -3,9 +3,9 @@
 //!
 //! Why: SQLite's cost per transaction (WAL frames, commit) dominates small batches — 10 k
 //! records per insert run ~2.7× faster than 1 k — while IPFIX messages carry tens of records.
-//! The queue is bounded in records, so a store slower than the network pushes back on
-//! `send` (and through it on the TCP peers) instead of growing memory; nothing is dropped
-//! without being counted. Each send names its exporter (the IPFIX peer), and the records keep
+//! The queue is bounded in records and in bytes, so a store slower than the network pushes back
+//! on `send` (and through it on the TCP peers) instead of growing memory — also when a peer
+//! sends records carrying kilobytes of names each; nothing is dropped without being counted. Each send names its exporter (the IPFIX peer), and the records keep
 //! it into the store: coalescing joins many peers' messages into one transaction of runs
 //! ([`Batch`]), not one transaction per peer.
 
@@ -28,6 +28,8 @@ pub struct IngestConfig {
     pub max_delay: Duration,
     /// Records queued (not yet written) before `send` waits.
     pub queue_records: usize,
+    /// And their bytes (see [`Ingest::send_sized`]).
+    pub queue_bytes: usize,
 }
 
 impl Default for IngestConfig {
@@ -36,6 +38,7 @@ impl Default for IngestConfig {
             max_batch: 20_000,
             max_delay: Duration::from_millis(200),
             queue_records: 200_000,
+            queue_bytes: 128 << 20,
         }
     }
 }
@@ -57,7 +60,7 @@ pub struct Closed;
 struct Msg {
     exporter: Option<IpAddr>,
     records: Vec<AggregatedRecord>,
-    _permit: OwnedSemaphorePermit,
+    _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
 }
 
 /// Handle to the writer. Dropping every handle (or [`Ingest::close`]) lets the writer drain
@@ -66,6 +69,8 @@ pub struct Ingest {
     tx: mpsc::Sender<Msg>,
     room: Arc<Semaphore>,
     cap: usize,
+    bytes: Arc<Semaphore>,
+    cap_bytes: usize,
     stats: Arc<IngestStats>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -74,6 +79,9 @@ impl Ingest {
     pub fn spawn(store: Arc<dyn Store>, cfg: IngestConfig) -> std::io::Result<Ingest> {
         let cap = cfg
             .queue_records
+            .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+        let cap_bytes = cfg
+            .queue_bytes
             .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
         let (tx, rx) = mpsc::channel::<Msg>();
         let stats = Arc::new(IngestStats::default());
@@ -85,27 +93,51 @@ impl Ingest {
             tx,
             room: Arc::new(Semaphore::new(cap)),
             cap,
+            bytes: Arc::new(Semaphore::new(cap_bytes)),
+            cap_bytes,
             stats,
             thread: Some(thread),
         })
     }
 
     /// Queues `records` received from `exporter` (the IPFIX peer's address; `None` when
-    /// unknown), waiting while the queue is full.
+    /// unknown), waiting while the queue is full. Their bytes are estimated as if no two
+    /// records shared a name.
     pub async fn send(
         &self,
         exporter: Option<IpAddr>,
         records: Vec<AggregatedRecord>,
+    ) -> Result<(), Closed> {
+        let names: usize = records.iter().map(name_bytes).sum();
+        self.send_sized(exporter, records, names).await
+    }
+
+    /// [`Self::send`] with the bytes of the names the records hold that nothing else holds yet
+    /// (a caller interning names counts those it added). The queue charges each record its
+    /// size plus these.
+    pub async fn send_sized(
+        &self,
+        exporter: Option<IpAddr>,
+        records: Vec<AggregatedRecord>,
+        names: usize,
     ) -> Result<(), Closed> {
         if records.is_empty() {
             return Ok(());
         }
         // A batch larger than the whole queue takes all of it rather than waiting forever.
         let n = records.len().min(self.cap) as u32;
+        let size = records.len() * std::mem::size_of::<AggregatedRecord>() + names;
+        let b = size.clamp(1, self.cap_bytes) as u32;
         let permit = self
             .room
             .clone()
             .acquire_many_owned(n)
+            .await
+            .map_err(|_| Closed)?;
+        let bytes = self
+            .bytes
+            .clone()
+            .acquire_many_owned(b)
             .await
             .map_err(|_| Closed)?;
         self.stats
@@ -115,9 +147,14 @@ impl Ingest {
             .send(Msg {
                 exporter,
                 records,
-                _permit: permit,
+                _permits: (permit, bytes),
             })
             .map_err(|_| Closed)
+    }
+
+    /// Bytes queued (not yet written).
+    pub fn queued_bytes(&self) -> usize {
+        self.cap_bytes - self.bytes.available_permits()
     }
 
     pub fn stats(&self) -> &Arc<IngestStats> {
@@ -128,12 +165,39 @@ impl Ingest {
     /// call from `spawn_blocking` in async code).
     pub fn close(mut self) {
         self.room.close();
+        self.bytes.close();
         let (dead, _) = mpsc::channel();
         drop(std::mem::replace(&mut self.tx, dead));
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
+}
+
+/// The bytes of a record's names, each counted (shared or not).
+fn name_bytes(r: &AggregatedRecord) -> usize {
+    [
+        &r.src_pod,
+        &r.src_namespace,
+        &r.src_node,
+        &r.dst_pod,
+        &r.dst_namespace,
+        &r.dst_node,
+        &r.service_port_name,
+        &r.ingress.name,
+        &r.ingress.namespace,
+        &r.ingress.rule,
+        &r.egress.name,
+        &r.egress.namespace,
+        &r.egress.rule,
+        &r.tcp_state,
+        &r.src_labels,
+        &r.dst_labels,
+        &r.cluster_id,
+    ]
+    .iter()
+    .map(|s| s.len())
+    .sum()
 }
 
 fn now_secs() -> u64 {

@@ -22,6 +22,6 @@ pub mod ui;
 pub use api::{QueryMetrics, router, router_with};
 pub use ingest::{Ingest, IngestConfig};
 pub use query::QueryLimits;
-pub use retention::{RetentionMetrics, spawn_retention};
+pub use retention::{RELEASE_EVERY, RetentionMetrics, spawn_release, spawn_retention};
 pub use sqlite::{SqliteConfig, SqliteStore};
 pub use store::{Batch, Run, Store, StoreError};

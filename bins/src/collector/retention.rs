@@ -142,6 +142,28 @@ impl RetentionMetrics {
     }
 }
 
+/// How often the collector gives the store's rebuildable caches back ([`Store::release_memory`]).
+pub const RELEASE_EVERY: Duration = Duration::from_secs(30);
+
+/// Calls [`Store::release_memory`] every [`RELEASE_EVERY`] (on a blocking thread: it waits for
+/// a write in progress).
+pub fn spawn_release(store: Arc<dyn Store>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(RELEASE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let s = store.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                s.release_memory();
+                crate::memory::trim();
+            })
+            .await;
+        }
+    })
+}
+
 /// Runs [`Store::enforce_retention`] every `every` on the blocking pool, logging what it
 /// deleted and counting it in `metrics`. Ends when the returned handle is aborted.
 pub fn spawn_retention(

@@ -139,4 +139,9 @@ pub trait Store: Send + Sync {
     /// Applies the store's retention settings as of `now` (Unix seconds). The collector calls
     /// it periodically (see [`super::spawn_retention`]).
     fn enforce_retention(&self, now: u64) -> Result<RetentionReport, StoreError>;
+
+    /// Frees the caches the store can rebuild (page caches, name caches), so that memory a
+    /// burst filled goes back once it is over. The collector calls it every
+    /// [`super::RELEASE_EVERY`].
+    fn release_memory(&self) {}
 }

@@ -67,6 +67,10 @@ pub struct CollectorFile {
     /// only — no IPFIX listener, the API and dashboards read what others (the aggregator's
     /// ClickHouse exporter) write.
     pub ingest: bool,
+    /// Records received but not yet written to the store, at most this many bytes (their
+    /// in-memory size, names counted once); beyond it the collector stops reading its IPFIX
+    /// sessions until the store catches up (TCP pushes back on the exporters). Default 128 MiB.
+    pub ingest_queue_bytes: u64,
     /// Limits of the HTTP server on httpAddr: headerReadTimeout, requestTimeout, writeTimeout,
     /// maxBodyBytes, maxConnections, maxConcurrentRequests, shutdownGrace.
     pub http: HttpFile,
@@ -156,6 +160,7 @@ impl Default for CollectorFile {
             store: "sqlite".into(),
             clickhouse: ClickHouseConfig::default(),
             ingest: true,
+            ingest_queue_bytes: 128 << 20,
             http: HttpFile::default(),
             query: QueryFile::default(),
             collecting_process: Default::default(),
@@ -171,6 +176,8 @@ pub struct CollectorConfig {
     pub data_dir: PathBuf,
     pub retention: Duration,
     pub max_store_bytes: u64,
+    /// `ingestQueueBytes`.
+    pub ingest_queue_bytes: usize,
     pub http_addr: SocketAddr,
     pub log: LogConfig,
     /// The HTTP server's limits (`http:`).
@@ -219,6 +226,13 @@ impl CollectorFile {
             )
         })?;
         self.log.validate()?;
+        let ingest_queue_bytes = match usize::try_from(self.ingest_queue_bytes) {
+            Ok(n) if (1 << 20..=u32::MAX as usize).contains(&n) => n,
+            _ => bail!(
+                "ingestQueueBytes {} is out of range: give 1048576 (1 MiB) to 4294967295 bytes",
+                self.ingest_queue_bytes
+            ),
+        };
         Ok(CollectorConfig {
             listen_addr,
             transport,
@@ -226,6 +240,7 @@ impl CollectorFile {
             data_dir: self.data_dir,
             retention: self.retention.into(),
             max_store_bytes: self.max_store_bytes,
+            ingest_queue_bytes,
             http_addr,
             log: self.log,
             http: self.http.validate()?,

@@ -78,6 +78,11 @@ pub(super) type FxSet<K> = HashSet<K, BuildHasherDefault<Fx>>;
 /// Names cached beyond this many are dropped and re-read from `dict` as they recur, which
 /// bounds the writer's memory however many names a cluster churns through.
 const DICT_CACHE_MAX: usize = 1 << 20;
+/// … and at most this many bytes (names up to 8 KiB of labels would otherwise make 1 Mi entries
+/// 8 GiB).
+const DICT_CACHE_MAX_BYTES: usize = 32 << 20;
+/// A cache entry's cost beyond its text: the key's box header, the id, the table slot.
+const DICT_ENTRY_OVERHEAD: usize = 48;
 
 /// A rollup key: the minute, the integer key columns in table order, then the address column
 /// for the two rollups that end with one (`cluster_ip`, `ext_ip`).
@@ -318,6 +323,8 @@ impl Rollups {
 #[derive(Default)]
 pub struct Dict {
     cache: FxMap<Box<str>, i64>,
+    /// Bytes of the names in `cache` plus [`DICT_ENTRY_OVERHEAD`] each.
+    cache_bytes: usize,
     touched: Option<FxSet<i64>>,
 }
 
@@ -343,16 +350,26 @@ impl Dict {
         if let Some(t) = &mut self.touched {
             t.insert(id);
         }
-        if self.cache.len() >= DICT_CACHE_MAX {
+        let cost = s.len() + DICT_ENTRY_OVERHEAD;
+        if self.cache.len() >= DICT_CACHE_MAX || self.cache_bytes + cost > DICT_CACHE_MAX_BYTES {
             self.cache.clear();
+            self.cache_bytes = 0;
         }
         self.cache.insert(s.into(), id);
+        self.cache_bytes += cost;
         Ok(id)
+    }
+
+    /// Empties the cache and frees its table (it refills from the `dict` table).
+    pub fn release(&mut self) {
+        self.cache = FxMap::default();
+        self.cache_bytes = 0;
     }
 
     /// Starts noting the ids handed out (see the type's comment).
     pub fn begin_mark(&mut self) {
         self.cache.clear();
+        self.cache_bytes = 0;
         self.touched = Some(FxSet::default());
     }
 

@@ -315,6 +315,22 @@ impl Drop for SqliteStore {
 }
 
 impl Store for SqliteStore {
+    fn release_memory(&self) {
+        // shrink_memory frees the unused pages of a connection's cache; the next statement
+        // reads them from the file again (usually from the OS page cache). The writer's name
+        // cache goes too: it refills from the dict table.
+        {
+            let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            let (c, scratch) = &mut *w;
+            let _ = c.execute_batch("PRAGMA shrink_memory;");
+            scratch.dict.release();
+        }
+        let pool = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        for c in pool.iter() {
+            let _ = c.execute_batch("PRAGMA shrink_memory;");
+        }
+    }
+
     fn insert_batch(&self, batch: &Batch<'_>) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
