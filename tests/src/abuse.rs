@@ -50,9 +50,10 @@ pub const DURING_DEADLINE: Duration = Duration::from_secs(20);
 /// How long, once the attack has stopped, every well-behaved flow may take to be stored.
 pub const AFTER_DEADLINE: Duration = Duration::from_secs(30);
 /// A connection that stopped inside an IPFIX message (header sent, body not) must be closed by
-/// the daemon within this long (the partial-message timeout; its default is still being chosen,
-/// adjust here when it lands).
-pub const MESSAGE_TIMEOUT_BOUND: Duration = Duration::from_secs(30);
+/// the daemon within this long: the default `collectingProcess.messageTimeout` (30 s), plus 2 s
+/// for the close itself (the daemon shuts its side, then reads until the peer's EOF or a short
+/// drain).
+pub const MESSAGE_TIMEOUT_BOUND: Duration = Duration::from_secs(32);
 /// At most this many log lines per second of a malformed-message flood (rate-limited logging: a
 /// few lines per second per reason), plus [`LOG_LINES_SLACK`].
 pub const LOG_LINES_PER_SEC: f64 = 5.0;

@@ -112,6 +112,11 @@ pub struct Scenario {
     /// After the attack, restart the collector on its store before the final check (runs the
     /// start-up retention pass).
     pub restart_collector: bool,
+    /// The attack's records are valid flows, which the aggregator keeps for their lifetime (in
+    /// flight until `inactiveFlowRecordTimeout`, then remembered as tombstones for 150 s, so
+    /// that a restarted agent's re-export is not counted twice), bounded by `maxFlows` and
+    /// `maxNameBytes`: its RSS has this much longer than [`RSS_SETTLE_DEADLINE`] to settle.
+    pub aggregator_state_life: Duration,
 }
 
 impl Scenario {
@@ -129,6 +134,7 @@ impl Scenario {
             engage_timeout: Duration::from_secs(120),
             hold_for: Duration::ZERO,
             restart_collector: false,
+            aggregator_state_life: Duration::ZERO,
         }
     }
 }
@@ -143,6 +149,10 @@ pub struct DaemonFigures {
     pub max_fds: usize,
     /// RSS once settled (or when the deadline passed), and how long that took.
     pub settled_rss: u64,
+    /// How long it had to settle.
+    pub settle_deadline: Duration,
+    /// When it did not: its gauges of what it holds (tables, names, queues), to say what.
+    pub holding: Vec<String>,
     pub settled_in: Option<Duration>,
     /// Exit status and the end of its log if it died.
     pub crashed: Option<String>,
@@ -229,22 +239,30 @@ impl Drop for Sampler {
 }
 
 /// Whether each daemon's RSS is back under its baseline + [`RSS_SETTLE_SLACK_BYTES`], and when
-/// (from the attack's end); gives up at [`RSS_SETTLE_DEADLINE`].
+/// (from the attack's end); gives up on each at its deadline ([`RSS_SETTLE_DEADLINE`], longer
+/// for state the attack legitimately made).
 struct Settle {
     since: Instant,
     pending: [bool; 2],
+    deadlines: [Duration; 2],
 }
 
 impl Settle {
-    fn new(since: Instant) -> Settle {
+    fn new(since: Instant, deadlines: [Duration; 2]) -> Settle {
         Settle {
             since,
             pending: [true, true],
+            deadlines,
         }
     }
 
     fn done(&self) -> bool {
-        !self.pending.iter().any(|p| *p) || self.since.elapsed() >= RSS_SETTLE_DEADLINE
+        let t = self.since.elapsed();
+        !self
+            .pending
+            .iter()
+            .zip(self.deadlines)
+            .any(|(p, d)| *p && t < d)
     }
 
     fn poll(&mut self, daemons: [(&mut Daemon, &mut DaemonFigures); 2]) {
@@ -252,7 +270,7 @@ impl Settle {
             return;
         }
         for (i, (d, f)) in daemons.into_iter().enumerate() {
-            if !self.pending[i] {
+            if !self.pending[i] || self.since.elapsed() >= self.deadlines[i] {
                 continue;
             }
             match d.mem() {
@@ -267,6 +285,26 @@ impl Settle {
             }
         }
     }
+}
+
+/// The gauges of what a daemon holds, `name value`, for a failure message.
+fn holding(samples: &[Sample]) -> Vec<String> {
+    const WHAT: [&str; 8] = [
+        "in_flight",
+        "tombstone",
+        "name",
+        "metadata",
+        "queued",
+        "replay",
+        "sessions",
+        "entries",
+    ];
+    samples
+        .iter()
+        .filter(|s| !s.name.ends_with("_total") && s.value != 0.0)
+        .filter(|s| WHAT.iter().any(|w| s.name.contains(w)))
+        .map(|s| format!("{} {}", s.key(), s.value))
+        .collect()
 }
 
 /// A scrape that retries for a while (a daemon under attack may refuse a few), else empty.
@@ -337,6 +375,10 @@ impl Scenario {
     /// Runs the scenario (module docs). Panics only when the harness itself cannot proceed
     /// (a daemon does not start, the exporter's first flows are never stored).
     pub fn run(self) -> Outcome {
+        // One scenario at a time in a test binary (cargo runs tests in parallel): the daemons'
+        // RSS and the attack's pace are measured, and two attacks would share two cores.
+        static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
         raise_own_nofile();
         let slug: String = self
             .name
@@ -460,7 +502,9 @@ impl Scenario {
         // 5. Every flow stored exactly once; the RSS settles meanwhile (polled with the store).
         let ledger = exporter.finish();
         let flows: Vec<Flow> = ledger.finished_flows();
-        let mut settle = Settle::new(t_stop);
+        fig_a.settle_deadline = RSS_SETTLE_DEADLINE + self.aggregator_state_life;
+        fig_c.settle_deadline = RSS_SETTLE_DEADLINE;
+        let mut settle = Settle::new(t_stop, [fig_a.settle_deadline, fig_c.settle_deadline]);
         let mut after = {
             let (a, c) = (&mut aggregator.daemon, &mut collector.daemon);
             let (fa, fc) = (&mut fig_a, &mut fig_c);
@@ -496,6 +540,11 @@ impl Scenario {
         let after_c = scrape_patiently(collector.http, &mut || collector.daemon.exited().is_none());
         fig_a.crashed = crash_note(&mut aggregator.daemon);
         fig_c.crashed = crash_note(&mut collector.daemon);
+        for (f, samples) in [(&mut fig_a, &after_a), (&mut fig_c, &after_c)] {
+            if f.settled_in.is_none() {
+                f.holding = holding(samples);
+            }
+        }
 
         // A dead collector is started again on its store to read what it had stored; with
         // `restart_collector` the new process's start-up retention pass runs first.
@@ -599,8 +648,11 @@ impl Outcome {
                     mib(d.settled_rss),
                     mib(d.baseline.rss),
                     mib(RSS_SETTLE_SLACK_BYTES),
-                    RSS_SETTLE_DEADLINE
+                    d.settle_deadline
                 ));
+                if !d.holding.is_empty() {
+                    f.push(format!("{name} still holds: {}", d.holding.join(", ")));
+                }
             }
         }
         match &self.during {
