@@ -3,14 +3,31 @@
 //! glibc's allocator keeps what a burst freed in its arenas (it only returns the top of the
 //! main heap, and raises its mmap threshold after large frees, so later large blocks live in
 //! the arenas too). A daemon that a flood made hold 500 MiB for a minute would then stay at
-//! 500 MiB resident long after its tables shrank. Every [`TRIM_EVERY`], `malloc_trim(0)` hands
-//! the free pages of every arena back (`MADV_DONTNEED`): a few milliseconds on one blocking
-//! thread, nothing on the paths that move records.
+//! 500 MiB resident long after its tables shrank. So, at start ([`configure`]), blocks of
+//! [`MMAP_THRESHOLD`] and more are mapped on their own, always (tables, batches, response
+//! bodies: returned to the system when freed), and threads share at most [`ARENA_MAX`] arenas
+//! (query threads come and go; each arena they leave keeps its free pages); and every
+//! [`TRIM_EVERY`], `malloc_trim(0)` hands the free pages of every arena back (`MADV_DONTNEED`):
+//! a few milliseconds on one blocking thread, nothing on the paths that move records.
 
 use std::time::Duration;
 
 /// How often the daemons trim.
 pub const TRIM_EVERY: Duration = Duration::from_secs(10);
+/// Blocks at least this large get their own mapping (glibc's initial threshold, kept fixed).
+pub const MMAP_THRESHOLD: usize = 128 << 10;
+/// Malloc arenas at most (glibc's default is 8 per core).
+pub const ARENA_MAX: usize = 4;
+
+/// Sets the allocator up as the module docs say; call once, before the threads start.
+pub fn configure() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets the allocator's tunables; it takes no pointers.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD as libc::c_int);
+        libc::mallopt(libc::M_ARENA_MAX, ARENA_MAX as libc::c_int);
+    }
+}
 
 /// Returns the allocator's free pages to the system (a no-op where the allocator is not
 /// glibc's).

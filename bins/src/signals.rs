@@ -34,6 +34,7 @@ where
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
     crate::config::init_logging(log);
+    crate::memory::configure();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

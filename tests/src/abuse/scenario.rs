@@ -797,11 +797,57 @@ impl Outcome {
     }
 }
 
+impl Outcome {
+    /// A cell of the table in `tests/ABUSE.md`: peaks, whether (and when) each daemon's RSS
+    /// settled, stored, crash, counters moved.
+    pub fn cell(&self) -> String {
+        let settled = |d: &DaemonFigures| match (d.settled_in, &d.crashed) {
+            (_, Some(_)) => "crashed".to_string(),
+            (Some(t), None) => format!("yes ({:.0} s)", t.as_secs_f64()),
+            (None, None) => format!("no ({} MiB)", mib(d.settled_rss)),
+        };
+        let during = match &self.during {
+            Some(Ok(d)) => format!(" (under attack: {}/{})", d.ok, d.expected),
+            Some(Err(e)) => format!(" (under attack: {e})"),
+            None => String::new(),
+        };
+        let crash: Vec<String> = [
+            ("aggregator", &self.aggregator),
+            ("collector", &self.collector),
+        ]
+        .iter()
+        .filter_map(|(n, d)| d.crashed.as_ref().map(|c| format!("{n}: {c}")))
+        .collect();
+        let moved = self.moved_counters();
+        format!(
+            "RSS agg **{} MiB** / col **{} MiB**; settled: agg {}, col {}; stored {}{}; {}; moved: {}",
+            mib(self.aggregator.hwm),
+            mib(self.collector.hwm),
+            settled(&self.aggregator),
+            settled(&self.collector),
+            self.stored(),
+            during,
+            if crash.is_empty() {
+                "no crash".to_string()
+            } else {
+                format!("**crash**: {}", crash.join("; "))
+            },
+            if moved.is_empty() {
+                "none".to_string()
+            } else {
+                moved.join(", ")
+            }
+        )
+        .replace('|', "/")
+        .replace('\n', " ")
+    }
+}
+
 /// Prints the outcome's row and figures, and appends the row to `$FLOWLENS_ABUSE_REPORT` if set
 /// (the measurements' output).
 pub fn report(o: &Outcome) {
     let row = o.table_row();
-    println!("{row}\n    {}", o.figures());
+    println!("{row}\n    cell: {}\n    {}", o.cell(), o.figures());
     let f = o.failures();
     if !f.is_empty() {
         println!(
@@ -816,7 +862,12 @@ pub fn report(o: &Outcome) {
             .append(true)
             .open(p)
         {
-            let _ = writeln!(file, "{row}\n<!-- {} -->", o.figures().replace("--", "—"));
+            let _ = writeln!(
+                file,
+                "{row}\n{}\n<!-- {} -->",
+                o.cell(),
+                o.figures().replace("--", "—")
+            );
         }
     }
 }
