@@ -328,13 +328,15 @@ impl Shared {
         let giving_way = reg.sessions.values().filter(|s| s.evicting).count();
         if reg.sessions.len() - giving_way >= limits.max_sessions {
             let min_idle = limits.evict_idle_after.as_millis() as u64;
+            // The idlest; of two idle since the same millisecond, the one admitted first (ids
+            // grow), so the choice never depends on the table's order.
             let victim = reg
                 .sessions
-                .values_mut()
-                .filter(|s| !s.evicting)
-                .map(|s| (s.last_active.load(Ordering::Relaxed), s))
-                .filter(|(t, _)| now.saturating_sub(*t) >= min_idle)
-                .min_by_key(|(t, _)| *t);
+                .iter_mut()
+                .filter(|(_, s)| !s.evicting)
+                .map(|(id, s)| ((s.last_active.load(Ordering::Relaxed), *id), s))
+                .filter(|((t, _), _)| now.saturating_sub(*t) >= min_idle)
+                .min_by_key(|(k, _)| *k);
             match victim {
                 Some((_, s)) => {
                     // Counted when the session ends (`CloseReason::Evicted`).
