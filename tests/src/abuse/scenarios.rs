@@ -68,6 +68,9 @@ pub fn unique_names(size: Size) -> Scenario {
         Expect::aggregator(NAMES_REFUSED, &[("reason", "over_budget")]),
         Expect::aggregator(NAMES_REFUSED, &[("reason", "too_long")]),
     ];
+    // Records whose names are all within Kubernetes' limits get in (within maxNameBytes) and
+    // are kept with their flows, as in `unique_valid_names`.
+    s.aggregator_state_life = INACTIVE_TIMEOUT + TOMBSTONE_LIFE + HOUSEKEEPING;
     s
 }
 
