@@ -8,7 +8,7 @@
 //! bodies: returned to the system when freed), and threads share at most [`ARENA_MAX`] arenas
 //! (query threads come and go; each arena they leave keeps its free pages); and every
 //! [`TRIM_EVERY`], `malloc_trim(0)` hands the free pages of every arena back (`MADV_DONTNEED`):
-//! a few milliseconds on one blocking thread, nothing on the paths that move records.
+//! on one blocking thread, nothing on the paths that move records.
 
 use std::time::Duration;
 
@@ -41,13 +41,22 @@ pub fn trim() {
 
 /// Trims every [`TRIM_EVERY`] until the runtime stops.
 pub fn spawn_trimmer() -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async {
-        let mut tick = tokio::time::interval(TRIM_EVERY);
+    spawn_every(TRIM_EVERY, trim)
+}
+
+/// Runs `f` on the blocking pool every `period` (the first time one period from now) until the
+/// returned handle is aborted or the runtime stops.
+pub fn spawn_every(
+    period: Duration,
+    f: impl Fn() + Clone + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         loop {
             tick.tick().await;
-            let _ = tokio::task::spawn_blocking(trim).await;
+            let _ = tokio::task::spawn_blocking(f.clone()).await;
         }
     })
 }

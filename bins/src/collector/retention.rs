@@ -146,22 +146,9 @@ impl RetentionMetrics {
 pub const RELEASE_EVERY: Duration = Duration::from_secs(30);
 
 /// Calls [`Store::release_memory`] every [`RELEASE_EVERY`] (on a blocking thread: it waits for
-/// a write in progress).
+/// a write in progress); the process-wide trimmer (`crate::memory`) then returns the pages.
 pub fn spawn_release(store: Arc<dyn Store>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(RELEASE_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            let s = store.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                s.release_memory();
-                crate::memory::trim();
-            })
-            .await;
-        }
-    })
+    crate::memory::spawn_every(RELEASE_EVERY, move || store.release_memory())
 }
 
 /// Runs [`Store::enforce_retention`] every `every` on the blocking pool, logging what it
